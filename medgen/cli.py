@@ -1,0 +1,120 @@
+"""The ``medgen`` command: one verb per stage, each a thin layer over a bundle config or a stage's function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from medgen import __version__
+
+logger = logging.getLogger("medgen")
+
+
+def cmd_data_index(args: argparse.Namespace) -> int:
+    from medgen.data.datalist import build_datalist, summary_table, write_datalist
+
+    classes = args.classes.split(",") if args.classes else None
+    datalist, summary = build_datalist(
+        args.source, classes=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, image_column=args.image_column, label_column=args.label_column, uncertain=args.uncertain,
+    )
+    write_datalist(datalist, args.out)
+    print(summary_table(datalist, summary))
+    print(f"datalist written to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from medgen.bundles import parse_overrides, run_bundle
+
+    overrides = parse_overrides(extra)
+    if args.dataset_dir:
+        overrides["dataset_dir"] = args.dataset_dir
+    run_bundle(args.bundle, args.config, "training", overrides)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
+    from medgen.bundles import parse_overrides, run_bundle
+
+    overrides = parse_overrides(extra)
+    overrides.update({"per_class": args.per_class, "seed": args.seed, "num_inference_steps": args.steps,
+                      "guidance_scale": args.guidance, "sampler": args.sampler})
+    if args.class_names:
+        overrides["class_names"] = args.class_names
+    if args.out:
+        overrides["output_dir"] = str(Path(args.out).resolve())
+    if args.ckpt:
+        overrides["ckpt_path"] = str(Path(args.ckpt).resolve())
+    if args.shard:
+        overrides["shard"] = args.shard
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    run_bundle(args.bundle, "inference", "inference", overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medgen", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="index data sets into MONAI datalists")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True)
+    index = data_verbs.add_parser("index", help="write a datalist JSON from a folder tree, npz, CSV or DICOM tree")
+    index.add_argument("source", help="class-folder tree, MedMNIST .npz, CSV (path,label) or DICOM tree")
+    index.add_argument("--out", required=True, help="datalist JSON to write")
+    index.add_argument("--classes", help="comma-separated class names (default: all found, sorted)")
+    index.add_argument("--val-fraction", type=float, default=0.1)
+    index.add_argument("--test-fraction", type=float, default=0.1)
+    index.add_argument("--seed", type=int, default=0)
+    index.add_argument("--image-column", default="path", help="CSV column with image paths")
+    index.add_argument("--label-column", default="label", help="CSV column with labels")
+    index.add_argument("--uncertain", default="ignore", choices=["ignore", "zeros", "ones"],
+                       help="CheXpert-style uncertain (-1 / blank) labels")
+    index.set_defaults(func=cmd_data_index, takes_extra=False)
+
+    train = verbs.add_parser("train", help="train a bundle (any config key as --key value)")
+    train.add_argument("bundle", help="bundle folder or name, e.g. cxr_ddpm")
+    train.add_argument("--dataset-dir", help="data folder, npz, CSV or datalist JSON")
+    train.add_argument("--config", default="train", help="config name in configs/ (default: train)")
+    train.set_defaults(func=cmd_train, takes_extra=True)
+
+    sample = verbs.add_parser("sample", help="generate images per class with a trained bundle")
+    sample.add_argument("bundle")
+    sample.add_argument("--per-class", type=int, default=8)
+    sample.add_argument("--class", dest="class_names", action="append", help="class to generate (repeatable)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    sample.add_argument("--sampler", default="ddim")
+    sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
+    sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
+    sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")
+    sample.add_argument("--batch-size", type=int)
+    sample.set_defaults(func=cmd_sample, takes_extra=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra) if args.takes_extra else args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        cause = err
+        while cause.__cause__ is not None and isinstance(cause, RuntimeError):
+            cause = cause.__cause__
+        print(f"medgen: error: {cause}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""Build MONAI datalists (``{"training": [...], "validation": [...], "test": [...]}``) from image sources.
+
+Sources: a class-folder tree (keeping a ``train``/``test`` split found in it), a MedMNIST ``.npz`` (its official
+splits), a CSV of path and label columns (CheXpert-style 1 / 0 / -1 / blank with an uncertainty policy), or a DICOM
+tree. Splits are stratified and reproducible from a seed. MONAI has no datalist *builder* (only
+``load_decathlon_datalist``, a reader), so this module fills that gap; the output is read back with MONAI's reader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".npy"}
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+SPLIT_ALIASES = {
+    "train": "training", "training": "training",
+    "val": "validation", "valid": "validation", "validation": "validation",
+    "test": "test", "testing": "test",
+}
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+
+
+class DatalistError(ValueError):
+    """A data source cannot be turned into a datalist; the message names the path and the fix."""
+
+
+@dataclass
+class IndexSummary:
+    """What an indexing run kept and skipped, printed for the user."""
+
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self.skipped[reason] += 1
+        logger.debug("skipped %s: %s", path, reason)
+
+
+def suffix_of(path: str | Path) -> str:
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+def _looks_like_image(path: Path, summary: IndexSummary) -> bool:
+    if path.name.lower() in JUNK_NAMES or path.name.startswith("._"):
+        summary.skip(path, "system file")
+        return False
+    if suffix_of(path) not in IMAGE_SUFFIXES:
+        summary.skip(path, f"not an image ({suffix_of(path) or 'no extension'})")
+        return False
+    if path.stat().st_size == 0:
+        summary.skip(path, "empty file")
+        summary.errors.append((str(path), "empty file"))
+        return False
+    return True
+
+
+def _readable(path: Path, summary: IndexSummary, verify: bool) -> bool:
+    """Cheap integrity check for raster images (PIL ``verify``); DICOM/NIfTI are checked when loaded."""
+    if not verify or suffix_of(path) not in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
+        return True
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        summary.skip(path, "unreadable image")
+        summary.errors.append((str(path), f"unreadable image: {err}"))
+        return False
+    return True
+
+
+def stratified_split(
+    items: list[dict], fractions: dict[str, float], seed: int = 0
+) -> dict[str, list[dict]]:
+    """Split ``items`` per label into the named fractions (the last split takes the remainder)."""
+    rng = random.Random(seed)
+    by_label: dict[Any, list[dict]] = defaultdict(list)
+    for item in items:
+        by_label[item["label"]].append(item)
+    names = list(fractions)
+    out: dict[str, list[dict]] = {name: [] for name in names}
+    for label in sorted(by_label, key=str):
+        group = sorted(by_label[label], key=lambda d: json.dumps(d, sort_keys=True))
+        rng.shuffle(group)
+        start = 0
+        for i, name in enumerate(names):
+            stop = len(group) if i == len(names) - 1 else start + int(round(fractions[name] * len(group)))
+            out[name].extend(group[start:stop])
+            start = stop
+    for name in names:
+        out[name].sort(key=lambda d: (d["label"], str(d["image"]), d.get("npz_index", 0)))
+    return out
+
+
+def _split_folder_name(name: str) -> str | None:
+    return SPLIT_ALIASES.get(name.lower())
+
+
+def index_folder(
+    root: str | Path,
+    classes: list[str] | None = None,
+    verify: bool = True,
+    summary: IndexSummary | None = None,
+) -> tuple[dict[str, list[dict]], list[str], IndexSummary]:
+    """Index a class-folder tree: ``root/<class>/*`` or ``root/<split>/<class>/*``.
+
+    Returns items per split found in the tree (``"all"`` when there is none), the class names and a summary.
+    """
+    root = Path(root)
+    summary = summary or IndexSummary()
+    if not root.is_dir():
+        raise DatalistError(f"data directory {root} does not exist; pass an existing folder or set MEDGEN_DATA_DIR")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    has_splits = bool(subdirs) and all(_split_folder_name(p.name) for p in subdirs)
+    split_roots = {_split_folder_name(p.name): p for p in subdirs} if has_splits else {"all": root}
+    found = sorted({p.name for sr in split_roots.values() for p in sr.iterdir() if p.is_dir()})
+    if classes is None:
+        classes = found
+    unknown = [c for c in classes if c not in found]
+    if unknown:
+        raise DatalistError(f"class folder(s) {unknown} not found under {root}; found {found}")
+    if not classes:
+        raise DatalistError(f"no class folders under {root}; expected {root}/<class>/<images>")
+    items: dict[str, list[dict]] = {}
+    for loose in sorted({p for d in (root, *split_roots.values()) for p in d.iterdir() if p.is_file()}):
+        if _looks_like_image(loose, summary):
+            summary.skip(loose, "image outside the class folders")
+    for split, split_root in split_roots.items():
+        items[split] = []
+        for label, name in enumerate(classes):
+            class_dir = split_root / name
+            if not class_dir.is_dir():
+                continue
+            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+                if _looks_like_image(path, summary) and _readable(path, summary, verify):
+                    items[split].append({"image": str(path.resolve()), "label": label})
+    for label, name in enumerate(classes):
+        if not any(it["label"] == label for split_items in items.values() for it in split_items):
+            raise DatalistError(f"class {name!r} has no readable images under {root}")
+    return items, list(classes), summary
+
+
+def index_npz(path: str | Path, classes: list[str] | None = None) -> tuple[dict[str, list[dict]], list[str]]:
+    """Index a MedMNIST-style npz (``train_images``/``train_labels``, ``val_*``, ``test_*``) by its own splits."""
+    path = Path(path)
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DatalistError(f"{path} is not a readable npz file: {err}") from err
+    splits = {"train": "training", "val": "validation", "test": "test"}
+    items: dict[str, list[dict]] = {}
+    n_classes = 0
+    for prefix, split in splits.items():
+        if f"{prefix}_images" not in data.files:
+            continue
+        labels = np.asarray(data[f"{prefix}_labels"]).reshape(len(data[f"{prefix}_labels"]), -1)[:, 0]
+        n_classes = max(n_classes, int(labels.max()) + 1)
+        items[split] = [
+            {"image": str(path.resolve()), "npz_key": f"{prefix}_images", "npz_index": i, "label": int(lab)}
+            for i, lab in enumerate(labels)
+        ]
+    if not items:
+        raise DatalistError(f"{path} has no '<split>_images' arrays; found keys {data.files}")
+    classes = classes or [str(i) for i in range(n_classes)]
+    if len(classes) < n_classes:
+        raise DatalistError(f"{path} has {n_classes} label values but only {len(classes)} class names: {classes}")
+    return items, list(classes)
+
+
+def _parse_label(raw: str, policy: str) -> int | None:
+    value = raw.strip()
+    if value in ("", "-1", "-1.0", "nan", "NaN"):
+        return {"ignore": None, "zeros": 0, "ones": 1}[policy]
+    return int(float(value))
+
+
+def index_csv(
+    path: str | Path,
+    image_column: str = "path",
+    label_column: str = "label",
+    classes: list[str] | None = None,
+    uncertain: str = "ignore",
+    root: str | Path | None = None,
+    summary: IndexSummary | None = None,
+) -> tuple[dict[str, list[dict]], list[str], IndexSummary]:
+    """Index a CSV of image paths and labels.
+
+    Labels are class names or integers; CheXpert-style binary columns (1 positive, 0 negative, -1 or blank
+    uncertain) are mapped by ``uncertain``: ``ignore`` drops the row, ``zeros``/``ones`` map it to 0/1.
+    A ``split`` column, when present, is kept.
+    """
+    path = Path(path)
+    summary = summary or IndexSummary()
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise DatalistError(f"uncertain label policy {uncertain!r} is not one of {UNCERTAIN_POLICIES}")
+    if not path.is_file():
+        raise DatalistError(f"CSV file {path} does not exist")
+    base = Path(root) if root else path.parent
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (image_column, label_column) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatalistError(f"{path} has no column(s) {missing}; columns are {reader.fieldnames}")
+        rows = list(reader)
+    raw_labels = [r[label_column].strip() for r in rows]
+    numeric = all(_is_number(v) or v == "" for v in raw_labels)
+    if classes is None:
+        classes = ["negative", "positive"] if numeric else sorted({v for v in raw_labels if v})
+    items: dict[str, list[dict]] = defaultdict(list)
+    for row_no, row in enumerate(rows, start=2):
+        raw = row[label_column]
+        if numeric:
+            label = _parse_label(raw, uncertain)
+            if label is None:
+                summary.skip(f"{path}:{row_no}", "uncertain label")
+                continue
+        elif raw.strip() in classes:
+            label = classes.index(raw.strip())
+        else:
+            summary.skip(f"{path}:{row_no}", "unknown class")
+            summary.errors.append((f"{path}:{row_no}", f"label {raw!r} is not one of {classes}"))
+            continue
+        if label >= len(classes):
+            raise DatalistError(f"{path}:{row_no}: label {label} but only classes {classes}")
+        image = Path(row[image_column])
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            summary.skip(image, "missing file")
+            summary.errors.append((f"{path}:{row_no}", f"image {image} does not exist"))
+            continue
+        split = SPLIT_ALIASES.get(row.get("split", "").strip().lower(), "all")
+        items[split].append({"image": str(image.resolve()), "label": label})
+    return dict(items), list(classes), summary
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def finalize_splits(
+    items: dict[str, list[dict]], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[dict]]:
+    """Fill in missing splits: stratified validation (and test) carved out of the training/unsplit items."""
+    out = {k: list(v) for k, v in items.items() if k != "all"}
+    pool = items.get("all", []) + out.pop("training", [])
+    fractions = {}
+    if "validation" not in out and val_fraction > 0:
+        fractions["validation"] = val_fraction
+    if "test" not in out and test_fraction > 0:
+        fractions["test"] = test_fraction
+    fractions["training"] = max(0.0, 1.0 - sum(fractions.values()))
+    out.update(stratified_split(pool, fractions, seed=seed))
+    for split in ("training", "validation", "test"):
+        out.setdefault(split, [])
+    return out
+
+
+def build_datalist(
+    source: str | Path,
+    classes: list[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    image_column: str = "path",
+    label_column: str = "label",
+    uncertain: str = "ignore",
+    verify: bool = True,
+) -> tuple[dict[str, Any], IndexSummary]:
+    """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree."""
+    source = Path(source)
+    summary = IndexSummary()
+    if not source.exists():
+        raise DatalistError(f"data source {source} does not exist; pass a folder, .npz or .csv, or set MEDGEN_DATA_DIR")
+    if source.suffix.lower() == ".npz":
+        items, classes = index_npz(source, classes)
+    elif source.suffix.lower() == ".csv":
+        items, classes, summary = index_csv(source, image_column, label_column, classes, uncertain, summary=summary)
+    elif source.is_dir() and _is_dicom_tree(source):
+        items, classes = _index_dicom(source, classes, summary)
+    else:
+        items, classes, summary = index_folder(source, classes, verify=verify, summary=summary)
+    datalist: dict[str, Any] = {"classes": classes, "source": str(source.resolve()), "seed": seed}
+    datalist.update(finalize_splits(items, val_fraction, test_fraction, seed))
+    return datalist, summary
+
+
+def _is_dicom_tree(root: Path) -> bool:
+    """A tree is DICOM when its first few files are DICOM (with or without extension)."""
+    try:
+        from medgen.data.dicom import is_dicom
+    except ImportError:
+        return False
+    files = [p for p in sorted(root.rglob("*"))[:200] if p.is_file() and p.name.lower() not in JUNK_NAMES]
+    return bool(files) and sum(is_dicom(p) for p in files[:20]) > len(files[:20]) // 2
+
+
+def _index_dicom(root: Path, classes: list[str] | None, summary: IndexSummary):
+    from medgen.data.dicom_index import index_dicom_tree
+
+    found, dicom_summary = index_dicom_tree(root)
+    summary.skipped.update(dicom_summary.get("skipped", {}))
+    summary.errors.extend(dicom_summary.get("errors", []))
+    names = sorted({it["label_name"] for it in found})
+    classes = classes or names
+    unknown = [c for c in classes if c not in names]
+    if unknown:
+        raise DatalistError(f"class(es) {unknown} not found in DICOM tree {root}; found {names}")
+    items = [{"image": it["image"], "label": classes.index(it["label_name"])} for it in found if it["label_name"] in classes]
+    return {"all": items}, classes
+
+
+def summary_table(datalist: dict[str, Any], summary: IndexSummary | None = None) -> str:
+    """Images per class per split, and what was skipped, as printable text."""
+    classes = datalist["classes"]
+    splits = [s for s in ("training", "validation", "test") if s in datalist]
+    width = max(12, *(len(c) + 2 for c in classes))
+    lines = ["class".ljust(width) + "".join(s.rjust(12) for s in splits)]
+    for label, name in enumerate(classes):
+        counts = [sum(1 for it in datalist[s] if it["label"] == label) for s in splits]
+        lines.append(name.ljust(width) + "".join(str(c).rjust(12) for c in counts))
+    lines.append("total".ljust(width) + "".join(str(len(datalist[s])).rjust(12) for s in splits))
+    if summary is not None:
+        skipped = sum(summary.skipped.values())
+        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.skipped.items()))
+        lines.append(f"skipped {skipped} file(s)" + (f": {detail}" if detail else ""))
+        for path, message in summary.errors[:10]:
+            lines.append(f"  {path}: {message}")
+        if len(summary.errors) > 10:
+            lines.append(f"  ... and {len(summary.errors) - 10} more")
+    return "\n".join(lines)
+
+
+def write_datalist(datalist: dict[str, Any], out: str | Path) -> Path:
+    """Write the datalist JSON atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(datalist, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def load_datalist(path: str | Path) -> dict[str, Any]:
+    """Read a datalist written by :func:`write_datalist` (or any MONAI datalist with a ``classes`` key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatalistError(f"datalist {path} does not exist; create it with `medgen data index SOURCE --out {path}`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatalistError(f"datalist {path} is not valid JSON: {err}") from err
+    if "training" not in data:
+        raise DatalistError(f"datalist {path} has no 'training' list")
+    return data
+
+
+def limit_per_class(items: list[dict], max_items: int | None, seed: int = 0) -> list[dict]:
+    """At most ``max_items`` items per label, chosen reproducibly (for brief runs and tests)."""
+    if not max_items:
+        return items
+    picked = stratified_split(items, {"keep": 1.0}, seed=seed)["keep"]
+    counts: Counter = Counter()
+    out = []
+    rng = random.Random(seed)
+    shuffled = list(picked)
+    rng.shuffle(shuffled)
+    for item in shuffled:
+        if counts[item["label"]] < max_items:
+            counts[item["label"]] += 1
+            out.append(item)
+    return sorted(out, key=lambda d: (d["label"], str(d["image"]), d.get("npz_index", 0)))
+
+
+def resolve_datalist(
+    source: str | Path,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    max_items_per_class: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> dict[str, Any]:
+    """The datalist a bundle trains on: read ``source`` if it is a datalist JSON, else index it (and write it
+    to ``out``). Class names given must match the data's; ``max_items_per_class`` trims every split."""
+    source = Path(source)
+    if source.suffix.lower() == ".json":
+        datalist = load_datalist(source)
+        if classes is not None and list(classes) != list(datalist.get("classes", classes)):
+            raise DatalistError(f"datalist {source} has classes {datalist.get('classes')}, config asks for {classes}")
+        summary = None
+    else:
+        datalist, summary = build_datalist(source, classes, val_fraction, test_fraction, seed)
+    if max_items_per_class:
+        for split in ("training", "validation", "test"):
+            if split in datalist:
+                datalist[split] = limit_per_class(datalist[split], max_items_per_class, seed)
+    logger.info("datalist from %s:\n%s", source, summary_table(datalist, summary))
+    if out is not None:
+        write_datalist(datalist, out)
+    return datalist

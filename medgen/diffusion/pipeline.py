@@ -1,0 +1,205 @@
+"""The sampling pipeline: a network and a scheduler composed, owning batching, seeding, dtype and progress.
+
+As in diffusers, the network knows nothing of sampling and the scheduler nothing of networks. Each image has its
+own seed: its starting noise is drawn from ``torch.Generator().manual_seed(seed)``, so with a deterministic sampler
+(DDIM with eta=0) an image depends only on (class, seed, steps, guidance), not on the batch it was made in.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from tqdm.auto import tqdm
+
+from medgen.diffusion.precision import autocast, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def make_scheduler(name: str, train_scheduler: Scheduler) -> Scheduler:
+    """A sampling scheduler that shares the training scheduler's noise schedule and prediction type."""
+    name = name.lower()
+    common = {
+        "num_train_timesteps": train_scheduler.num_train_timesteps,
+        "prediction_type": train_scheduler.prediction_type,
+        "clip_sample": True,
+    }
+    betas = train_scheduler.betas
+    if name == "ddim":
+        sched = DDIMScheduler(**common)
+    elif name == "ddpm":
+        sched = DDPMScheduler(**common)
+    else:
+        extra = _extra_samplers()
+        if name not in extra:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS + tuple(extra))}")
+        return extra[name](train_scheduler)
+    sched.betas = betas.clone()
+    sched.alphas = 1.0 - sched.betas
+    sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)
+    if name == "ddim":
+        sched.final_alpha_cumprod = torch.tensor(1.0)
+    return sched
+
+
+def _extra_samplers() -> dict[str, Callable[[Scheduler], Scheduler]]:
+    """Samplers registered by other medgen modules (fast solvers), looked up lazily."""
+    try:
+        from medgen.diffusion.solvers import SOLVERS
+    except ImportError:
+        return {}
+    return SOLVERS
+
+
+class DiffusionPipeline:
+    """Class-conditional image generation with classifier-free guidance.
+
+    Args:
+        network: a diffusion UNet taking ``(x, timesteps, class_labels=...)``; eval mode is set here.
+        scheduler: the training noise scheduler (its betas and prediction type are reused).
+        classes: class names, index = label.
+        image_size: spatial size of generated images.
+        in_channels: image channels.
+        device: where to run.
+        precision: ``auto`` (bf16 where supported), ``bf16``, ``fp16`` or ``fp32``.
+        batch_size: images per forward pass (doubled internally when guidance is on).
+        null_class: label of the unconditional class (default ``len(classes)``).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        scheduler: Scheduler,
+        classes: Sequence[str],
+        image_size: int | Sequence[int] = 64,
+        in_channels: int = 1,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        batch_size: int = 16,
+        null_class: int | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.train_scheduler = scheduler
+        self.classes = list(classes)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.in_channels = in_channels
+        self.dtype = resolve_dtype(self.device, precision)
+        self.batch_size = batch_size
+        self.null_class = len(self.classes) if null_class is None else null_class
+        if channels_last is None:
+            channels_last = self.dtype is not None and self.device.type == "cpu"
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+
+    def class_index(self, name_or_index: str | int) -> int:
+        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+            index = int(name_or_index)
+            if not 0 <= index < len(self.classes):
+                raise ValueError(f"class index {index} out of range; classes are {self.classes}")
+            return index
+        if name_or_index not in self.classes:
+            raise ValueError(f"unknown class {name_or_index!r}; classes are {self.classes}")
+        return self.classes.index(name_or_index)
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Starting noise, one generator per image so each image is reproducible from its seed alone."""
+        shape = (self.in_channels, *self.image_size)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(noise).to(self.device)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Network output with classifier-free guidance: ``u + w (c - u)``; w = 1 is plain conditional."""
+        timesteps = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        if guidance_scale == 1.0:
+            model_in, steps, cls = x, timesteps, labels
+        else:
+            model_in = torch.cat([x, x])
+            steps = torch.cat([timesteps, timesteps])
+            cls = torch.cat([labels, torch.full_like(labels, self.null_class)])
+        if self.channels_last:
+            model_in = model_in.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            out = self.network(model_in, steps, class_labels=cls).float()
+        if guidance_scale == 1.0:
+            return out
+        cond, uncond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        sampler: str = "ddim",
+        progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """One batch of images in [-1, 1], shape ``(N, C, H, W)``."""
+        if len(labels) != len(seeds):
+            raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
+        scheduler = make_scheduler(sampler, self.train_scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        x = self.initial_noise(seeds)
+        cls = torch.as_tensor([int(v) for v in labels], device=self.device, dtype=torch.long)
+        generator = torch.Generator(device=self.device).manual_seed(int(seeds[0]) + 1)
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(tqdm(timesteps, desc="sampling", leave=False, disable=not progress)):
+            model_output = self.predict(x, t, cls, guidance_scale)
+            x, _ = scheduler.step(model_output, int(t), x, generator=generator)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        return x.clamp(-1.0, 1.0)
+
+    def iter_generate(
+        self,
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        sampler: str = "ddim",
+        progress: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> Iterator[tuple[list[int], list[int], torch.Tensor]]:
+        """Yield ``(labels, seeds, images)`` batch by batch, so callers write images as they are made."""
+        if len(labels) != len(seeds):
+            raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
+        total = len(seeds)
+        bar = tqdm(total=total, desc=f"generating ({sampler}, {num_inference_steps} steps)", disable=not progress)
+        done = 0
+        for start in range(0, total, self.batch_size):
+            batch_labels = [int(v) for v in labels[start:start + self.batch_size]]
+            batch_seeds = [int(v) for v in seeds[start:start + self.batch_size]]
+
+            def step_callback(step: int, steps: int, _done: int = done, _n: int = len(batch_seeds)) -> None:
+                if callback is not None:
+                    callback(_done * steps + step * _n, total * steps)
+
+            images = self.generate_batch(batch_labels, batch_seeds, num_inference_steps, guidance_scale, sampler,
+                                         callback=step_callback)
+            done += len(batch_seeds)
+            bar.update(len(batch_seeds))
+            yield batch_labels, batch_seeds, images.cpu()
+        bar.close()
+
+    def generate(self, labels: Sequence[int], seeds: Sequence[int], num_inference_steps: int = 50,
+                 guidance_scale: float = 1.0, sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+        """All images at once, ``(N, C, H, W)`` in [-1, 1]. For many images prefer :meth:`iter_generate`."""
+        batches = [img for _, _, img in self.iter_generate(labels, seeds, num_inference_steps, guidance_scale,
+                                                           sampler, progress=progress)]
+        return torch.cat(batches) if batches else torch.empty(0, self.in_channels, *self.image_size)
+
+    @classmethod
+    def from_ema_copy(cls, network: torch.nn.Module, *args, **kwargs) -> DiffusionPipeline:
+        """A pipeline over a private copy of ``network`` (so training can go on)."""
+        return cls(copy.deepcopy(network), *args, **kwargs)

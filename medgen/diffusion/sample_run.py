@@ -1,0 +1,172 @@
+"""Generate images per class into a samples folder: PNGs, a grid per class and ``samples.jsonl``.
+
+Images are written as they are made (memory stays flat), each with a metadata line (class, seed, sampler, steps,
+guidance, checkpoint sha256, timestamp). A rerun into the same folder skips seeds already written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medgen.data.image_io import atomic_save, make_grid, save_png
+from medgen.diffusion.pipeline import DiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = None) -> torch.nn.Module:
+    """Load a state dict (or ``checkpoint[key]``) into ``network``, with a clear error when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained weights at {path}: train the bundle first (medgen train BUNDLE) "
+                                "or pass --ckpt_path to a model.pt")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if key is not None:
+        state = state[key]
+    elif "ema" in state and isinstance(state["ema"], dict):
+        state = state["ema"]
+    network.load_state_dict(state)
+    return network
+
+
+def plan_seeds(classes: Sequence[str], selected: Sequence[str] | None, per_class: int, seed: int,
+               shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
+    """``(label, seed)`` pairs: seeds ``seed + k`` numbered over the whole job, so none repeat; a shard ``(i, n)``
+    takes every n-th pair starting at i, and the n shards together make exactly the unsharded job."""
+    names = list(selected) if selected else list(classes)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise ValueError(f"unknown class(es) {unknown}; the model's classes are {list(classes)}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    pairs = [(classes.index(n), seed + k * per_class + i) for k, n in enumerate(names) for i in range(per_class)]
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count} is not valid: need 0 <= i < n")
+    return pairs[index::count]
+
+
+def parse_shard(shard: str | Sequence[int] | None) -> tuple[int, int]:
+    if shard is None or shard == "":
+        return (0, 1)
+    if isinstance(shard, str):
+        i, _, n = shard.partition("/")
+        return (int(i), int(n))
+    return (int(shard[0]), int(shard[1]))
+
+
+class SampleRunner:
+    """The bundle's inference step: generate ``per_class`` images for each class into ``output_dir``.
+
+    Args:
+        pipeline: a :class:`DiffusionPipeline` over the trained network.
+        output_dir: the samples folder.
+        per_class: images per class.
+        class_names: classes to generate (default: all).
+        seed: first seed; image k of the job gets ``seed + k``.
+        sampler, num_inference_steps, guidance_scale: sampling settings recorded per image.
+        checkpoint: weights file, hashed into the metadata.
+        shard: ``"i/n"`` to make only the i-th of n interleaved parts (for several processes or machines).
+        save_npy: also write the float image as ``.npy`` beside each PNG (lossless for DICOM export).
+    """
+
+    def __init__(self, pipeline: DiffusionPipeline, output_dir: str | Path, per_class: int = 8,
+                 class_names: Sequence[str] | None = None, seed: int = 0, sampler: str = "ddim",
+                 num_inference_steps: int = 50, guidance_scale: float = 1.0, checkpoint: str | Path | None = None,
+                 shard: str | Sequence[int] | None = None, save_npy: bool = True, grid_size: int = 16) -> None:
+        self.pipeline = pipeline
+        self.output_dir = Path(output_dir)
+        self.per_class = int(per_class)
+        self.class_names = [class_names] if isinstance(class_names, str) else class_names
+        self.seed = int(seed)
+        self.sampler = sampler
+        self.steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.shard = parse_shard(shard)
+        self.save_npy = save_npy
+        self.grid_size = grid_size
+
+    def done_seeds(self) -> set[tuple[int, int]]:
+        path = self.output_dir / "samples.jsonl"
+        if not path.is_file():
+            return set()
+        done = set()
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: that image is made again
+            if (self.output_dir / rec["file"]).is_file():
+                done.add((rec["label"], rec["seed"]))
+        return done
+
+    def run(self) -> Path:
+        """Generate, write and return the path of ``samples.jsonl``."""
+        classes = self.pipeline.classes
+        pairs = plan_seeds(classes, self.class_names, self.per_class, self.seed, self.shard)
+        done = self.done_seeds()
+        todo = [p for p in pairs if p not in done]
+        if done:
+            logger.info("%d of %d images already in %s; making the other %d", len(pairs) - len(todo), len(pairs),
+                        self.output_dir, len(todo))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
+        meta_path = self.output_dir / "samples.jsonl"
+        with open(meta_path, "a") as meta:
+            for labels, seeds, images in self.pipeline.iter_generate(
+                [p[0] for p in todo], [p[1] for p in todo], self.steps, self.guidance_scale, self.sampler
+            ):
+                for label, seed, image in zip(labels, seeds, images):
+                    rel = Path(classes[label]) / f"{seed:06d}.png"
+                    save_png(image, self.output_dir / rel)
+                    if self.save_npy:
+                        np.save(self.output_dir / rel.with_suffix(".npy"), image.numpy().astype(np.float32))
+                    record = {
+                        "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
+                        "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                        "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                        "checkpoint_sha256": sha,
+                        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    }
+                    meta.write(json.dumps(record) + "\n")
+                meta.flush()
+                os.fsync(meta.fileno())
+        self.write_grids()
+        logger.info("wrote %d images to %s", len(todo), self.output_dir)
+        return meta_path
+
+    def write_grids(self) -> list[Path]:
+        """``grid_<class>.png`` with up to ``grid_size`` images of each class in the folder."""
+        records = [json.loads(x) for x in (self.output_dir / "samples.jsonl").read_text().splitlines() if x.strip()]
+        paths = []
+        for name in sorted({r["class"] for r in records}):
+            files = [self.output_dir / r["file"] for r in records if r["class"] == name][: self.grid_size]
+            images = [torch.from_numpy(_read_png(f)) for f in files if f.is_file()]
+            if images:
+                grid = Image.fromarray(make_grid(images))
+                paths.append(atomic_save(grid, self.output_dir / f"grid_{name}.png", format="PNG"))
+        return paths
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32)[None] / 127.5 - 1.0

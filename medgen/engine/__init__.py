@@ -1,0 +1,13 @@
+from medgen.engine.checkpoints import CheckpointSaver, ResumeFromLatest, latest_checkpoint, save_state_dict_atomic
+from medgen.engine.handlers import LossHistory, LossProgressBar, ModelExporter, SampleGridHandler
+
+__all__ = [
+    "CheckpointSaver",
+    "LossHistory",
+    "LossProgressBar",
+    "ModelExporter",
+    "ResumeFromLatest",
+    "SampleGridHandler",
+    "latest_checkpoint",
+    "save_state_dict_atomic",
+]

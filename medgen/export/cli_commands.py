@@ -1,0 +1,117 @@
+"""Plain functions behind ``medgen export`` and ``medgen send``, plus a bundle-friendly exporter component."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from medgen.export.dicom_writer import export_images
+from medgen.export.pacs import PacsError, send, write_report
+
+__all__ = ["SampleExporter", "export_command", "send_command"]
+
+
+def _print_send_summary(results: list, target: str) -> int:
+    sent = sum(r.status == "sent" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    skipped = [r for r in results if r.status == "skipped"]
+    for r in failed + skipped:
+        print(f"{r.status.upper()}: {r.file}: {r.detail}", file=sys.stderr)
+    print(f"send to {target}: {sent} sent, {len(failed)} failed, {len(skipped)} skipped (of {len(results)})")
+    return 0 if results and not failed and not skipped else 1
+
+
+def send_command(
+    path: str | os.PathLike | list,
+    to: str,
+    credentials_file: str | os.PathLike | None = None,
+    retries: int = 3,
+    report: str | os.PathLike | None = None,
+    calling_aet: str = "MEDGEN",
+    timeout: float = 10.0,
+) -> int:
+    """Send a file or folder of DICOM files to ``to``; print a summary, optionally write a CSV/JSON report.
+
+    Exit code: 0 all sent, 1 some file not sent (or nothing to send), 2 bad target or credentials.
+    """
+    paths = path if isinstance(path, list | tuple) else [path]
+    try:
+        results = send(
+            paths, to, credentials_file=credentials_file, retries=retries, calling_aet=calling_aet, timeout=timeout
+        )
+    except (ValueError, OSError, PacsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report:
+        print(f"report: {write_report(results, report)}")
+    return _print_send_summary(results, to)
+
+
+def export_command(
+    samples_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fmt: str = "dicom",
+    iod: str = "sc",
+    uid_root: str | None = None,
+    patient_name: str | None = None,
+    patient_id: str | None = None,
+    bits: int = 16,
+    body_part: str = "CHEST",
+    send_to: str | None = None,
+    credentials_file: str | os.PathLike | None = None,
+    retries: int = 3,
+    report: str | os.PathLike | None = None,
+) -> int:
+    """Export a sampler output folder; with ``send_to`` (DICOM only) also send the files. Returns an exit code."""
+    try:
+        summary = export_images(
+            samples_dir,
+            out_dir,
+            fmt=fmt,
+            iod=iod,
+            uid_root=uid_root,
+            patient_name=patient_name,
+            patient_id=patient_id,
+            bits=bits,
+            body_part=body_part,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for _, message in summary["errors"]:
+        print(f"ERROR: {message}", file=sys.stderr)
+    print(
+        f"exported {summary['written']} {fmt} file(s) to {out_dir}, {len(summary['errors'])} error(s); "
+        f"manifest: {summary['manifest']}"
+    )
+    code = 1 if summary["errors"] or not summary["written"] else 0
+    if send_to:
+        if fmt != "dicom":
+            print("error: --send-to needs --format dicom", file=sys.stderr)
+            return 2
+        report = report or Path(out_dir) / "send_report.csv"
+        code = max(code, send_command([str(p) for p in summary["files"]], send_to, credentials_file, retries, report))
+    return code
+
+
+class SampleExporter:
+    """Bundle component: ``_target_: medgen.export.cli_commands.SampleExporter`` then call with the samples dir.
+
+    Example (inference.yaml)::
+
+        export:
+          _target_: medgen.export.cli_commands.SampleExporter
+          out_dir: "$@bundle_root + '/outputs/dicom'"
+          fmt: dicom
+          iod: cr
+          send_to: null            # e.g. dimse://ORTHANC@pacs:4242 or dicomweb://pacs:8042/dicom-web
+    """
+
+    def __init__(self, out_dir: str, fmt: str = "dicom", iod: str = "sc", send_to: str | None = None, **kwargs):
+        self.out_dir, self.fmt, self.iod, self.send_to, self.kwargs = out_dir, fmt, iod, send_to, kwargs
+
+    def __call__(self, samples_dir: str | os.PathLike) -> int:
+        return export_command(
+            samples_dir, self.out_dir, fmt=self.fmt, iod=self.iod, send_to=self.send_to, **self.kwargs
+        )

@@ -1,0 +1,393 @@
+"""Write generated images as synthetic DICOM (Secondary Capture, CR or MR) and export sample folders.
+
+Every file is built from scratch (nothing is copied from a real header) and carries SyntheticData = YES,
+ImageType DERIVED\\SECONDARY, BurnedInAnnotation NO, a synthetic patient, fresh UIDs, MONOCHROME2, a window
+matching the pixel range, the class label (ImageComments, which viewers show per instance) and the provenance
+(checkpoint sha256, seed, sampler, steps, guidance) in ImageComments, DerivationDescription and
+ContributingEquipmentSequence.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+__all__ = ["FORMATS", "IODS", "SyntheticStudy", "export_images", "provenance_text", "to_stored", "write_dicom"]
+
+_SOFTWARE = "medgen 0.1.0"
+
+#: iod key -> (SOP Class UID, Modality, human name)
+IODS: dict[str, tuple[str, str, str]] = {
+    "sc": ("1.2.840.10008.5.1.4.1.1.7", "OT", "Secondary Capture Image"),
+    "cr": ("1.2.840.10008.5.1.4.1.1.1", "CR", "Computed Radiography Image"),
+    "mr": ("1.2.840.10008.5.1.4.1.1.4", "MR", "MR Image"),
+}
+
+_PROVENANCE_KEYS = ("checkpoint_sha256", "seed", "sampler", "steps", "guidance_scale")
+
+
+@dataclass
+class SyntheticStudy:
+    """UIDs and synthetic patient shared by all files of one export run (one study, one series)."""
+
+    uid_root: str | None = None
+    patient_name: str | None = None
+    patient_id: str | None = None
+    study_description: str = "Synthetic images (medgen)"
+    series_number: int = 1
+    created: _dt.datetime = field(default_factory=lambda: _dt.datetime.now().replace(microsecond=0))
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+
+    def __post_init__(self) -> None:
+        run = secrets.token_hex(4).upper()
+        self.patient_name = self.patient_name or f"SYNTHETIC^RUN{run}"
+        self.patient_id = self.patient_id or f"SYN-{run}"
+        self.study_instance_uid = self.study_instance_uid or self.new_uid()
+        self.series_instance_uid = self.series_instance_uid or self.new_uid()
+        self.frame_of_reference_uid = self.frame_of_reference_uid or self.new_uid()
+
+    def new_uid(self) -> str:
+        """A fresh UID under ``uid_root`` (pydicom's 2.25 UUID form when no root is set)."""
+        prefix = None if not self.uid_root else self.uid_root.rstrip(".") + "."
+        return str(generate_uid(prefix=prefix))
+
+    @property
+    def study_date(self) -> str:
+        return self.created.strftime("%Y%m%d")
+
+    @property
+    def study_time(self) -> str:
+        return self.created.strftime("%H%M%S")
+
+    @property
+    def study_id(self) -> str:
+        return str(self.patient_id)[-16:]
+
+
+def provenance_text(class_name: str, provenance: dict) -> str:
+    """One line a human can read and a script can parse: ``class=...; checkpoint_sha256=...; seed=...``."""
+    parts = [f"class={class_name}"] + [
+        f"{k}={provenance[k]}" for k in _PROVENANCE_KEYS if provenance.get(k) is not None
+    ]
+    parts += [f"{k}={v}" for k, v in sorted(provenance.items()) if k not in _PROVENANCE_KEYS and v is not None]
+    return "; ".join(parts)
+
+
+def to_stored(image: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Float [0, 1] -> uint16 in [0, 2**bits - 1]; uint8/uint16 input kept (checked against ``bits``)."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D (H, W) image, got shape {image.shape}")
+    top = 2**bits - 1
+    if image.dtype.kind in "iu":
+        if image.min() < 0 or image.max() > top:
+            raise ValueError(f"integer image values {image.min()}..{image.max()} do not fit {bits} bits")
+        return image.astype(np.uint16)
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or inf")
+    return np.round(np.clip(image, 0.0, 1.0) * top).astype(np.uint16)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _build(
+    pixels: np.ndarray,
+    *,
+    iod: str,
+    study: SyntheticStudy,
+    instance_number: int,
+    class_name: str,
+    provenance: dict,
+    body_part: str,
+    bits: int,
+    window: tuple[float, float],
+    pixel_spacing: tuple[float, float] | None,
+    sop_instance_uid: str | None = None,
+) -> Dataset:
+    sop_class, modality, iod_name = IODS[iod]
+    now = _dt.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    text = provenance_text(class_name, provenance)
+    sop_uid = sop_instance_uid or study.new_uid()
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["DERIVED", "SECONDARY"] + (["OTHER"] if iod == "mr" else [])
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    if iod == "sc":
+        ds.ConversionType = "SYN"
+    ds.Manufacturer = "medgen"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = study.study_description[:64]
+    ds.SeriesDescription = f"SYNTHETIC {iod_name}"[:64]
+    ds.ManufacturerModelName = "medgen diffusion sampler"
+    ds.DerivationDescription = f"Synthetic image generated by a diffusion model. {text}"[:1024]
+    ds.SyntheticData = "YES"
+    ds.PatientName = study.patient_name
+    ds.PatientID = study.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.BodyPartExamined = body_part.upper()[:16]
+    if iod == "mr":
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
+        ds.MRAcquisitionType = "2D"
+        ds.SliceThickness = ""
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
+        ds.PatientPosition = "HFS"
+    if iod == "cr":
+        ds.ViewPosition = "PA" if body_part.upper() == "CHEST" else ""
+    ds.SoftwareVersions = _SOFTWARE
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.SeriesInstanceUID = study.series_instance_uid
+    ds.StudyID = study.study_id
+    ds.SeriesNumber = study.series_number
+    ds.InstanceNumber = int(instance_number)
+    if iod == "mr":
+        ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.FrameOfReferenceUID = study.frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+    else:
+        ds.PatientOrientation = ["L", "F"] if body_part.upper() == "CHEST" else ""
+    ds.ImageComments = text[:10240]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    spacing = pixel_spacing or ((1.0, 1.0) if iod == "mr" else None)
+    if spacing is not None:
+        values = [float(spacing[0]), float(spacing[1])]
+        if iod == "cr":
+            ds.ImagerPixelSpacing = values
+        elif iod == "mr":
+            ds.PixelSpacing = values
+        else:
+            ds.NominalScannedPixelSpacing = values
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.BurnedInAnnotation = "NO"
+    ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    ds.VOILUTFunction = "LINEAR"
+    ds.WindowCenterWidthExplanation = "FULL RANGE"
+    ds.LossyImageCompression = "00"
+    equipment = Dataset()
+    equipment.Manufacturer = "medgen"
+    equipment.ManufacturerModelName = "medgen diffusion sampler"
+    equipment.SoftwareVersions = _SOFTWARE
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    equipment.ContributionDescription = f"Synthetic image generation. {text}"[:1024]
+    equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "DCM", "Processing Equipment")])
+    ds.ContributingEquipmentSequence = Sequence([equipment])
+    ds.PixelData = pixels.astype("<u2").tobytes()
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDGEN_010"
+    ds.file_meta = meta
+    return ds
+
+
+def write_dicom(
+    image: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    iod: str = "sc",
+    study: SyntheticStudy,
+    instance_number: int,
+    class_name: str,
+    provenance: dict,
+    body_part: str = "CHEST",
+    bits: int = 16,
+    pixel_spacing: tuple[float, float] | None = None,
+    sop_instance_uid: str | None = None,
+) -> Path:
+    """Write one (H, W) image (float in [0, 1] or uint16) as a synthetic DICOM file; atomic; returns the path.
+
+    ``pixel_spacing`` is (row, column) mm: PixelSpacing (MR), ImagerPixelSpacing (CR), NominalScannedPixelSpacing (SC).
+    Float input fills the full stored range and gets the window of that range; integer input keeps its values
+    and gets the window of its own min..max.
+    """
+    if iod not in IODS:
+        raise ValueError(f"unknown iod {iod!r}; choose one of {sorted(IODS)}")
+    if bits not in (12, 16):
+        raise ValueError(f"bits must be 12 or 16, got {bits}")
+    pixels = to_stored(image, bits)
+    if np.asarray(image).dtype.kind == "f":
+        lo, hi = 0, 2**bits - 1
+    else:
+        lo, hi = int(pixels.min()), int(pixels.max())
+    window = ((lo + hi + 1) / 2.0, float(hi - lo + 1))
+    ds = _build(
+        pixels,
+        iod=iod,
+        study=study,
+        instance_number=instance_number,
+        class_name=class_name,
+        provenance=provenance,
+        body_part=body_part,
+        bits=bits,
+        window=window,
+        pixel_spacing=pixel_spacing,
+        sop_instance_uid=sop_instance_uid,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Export of a sampler output folder (samples.jsonl + PNG / .npy images)
+# ---------------------------------------------------------------------------------------------------------------------
+
+FORMATS: dict[str, str] = {"dicom": ".dcm", "png": ".png", "png16": ".png", "nifti": ".nii.gz"}
+MANIFEST_COLUMNS = [
+    "file", "source", "line", "format", "class", "label", "seed", "sampler", "steps", "guidance_scale",
+    "checkpoint_sha256", "sop_instance_uid", "series_instance_uid", "study_instance_uid",
+]  # fmt: skip
+
+
+def load_sample_image(samples_dir: Path, rel: str) -> np.ndarray:
+    """The float copy ``<stem>.npy`` beside the PNG when present (squeezed to 2D, clipped to [0, 1]), else the PNG."""
+    from PIL import Image
+
+    png = samples_dir / rel
+    npy = png.with_suffix(".npy")
+    if npy.is_file():
+        arr = np.squeeze(np.load(npy)).astype(np.float32)
+        if arr.ndim != 2:
+            raise ValueError(f"{npy}: expected a 2D image, got shape {arr.shape}")
+        return np.clip(arr, 0.0, 1.0)
+    with Image.open(png) as im:
+        arr = np.asarray(im.convert("I;16") if im.mode in ("I", "I;16") else im.convert("L"))
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+    return arr.astype(np.float32) / scale
+
+
+def _write_png(image: np.ndarray, path: Path, bits: int) -> None:
+    from PIL import Image
+
+    top = 255 if bits == 8 else 65535
+    arr = np.round(np.clip(image, 0, 1) * top).astype(np.uint8 if bits == 8 else np.uint16)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) -> None:
+    """(H, W) -> NIfTI with x = columns, y = rows (as MONAI's readers index), pixdim = (col, row) spacing in mm."""
+    import nibabel as nib
+
+    affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
+    nii = nib.Nifti1Image(np.ascontiguousarray(image.T[:, :, None], dtype=np.float32), affine)
+    nii.header.set_xyzt_units("mm")
+    nii.header["descrip"] = b"synthetic image (medgen)"
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(nii, tmp)
+    os.replace(tmp, path)
+
+
+def export_images(
+    samples_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fmt: str = "dicom",
+    iod: str = "sc",
+    uid_root: str | None = None,
+    patient_name: str | None = None,
+    patient_id: str | None = None,
+    bits: int = 16,
+    body_part: str = "CHEST",
+    pixel_spacing: tuple[float, float] | None = None,
+) -> dict:
+    """Export every image listed in ``samples_dir/samples.jsonl`` to ``out_dir`` and write ``manifest.csv``.
+
+    One study and series per call. A bad line or missing image is reported and skipped; the rest go on.
+    Returns ``{"written": n, "errors": [(line, message)], "manifest": path, "files": [paths], "study": study}``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
+    samples_dir, out_dir = Path(samples_dir), Path(out_dir)
+    index = samples_dir / "samples.jsonl"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: no samples.jsonl (is {samples_dir} a sampler output folder?)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = SyntheticStudy(uid_root=uid_root, patient_name=patient_name, patient_id=patient_id)
+    rows, errors, files = [], [], []
+    lines = index.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            rel = rec["file"]
+            image = load_sample_image(samples_dir, rel)
+            spacing = pixel_spacing or tuple(rec.get("pixel_spacing") or (1.0, 1.0))
+            target = (out_dir / rel).with_suffix("")
+            target = target.with_name(target.name + FORMATS[fmt])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            row = {"file": target.relative_to(out_dir).as_posix(), "source": rel, "line": number, "format": fmt}
+            row.update({k: rec.get(k, "") for k in MANIFEST_COLUMNS if k not in row and k in rec})
+            row["class"] = str(rec.get("class", rec.get("label", "")))
+            if fmt == "dicom":
+                provenance = {k: rec.get(k) for k in _PROVENANCE_KEYS}
+                sop_uid = study.new_uid()
+                write_dicom(
+                    image,
+                    target,
+                    iod=iod,
+                    study=study,
+                    instance_number=len(files) + 1,
+                    class_name=row["class"],
+                    provenance=provenance,
+                    body_part=body_part,
+                    bits=bits,
+                    pixel_spacing=spacing,
+                    sop_instance_uid=sop_uid,
+                )
+                row["sop_instance_uid"] = sop_uid
+                row["series_instance_uid"] = study.series_instance_uid
+                row["study_instance_uid"] = study.study_instance_uid
+            elif fmt == "nifti":
+                _write_nifti(image, target, spacing)
+            else:
+                _write_png(image, target, 8 if fmt == "png" else 16)
+        except Exception as exc:  # one bad sample must not stop the batch
+            errors.append((number, f"{index}:{number}: {type(exc).__name__}: {exc}"))
+            continue
+        files.append(target)
+        rows.append(row)
+    manifest = out_dir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"written": len(rows), "errors": errors, "manifest": manifest, "files": files, "study": study}

@@ -1,0 +1,223 @@
+"""Entry points for the ``medgen`` CLI verbs ``evaluate``, ``audit``, ``drift``, ``fit-gate`` and
+``sample --quality-filter``: plain functions with plain arguments that return a process exit code.
+
+Exit codes: 0 = ran and passed; 1 = ran and the gate failed (flagged images / drift detected); 2 = bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medgen.metrics.errors import ImageSetError, TooFewImagesError, WeightsUnavailableError
+from medgen.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures, extract_features
+
+BAD_INPUT = (ImageSetError, TooFewImagesError, WeightsUnavailableError, FileNotFoundError, ValueError)
+
+
+def _error(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def build_extractors(
+    features: str | Sequence[str],
+    datalist: str | os.PathLike | None = None,
+    domain_weights: str | os.PathLike | None = None,
+    size: int = 64,
+) -> dict[str, FeatureExtractor]:
+    """``"inception,domain"`` -> extractors; the domain classifier is trained on ``datalist`` once if not given."""
+    names = [f.strip() for f in (features.split(",") if isinstance(features, str) else features) if f.strip()]
+    out: dict[str, FeatureExtractor] = {}
+    for name in names:
+        if name == "inception":
+            out[name] = InceptionFeatures()
+        elif name == "domain":
+            if domain_weights is None and datalist is not None and str(datalist).endswith(".json"):
+                from medgen.metrics.domain_model import ensure_domain_classifier
+
+                domain_weights = ensure_domain_classifier(datalist, size=size, log=True)
+            if domain_weights is None:
+                raise ValueError(
+                    "domain features need --domain-weights (a classifier checkpoint) or a datalist to train one on."
+                )
+            out[name] = DomainFeatures(domain_weights)
+        else:
+            raise ValueError(f"unknown feature extractor {name!r}; choose from 'inception', 'domain'.")
+    return out
+
+
+def _sizes(spec: str | Sequence | None) -> list[int | None] | None:
+    if not spec:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else spec
+    return [None if str(s).strip() in ("all", "None") else int(s) for s in items]
+
+
+def evaluate_command(
+    samples_dir: str,
+    datalist: str,
+    out_dir: str,
+    size: int = 64,
+    features: str = "inception,domain",
+    domain_weights: str | None = None,
+    max_real_per_class: int | None = 500,
+    utility_sizes: str | None = None,
+    report: bool = True,
+) -> int:
+    """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html. 1 if any image is flagged."""
+    from medgen.metrics.evaluate import evaluate
+
+    try:
+        extractors = build_extractors(features, datalist, domain_weights, size)
+        m = evaluate(
+            samples_dir,
+            datalist,
+            out_dir,
+            extractors,
+            size=size,
+            max_real_per_class=max_real_per_class,
+            audit_extractor="domain" if "domain" in extractors else None,
+            utility_sizes=_sizes(utility_sizes),
+            report=report,
+        )
+    except BAD_INPUT as e:
+        return _error(e)
+    overall = m["generated"]["overall"]
+    for name in extractors:
+        print(f"{name}: FID {overall[name]['fid']} KID {overall[name]['kid'].get('mean')}")
+    print(f"wrote {Path(out_dir) / 'metrics.json'}" + (f" and {Path(out_dir) / 'report.html'}" if report else ""))
+    return 0
+
+
+def audit_command(
+    samples_dir: str,
+    datalist: str,
+    out_dir: str,
+    size: int = 64,
+    percentile: float = 1.0,
+    features: str = "domain",
+    domain_weights: str | None = None,
+    max_train_per_class: int | None = None,
+    pairs: int = 8,
+) -> int:
+    """``medgen audit SAMPLES_DIR DATALIST OUT_DIR``: audit.json + closest_pairs.png; exit 1 if any image is flagged."""
+    from medgen.metrics.evaluate import heldout_split
+    from medgen.metrics.image_sets import load_datalist_split, load_samples_dir, read_datalist
+    from medgen.metrics.memorisation import closest_pairs_png, memorisation_audit
+
+    try:
+        data = read_datalist(datalist)
+        gen = load_samples_dir(samples_dir, size=size, classes=data["classes"])
+        train = load_datalist_split(datalist, "training", size=size, per_class=max_train_per_class)
+        held = load_datalist_split(datalist, heldout_split(data), size=size)
+        ex = next(iter(build_extractors(features, datalist, domain_weights, size).values()), None) if features else None
+        f = [extract_features(ex, s) for s in (gen, train, held)] if ex else [None] * 3
+        result = memorisation_audit(gen.images, train.images, held.images, *f, percentile=percentile)
+    except BAD_INPUT as e:
+        return _error(e)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.summary(gen.ids, train.ids)
+    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    closest_pairs_png(gen.images, train.images, result, out / "closest_pairs.png", n=pairs)
+    print(
+        f"memorisation audit: {summary['n_flagged']} of {summary['n_generated']} flagged "
+        f"(pixel threshold {summary['threshold_pixel_l2']:.4f}); wrote {out / 'audit.json'}"
+    )
+    return 1 if summary["n_flagged"] else 0
+
+
+def drift_command(
+    reference: str,
+    new: str,
+    out: str | None = None,
+    size: int = 64,
+    features: str = "domain",
+    domain_weights: str | None = None,
+    reference_split: str = "test",
+    new_split: str = "test",
+    permutations: int = 500,
+    alpha: float = 0.05,
+) -> int:
+    """``medgen drift REFERENCE NEW``: MMD permutation test; exit 1 if p < alpha (drift detected).
+
+    REFERENCE and NEW are each a datalist JSON (its ``*_split``), a samples folder or an image folder.
+    """
+    from medgen.metrics.drift import mmd_test
+    from medgen.metrics.image_sets import load_image_set
+
+    try:
+        ref = load_image_set(reference, size=size, split=reference_split)
+        cur = load_image_set(new, size=size, split=new_split)
+        dl = reference if str(reference).endswith(".json") else None
+        ex = next(iter(build_extractors(features, dl, domain_weights, size).values()))
+        result = mmd_test(extract_features(ex, ref), extract_features(ex, cur), permutations=permutations)
+    except BAD_INPUT as e:
+        return _error(e)
+    result.update(features=ex.name, alpha=alpha, drift=result["p_value"] < alpha)
+    print(f"MMD^2 {result['mmd2']:.5f}, p = {result['p_value']:.4f} -> {'DRIFT' if result['drift'] else 'no drift'}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return 1 if result["drift"] else 0
+
+
+def fit_gate_command(
+    datalist: str,
+    out: str,
+    size: int = 64,
+    features: str = "domain",
+    domain_weights: str | None = None,
+    percentile: float = 95.0,
+    k: int = 5,
+) -> int:
+    """``medgen fit-gate DATALIST OUT.npz``: fit the quality gate (manifold = training, threshold = held-out)."""
+    from medgen.metrics.evaluate import heldout_split
+    from medgen.metrics.image_sets import load_datalist_split, read_datalist
+    from medgen.metrics.quality_gate import QualityGate
+
+    try:
+        data = read_datalist(datalist)
+        ex = next(iter(build_extractors(features, datalist, domain_weights, size).values()))
+        train = load_datalist_split(datalist, "training", size=size)
+        held = load_datalist_split(datalist, heldout_split(data), size=size)
+        gate = QualityGate(k, percentile).fit(extract_features(ex, train), extract_features(ex, held))
+    except BAD_INPUT as e:
+        return _error(e)
+    gate.save(out)
+    Path(str(out) + ".json").write_text(
+        json.dumps({"features": ex.name, "size": size, "threshold": gate.threshold, "k": k, "percentile": percentile})
+    )
+    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, {percentile:g}th percentile); wrote {out}")
+    return 0
+
+
+def quality_filtered_generate(
+    pipeline,
+    labels: Sequence[int],
+    gate_path: str,
+    domain_weights: str | None = None,
+    features: str = "domain",
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    first_seed: int = 0,
+    max_rounds: int = 20,
+) -> dict:
+    """For ``medgen sample --quality-filter``: ``pipeline.generate`` until all ``labels`` pass the gate.
+
+    Returns ``images`` ([-1, 1]), ``seeds``, ``scores`` (write each as ``"realism_score"`` in samples.jsonl) and
+    ``rejection_rate`` (print it; expected under 10%).
+    """
+    from medgen.metrics.quality_gate import QualityGate, generate_until_pass
+
+    gate = QualityGate.load(gate_path)
+    ex = next(iter(build_extractors(features, None, domain_weights).values()))
+
+    def generate(lab: Sequence[int], seeds: Sequence[int]):
+        return pipeline.generate(lab, seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+
+    return generate_until_pass(generate, labels, gate, ex, first_seed=first_seed, max_rounds=max_rounds)

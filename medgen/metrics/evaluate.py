@@ -1,0 +1,161 @@
+"""Evaluate a samples folder against a real datalist: metrics.json (+ report.html via :mod:`medgen.report`).
+
+Roles of the real splits: the *reference* (training split, capped per class) is what generated images are compared
+with (FID/KID/PRDC, histograms, spectra, realism); the *held-out* split (test, else validation) gives the
+memorisation-audit reference distances, the real-vs-real floor and the utility test set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medgen.metrics.distribution import fid, kid, prdc
+from medgen.metrics.diversity import ms_ssim_diversity
+from medgen.metrics.error_analysis import mode_collapse, realism_ranking, spectrum_comparison
+from medgen.metrics.errors import TooFewImagesError
+from medgen.metrics.features import FeatureExtractor, extract_features
+from medgen.metrics.histograms import histogram_tests
+from medgen.metrics.image_sets import ImageSet, load_datalist_split, load_samples_dir, read_datalist
+from medgen.metrics.memorisation import memorisation_audit
+from medgen.metrics.similarity import real_vs_synthetic_table
+
+
+def _guard(fn, *args, **kw) -> dict:
+    """Run a metric; a too-small set becomes ``{"error": ...}`` in metrics.json instead of aborting the evaluation."""
+    try:
+        return fn(*args, **kw)
+    except TooFewImagesError as e:
+        return {"error": str(e)}
+
+
+def _feature_metrics(ref: np.ndarray, gen: np.ndarray, kid_subsets: int, k: int) -> dict:
+    return {
+        "fid": _guard(lambda: {"value": fid(ref, gen)}),
+        "kid": _guard(kid, ref, gen, subsets=kid_subsets),
+        "prdc": _guard(prdc, ref, gen, k=k),
+    }
+
+
+def score_sets(
+    reference: ImageSet,
+    generated: ImageSet,
+    extractors: dict[str, FeatureExtractor],
+    kid_subsets: int = 50,
+    k: int = 5,
+    num_pairs: int = 200,
+    feats: dict | None = None,
+) -> dict:
+    """Per-class and overall FID/KID/PRDC (per extractor), MS-SSIM diversity and histogram tests of ``generated``."""
+    feats = feats if feats is not None else {}
+    for name, ex in extractors.items():
+        feats.setdefault(name, (extract_features(ex, reference), extract_features(ex, generated)))
+    out: dict = {}
+    groups: list[tuple[str, int | None]] = [("overall", None)] + [(n, c) for c, n in enumerate(reference.classes)]
+    for key, c in groups:
+        r_mask = np.ones(len(reference), bool) if c is None else reference.labels == c
+        g_mask = np.ones(len(generated), bool) if c is None else generated.labels == c
+        entry: dict = {"n_real": int(r_mask.sum()), "n_generated": int(g_mask.sum())}
+        for name, (rf, gf) in feats.items():
+            entry[name] = _feature_metrics(rf[r_mask], gf[g_mask], kid_subsets, k)
+        entry["histogram"] = _guard(histogram_tests, reference.images[r_mask], generated.images[g_mask])
+        if c is not None:
+            entry["ms_ssim_generated"] = _guard(ms_ssim_diversity, generated.images[g_mask], num_pairs)
+            entry["ms_ssim_real"] = _guard(ms_ssim_diversity, reference.images[r_mask], num_pairs)
+        out[key] = entry
+    return out
+
+
+def heldout_split(datalist: dict) -> str:
+    for split in ("test", "validation"):
+        if datalist.get(split):
+            return split
+    raise ValueError("the datalist has neither a 'test' nor a 'validation' split to use as held-out real images.")
+
+
+def evaluate(
+    samples_dir: str | os.PathLike,
+    datalist: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    extractors: dict[str, FeatureExtractor],
+    size: int = 64,
+    max_real_per_class: int | None = 500,
+    audit_extractor: str | None = None,
+    utility_sizes: Sequence[int | None] | None = None,
+    utility_epochs: int = 4,
+    num_pairs: int = 200,
+    kid_subsets: int = 50,
+    report: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Compute every metric of issue 3 for ``samples_dir``, write ``metrics.json`` (and ``report.html``)."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = read_datalist(datalist)
+    generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
+    reference = load_datalist_split(datalist, "training", size=size, per_class=max_real_per_class, seed=seed)
+    heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=max_real_per_class, seed=seed)
+    feats = {n: (extract_features(e, reference), extract_features(e, generated)) for n, e in extractors.items()}
+    held_feats = {n: extract_features(e, heldout) for n, e in extractors.items()}
+    metrics: dict = {
+        "samples_dir": str(samples_dir),
+        "datalist": str(datalist),
+        "image_size": size,
+        "classes": data["classes"],
+        "extractors": {n: e.name for n, e in extractors.items()},
+        "n_reference": len(reference),
+        "n_heldout": len(heldout),
+        "n_generated": len(generated),
+    }
+    metrics["generated"] = score_sets(reference, generated, extractors, kid_subsets, num_pairs=num_pairs, feats=feats)
+    floor_feats = {n: (feats[n][0], held_feats[n]) for n in extractors}
+    metrics["floor_real_heldout"] = score_sets(
+        reference, heldout, extractors, kid_subsets, num_pairs=num_pairs, feats=floor_feats
+    )
+    metrics["mse_ssim_table"] = real_vs_synthetic_table(
+        heldout.images, heldout.labels, generated.images, generated.labels, data["classes"], num_pairs=num_pairs
+    )
+    a_name = audit_extractor or next(iter(extractors), None)
+    audit = memorisation_audit(
+        generated.images,
+        reference.images,
+        heldout.images,
+        *((feats[a_name][1], feats[a_name][0], held_feats[a_name]) if a_name else (None, None, None)),
+    )
+    metrics["memorisation"] = audit.summary(generated.ids, reference.ids)
+    metrics["memorisation"]["feature_extractor"] = a_name
+    analysis: dict = {"spectrum": spectrum_comparison(reference.images, generated.images)}
+    if a_name:
+        rank = realism_ranking(feats[a_name][1], feats[a_name][0])
+        analysis["realism"] = {
+            "extractor": a_name,
+            "most": rank["most"],
+            "least": rank["least"],
+            "most_files": [generated.ids[i] for i in rank["most"]],
+            "least_files": [generated.ids[i] for i in rank["least"]],
+            "median_score": float(np.median(rank["scores"])),
+        }
+        analysis["mode_collapse"] = _guard(mode_collapse, feats[a_name][1], feats[a_name][0], seed=seed)
+    metrics["error_analysis"] = analysis
+    if utility_sizes:
+        from medgen.metrics.utility import utility_experiment
+
+        train_all = load_datalist_split(datalist, "training", size=size)
+        metrics["utility"] = utility_experiment(
+            train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed
+        )
+    metrics["seconds"] = round(time.time() - t0, 1)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if report:
+        from medgen.report.html import write_report
+
+        write_report(
+            out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout, audit=audit
+        )
+    return metrics

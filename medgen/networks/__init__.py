@@ -1,0 +1,3 @@
+from medgen.networks.unet import ConditionalDiffusionUNet
+
+__all__ = ["ConditionalDiffusionUNet"]
