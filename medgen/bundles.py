@@ -25,7 +25,7 @@ def find_bundle(name_or_path: str | Path) -> Path:
     for folder in bundle_search_path():
         if (folder / str(name_or_path) / "configs").is_dir():
             return folder / str(name_or_path)
-    known = sorted({p.name for f in bundle_search_path() if f.is_dir() for p in f.iterdir() if (p / "configs").is_dir()})
+    known = sorted(p.name for p in list_bundles())
     raise FileNotFoundError(f"no bundle {str(name_or_path)!r}: give a bundle folder or one of {known}")
 
 

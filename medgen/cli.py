@@ -56,6 +56,22 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from medgen.export.cli_commands import export_command
+
+    return export_command(args.samples_dir, args.out, fmt=args.format, iod=args.iod, uid_root=args.uid_root,
+                          patient_name=args.patient_name, patient_id=args.patient_id, bits=args.bits,
+                          body_part=args.body_part, send_to=args.send_to, credentials_file=args.credentials,
+                          retries=args.retries, report=args.report)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from medgen.export.cli_commands import send_command
+
+    return send_command(args.path, args.to, credentials_file=args.credentials, retries=args.retries,
+                        report=args.report, calling_aet=args.calling_aet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__)
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
@@ -96,6 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")
     sample.add_argument("--batch-size", type=int)
     sample.set_defaults(func=cmd_sample, takes_extra=True)
+
+    export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR), PNG, 16-bit PNG or NIfTI")
+    export.add_argument("samples_dir", help="folder written by `medgen sample` (with samples.jsonl)")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--format", default="dicom", choices=["dicom", "png", "png16", "nifti"])
+    export.add_argument("--iod", default="sc", choices=["sc", "cr", "mr"],
+                        help="DICOM IOD: Secondary Capture, Computed Radiography or MR")
+    export.add_argument("--uid-root", help="UID prefix for the study/series/instance UIDs")
+    export.add_argument("--patient-name", help="synthetic patient name (default: one per run)")
+    export.add_argument("--patient-id", help="synthetic patient ID (default: one per run)")
+    export.add_argument("--bits", type=int, default=16, choices=[12, 16])
+    export.add_argument("--body-part", default="CHEST")
+    export.add_argument("--send-to", help="after export, send to dimse://AET@host:port or dicomweb://host:port/root")
+    export.add_argument("--credentials", help="credentials file for the PACS (else MEDGEN_PACS_USER/PASSWORD)")
+    export.add_argument("--retries", type=int, default=3)
+    export.add_argument("--report", help="per-file send report (.csv or .json)")
+    export.set_defaults(func=cmd_export, takes_extra=False)
+
+    send = verbs.add_parser("send", help="send DICOM files to a PACS (DIMSE C-STORE or DICOMweb STOW-RS)")
+    send.add_argument("path", help="a DICOM file or a folder of them")
+    send.add_argument("--to", required=True, help="dimse://AET@host:port or dicomweb://host:port/root")
+    send.add_argument("--credentials", help="credentials file (else MEDGEN_PACS_USER/MEDGEN_PACS_PASSWORD)")
+    send.add_argument("--retries", type=int, default=3, help="attempts per file on transient failure")
+    send.add_argument("--report", help="per-file result report (.csv or .json)")
+    send.add_argument("--calling-aet", default="MEDGEN")
+    send.set_defaults(func=cmd_send, takes_extra=False)
     return parser
 
 

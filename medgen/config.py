@@ -57,3 +57,10 @@ def check_training(dataset_dir: Any, image_size: Any, batch_size: Any, max_epoch
     """All checks a training run makes before building anything."""
     check_types(image_size, batch_size, max_epochs, classes)
     check_data_source(dataset_dir)
+
+
+def check_exit(code: int, step: str) -> int:
+    """Stop a bundle run when a step that returns an exit code (export, send) failed."""
+    if code:
+        fail(f"{step} finished with exit code {code}; see the messages above")
+    return code

@@ -110,13 +110,33 @@ def _split_folder_name(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.lower())
 
 
+def _nifti_items(item: dict, options: dict | None, summary: IndexSummary) -> list[dict]:
+    """One datalist item per chosen 2D slice of a NIfTI volume (see ``nifti_slice_indices``)."""
+    from medgen.data.loaders import nifti_slice_indices
+
+    options = options or {}
+    axis = int(options.get("axis", 2))
+    try:
+        indices = nifti_slice_indices(item["image"], axis, options.get("index_range"),
+                                      float(options.get("min_foreground", 0.1)))
+    except Exception as err:  # nibabel raises several types for a broken file
+        summary.skip(item["image"], "unreadable NIfTI")
+        summary.errors.append((item["image"], f"unreadable NIfTI: {err}"))
+        return []
+    return [{**item, "slice_axis": axis, "slice_index": i} for i in indices]
+
+
 def index_folder(
     root: str | Path,
     classes: list[str] | None = None,
     verify: bool = True,
     summary: IndexSummary | None = None,
+    nifti: dict | None = None,
 ) -> tuple[dict[str, list[dict]], list[str], IndexSummary]:
     """Index a class-folder tree: ``root/<class>/*`` or ``root/<split>/<class>/*``.
+
+    NIfTI volumes become one item per slice: ``nifti={"axis": 2, "index_range": (start, stop)}`` or, without
+    a range, every slice whose foreground fraction is at least ``min_foreground`` (default 0.1).
 
     Returns items per split found in the tree (``"all"`` when there is none), the class names and a summary.
     """
@@ -146,8 +166,13 @@ def index_folder(
             if not class_dir.is_dir():
                 continue
             for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-                if _looks_like_image(path, summary) and _readable(path, summary, verify):
-                    items[split].append({"image": str(path.resolve()), "label": label})
+                if not (_looks_like_image(path, summary) and _readable(path, summary, verify)):
+                    continue
+                item = {"image": str(path.resolve()), "label": label}
+                if suffix_of(path) in (".nii", ".nii.gz"):
+                    items[split].extend(_nifti_items(item, nifti, summary))
+                else:
+                    items[split].append(item)
     for label, name in enumerate(classes):
         if not any(it["label"] == label for split_items in items.values() for it in split_items):
             raise DatalistError(f"class {name!r} has no readable images under {root}")
@@ -283,6 +308,7 @@ def build_datalist(
     label_column: str = "label",
     uncertain: str = "ignore",
     verify: bool = True,
+    nifti: dict | None = None,
 ) -> tuple[dict[str, Any], IndexSummary]:
     """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree."""
     source = Path(source)
@@ -296,7 +322,7 @@ def build_datalist(
     elif source.is_dir() and _is_dicom_tree(source):
         items, classes = _index_dicom(source, classes, summary)
     else:
-        items, classes, summary = index_folder(source, classes, verify=verify, summary=summary)
+        items, classes, summary = index_folder(source, classes, verify=verify, summary=summary, nifti=nifti)
     datalist: dict[str, Any] = {"classes": classes, "source": str(source.resolve()), "seed": seed}
     datalist.update(finalize_splits(items, val_fraction, test_fraction, seed))
     return datalist, summary
@@ -323,7 +349,8 @@ def _index_dicom(root: Path, classes: list[str] | None, summary: IndexSummary):
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise DatalistError(f"class(es) {unknown} not found in DICOM tree {root}; found {names}")
-    items = [{"image": it["image"], "label": classes.index(it["label_name"])} for it in found if it["label_name"] in classes]
+    items = [{"image": it["image"], "label": classes.index(it["label_name"])}
+             for it in found if it["label_name"] in classes]
     return {"all": items}, classes
 
 

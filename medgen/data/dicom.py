@@ -58,6 +58,7 @@ _DECODER_PACKAGES: dict[str, str] = {
 }
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
+_KNOWN_GROUPS = (0x0008, 0x0010, 0x0018, 0x0020, 0x0028, 0x7FE0)
 
 
 class DicomReadError(ValueError):
@@ -107,11 +108,15 @@ def _read(path: Path, stop_before_pixels: bool) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+            known = any(tag.group in _KNOWN_GROUPS for tag in ds.keys())
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DicomReadError(
             f"{path}: corrupt or truncated DICOM file ({type(exc).__name__}: {exc})", reason="corrupt"
         ) from exc
+    if not known:
+        raise DicomReadError(f"{path}: corrupt DICOM file (no recognisable data elements after the header)", "corrupt")
+    return ds
 
 
 def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID:
@@ -137,7 +142,9 @@ def check_dicom_header(path: str | os.PathLike, ds: Dataset | None = None, frame
     if ds is None:
         ds = _read(path, stop_before_pixels=False)
     try:
-        return _check(path, ds, frame)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on invalid values; we raise instead
+            return _check(path, ds, frame)
     except DicomReadError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
@@ -238,7 +245,7 @@ def _decode(path: Path, ds: Dataset, frame: int | None) -> np.ndarray:
             hint = f"; try: pip install {_DECODER_PACKAGES.get(tsyntax, 'pylibjpeg and its plugins')}"
         raise DicomReadError(
             f"{path}: cannot decode pixel data ({tsyntax.name}): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]}{hint}",
+            f"{' '.join(line.strip() for line in str(exc).splitlines())}{hint}",
             reason="undecodable",
         ) from exc
     if arr.ndim != 2:
@@ -288,7 +295,8 @@ def read_dicom_image(
         out_bits = int(item.LUTDescriptor[2])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lut_out = apply_voi(values, ds, index=0)
+            lut_in = values.astype(np.int64) if np.array_equal(values, np.round(values)) else values
+            lut_out = apply_voi(lut_in, ds, index=0)
         unit = np.clip(np.asarray(lut_out, dtype=np.float64) / float(2**out_bits - 1), 0.0, 1.0)
     elif used is not None:
         if used[1] <= 0:

@@ -2,7 +2,12 @@
 
 As in diffusers, the network knows nothing of sampling and the scheduler nothing of networks. Each image has its
 own seed: its starting noise is drawn from ``torch.Generator().manual_seed(seed)``, so with a deterministic sampler
-(DDIM with eta=0) an image depends only on (class, seed, steps, guidance), not on the batch it was made in.
+(DDIM with eta=0, DPM-Solver++) an image depends only on (class, seed, steps, guidance), not on the batch it was made
+in.
+
+The compute path is chosen here: bf16 autocast with channels_last memory layout on CPUs with native bf16 (AVX-512
+BF16 / AMX), bf16 (or fp16) autocast on GPUs, fp32 otherwise; ``batch_size="auto"`` picks the largest batch that fits
+in a fraction of the free memory; sampling runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
@@ -48,6 +54,55 @@ def make_scheduler(name: str, train_scheduler: Scheduler) -> Scheduler:
     return sched
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free for sampling on ``device``: free GPU memory, or ``MemAvailable`` of the host."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def activation_bytes_per_image(network: torch.nn.Module, shape: Sequence[int], device: torch.device,
+                               dtype: torch.dtype | None, channels_last: bool = False) -> int:
+    """An upper bound of the activation memory of one image's forward pass: the sum of all module outputs
+    of a batch-1 forward (inference frees most of them early, so the real peak is lower)."""
+    total = 0
+
+    def count(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
+    try:
+        x = torch.zeros(1, *shape, device=device)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(device, dtype):
+            network(x, torch.zeros(1, dtype=torch.long, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(total, 1)
+
+
+def auto_batch_size(network: torch.nn.Module, shape: Sequence[int], device: torch.device,
+                    dtype: torch.dtype | None, channels_last: bool = False, memory_fraction: float = 0.5,
+                    max_batch: int | None = None) -> int:
+    """The largest batch (guidance doubles it inside) whose activations fit in ``memory_fraction`` of the free
+    memory, capped at ``max_batch`` (default 32 on CPU, where bigger batches stop paying off, and 256 on GPU)."""
+    if max_batch is None:
+        max_batch = 256 if device.type == "cuda" else 32
+    per_image = 2 * activation_bytes_per_image(network, shape, device, dtype, channels_last)
+    fits = int(memory_fraction * available_memory(device)) // per_image
+    return int(max(1, min(max_batch, fits)))
+
+
 def _extra_samplers() -> dict[str, Callable[[Scheduler], Scheduler]]:
     """Samplers registered by other medgen modules (fast solvers), looked up lazily."""
     try:
@@ -68,8 +123,10 @@ class DiffusionPipeline:
         in_channels: image channels.
         device: where to run.
         precision: ``auto`` (bf16 where supported), ``bf16``, ``fp16`` or ``fp32``.
-        batch_size: images per forward pass (doubled internally when guidance is on).
+        batch_size: images per forward pass (doubled internally when guidance is on); ``"auto"`` or None picks
+            the largest that fits in half the free memory (see :func:`auto_batch_size`).
         null_class: label of the unconditional class (default ``len(classes)``).
+        channels_last: NHWC memory layout; default on for the CPU bf16 path, where oneDNN runs it faster.
     """
 
     def __init__(
@@ -81,7 +138,7 @@ class DiffusionPipeline:
         in_channels: int = 1,
         device: str | torch.device = "cpu",
         precision: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | str | None = 16,
         null_class: int | None = None,
         channels_last: bool | None = None,
     ) -> None:
@@ -92,13 +149,34 @@ class DiffusionPipeline:
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.in_channels = in_channels
         self.dtype = resolve_dtype(self.device, precision)
-        self.batch_size = batch_size
+        self._batch_size = None if batch_size in (None, "auto") else int(batch_size)  # type: ignore[arg-type]
+        if self._batch_size is not None and self._batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.null_class = len(self.classes) if null_class is None else null_class
         if channels_last is None:
             channels_last = self.dtype is not None and self.device.type == "cpu"
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass; with ``batch_size="auto"`` chosen (once) from the free memory."""
+        if self._batch_size is None:
+            self._batch_size = auto_batch_size(self.network, (self.in_channels, *self.image_size), self.device,
+                                               self.dtype, self.channels_last)
+            logger.info("sampling batch size %d (fits the free memory on %s)", self._batch_size, self.device)
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = int(value)
+
+    @property
+    def compute_path(self) -> str:
+        """How the network runs, e.g. ``cpu bf16-autocast channels_last``."""
+        precision = {None: "fp32", torch.bfloat16: "bf16-autocast", torch.float16: "fp16-autocast"}[self.dtype]
+        return " ".join([self.device.type, precision] + (["channels_last"] if self.channels_last else []))
 
     def class_index(self, name_or_index: str | int) -> int:
         if isinstance(name_or_index, int) or str(name_or_index).isdigit():
@@ -177,9 +255,10 @@ class DiffusionPipeline:
         total = len(seeds)
         bar = tqdm(total=total, desc=f"generating ({sampler}, {num_inference_steps} steps)", disable=not progress)
         done = 0
-        for start in range(0, total, self.batch_size):
-            batch_labels = [int(v) for v in labels[start:start + self.batch_size]]
-            batch_seeds = [int(v) for v in seeds[start:start + self.batch_size]]
+        batch_size = self.batch_size
+        for start in range(0, total, batch_size):
+            batch_labels = [int(v) for v in labels[start:start + batch_size]]
+            batch_seeds = [int(v) for v in seeds[start:start + batch_size]]
 
             def step_callback(step: int, steps: int, _done: int = done, _n: int = len(batch_seeds)) -> None:
                 if callback is not None:

@@ -60,12 +60,13 @@ class ResumeFromLatest:
         logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
 
 
-def save_state_dict_atomic(module: torch.nn.Module, path: str | Path) -> Path:
-    """``torch.save(module.state_dict())`` through a temporary file and ``os.replace``."""
+def save_state_dict_atomic(module: torch.nn.Module, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """``torch.save(module.state_dict())`` (floats as ``dtype``) through a temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().to(dtype).cpu() if v.is_floating_point() else v.cpu()
+             for k, v in module.state_dict().items()}
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path

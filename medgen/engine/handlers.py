@@ -28,20 +28,22 @@ def _loss_of(output) -> float:
 class ModelExporter:
     """Write the (EMA) network's weights to ``path`` every ``interval`` epochs and when training completes.
 
-    This is the bundle's ``models/model.pt``: a plain state dict that ``inference.yaml`` loads.
+    This is the bundle's ``models/model.pt``: a plain state dict that ``inference.yaml`` loads. ``half=True``
+    stores it in fp16 (half the size; loading casts back to the network's dtype).
     """
 
-    def __init__(self, network: torch.nn.Module, path: str | Path, interval: int = 1) -> None:
+    def __init__(self, network: torch.nn.Module, path: str | Path, interval: int = 1, half: bool = False) -> None:
         self.network = network
         self.path = Path(path)
         self.interval = max(1, int(interval))
+        self.half = half
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        save_state_dict_atomic(self.network, self.path)
+        save_state_dict_atomic(self.network, self.path, dtype=torch.float16 if self.half else torch.float32)
         logger.info("epoch %d: weights written to %s", engine.state.epoch, self.path)
 
 

@@ -14,6 +14,9 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
     The extra embedding (index ``num_classes``) is the null class: training drops labels to it with some
     probability and sampling uses it for the unconditional branch of classifier-free guidance. A missing
     ``class_labels`` means the null class. The state dict is that of a plain ``DiffusionModelUNet``.
+
+    MONAI's ResNet blocks add the time+class embedding per channel before a GroupNorm; with one channel per
+    group that norm removes the embedding entirely, so the default uses 16 groups (>= 2 channels per group).
     """
 
     def __init__(
@@ -22,11 +25,11 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
         in_channels: int = 1,
         out_channels: int = 1,
         num_classes: int = 2,
-        channels: Sequence[int] = (32, 64, 128, 256),
+        channels: Sequence[int] = (32, 64, 128, 128),
         attention_levels: Sequence[bool] = (False, False, True, True),
         num_res_blocks: int | Sequence[int] = 2,
         num_head_channels: int | Sequence[int] = 32,
-        norm_num_groups: int = 32,
+        norm_num_groups: int = 16,
         resblock_updown: bool = False,
         use_flash_attention: bool = False,
     ) -> None:

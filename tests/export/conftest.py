@@ -52,6 +52,11 @@ def make_samples_dir(root: Path, per_class: int = 2, with_npy: bool = True) -> P
 
 
 @pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
 def samples_dir(tmp_path: Path) -> Path:
     return make_samples_dir(tmp_path / "samples")
 
@@ -82,7 +87,7 @@ class Orthanc:
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
-    """A real Orthanc on free 127.0.0.1 ports: auth on, no remote access, DICOMweb plugin, own storage; stopped after."""
+    """A real Orthanc on free 127.0.0.1 ports: auth on, no remote access, DICOMweb, own storage; stopped after."""
     if not Path(ORTHANC).exists():
         pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
     plugin = next((p for p in DICOMWEB_PLUGINS if Path(p).exists()), None)

@@ -1,0 +1,224 @@
+"""Export a diffusion network to TorchScript (by tracing) and ONNX, with every input positional.
+
+MONAI's ``DiffusionModelUNet`` takes ``(x, timesteps, context, class_labels, ...)`` with keywords and optional
+arguments; tracers and ONNX want one flat positional signature, and ``torch.jit.script`` fails inside MONAI's
+spatial attention (``x.reshape(*shape[:2], -1)``). :class:`DiffusionNetworkWrapper` gives the network the signature
+``forward(image, timesteps, class_labels)``; :func:`export_torchscript` traces it and :func:`export_onnx` writes an
+ONNX graph with a dynamic batch axis. :func:`export_bundle` does both for a bundle's trained weights.
+
+``python -m monai.bundle ckpt_export`` cannot do this: it builds its example inputs as ``[torch.rand(input_shape)]``
+(one float tensor) and overwrites any ``inputs`` given in ``converter_kwargs``, so a network that also needs integer
+timesteps and class labels can neither be traced by it nor scripted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_NAMES = ("image", "timesteps", "class_labels")
+OUTPUT_NAMES = ("pred",)
+DEFAULT_OPSET = 18
+
+
+def _as_batch(value: Any, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as a tensor on the image's device with one entry per image (an int or 0-d tensor is repeated)."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value, dtype=dtype, device=image.device)
+    if value.ndim == 0:
+        value = value.expand(image.shape[0])
+    return value
+
+
+class DiffusionNetworkWrapper(nn.Module):
+    """A diffusion network with the positional signature ``forward(image, timesteps, class_labels)``.
+
+    ``timesteps`` and ``class_labels`` may be tensors of shape ``(N,)``, 0-d tensors or plain ints (repeated over
+    the batch), so ``python -m monai.bundle verify_net_in_out network_wrapper --extra_forward_args
+    "{'timesteps': 999, 'class_labels': 0}"`` works from the command line. ``class_labels=None`` is passed on as
+    ``None`` (the null class of :class:`~medgen.networks.ConditionalDiffusionUNet`).
+
+    The wrapper loads a plain network's state dict (keys without the ``network.`` prefix), so ``ckpt_export``
+    and :func:`~medgen.diffusion.sample_run.load_weights` can load ``models/model.pt`` into it directly.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(
+        self, image: torch.Tensor, timesteps: torch.Tensor | int, class_labels: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        timesteps = _as_batch(timesteps, image, torch.long)
+        if class_labels is not None:
+            class_labels = _as_batch(class_labels, image, torch.long)
+        return self.network(image, timesteps, class_labels=class_labels)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if not any(key.startswith("network.") for key in state_dict):
+            return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def wrap(network: nn.Module) -> DiffusionNetworkWrapper:
+    return network if isinstance(network, DiffusionNetworkWrapper) else DiffusionNetworkWrapper(network)
+
+
+def example_inputs(
+    image_shape: Sequence[int], batch_size: int = 2, num_train_timesteps: int = 1000, num_labels: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ``(image, timesteps, class_labels)`` for an image of shape ``(C, *spatial)``."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch_size, *image_shape, generator=gen)
+    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=gen)
+    labels = torch.randint(0, num_labels, (batch_size,), generator=gen)
+    return image, timesteps, labels
+
+
+def export_torchscript(
+    network: nn.Module,
+    path: str | Path,
+    inputs: Sequence[torch.Tensor],
+    meta_values: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> torch.jit.ScriptModule:
+    """Trace ``network`` (wrapped) on ``inputs`` and save it the way ``ckpt_export`` does (metadata and configs
+    as extra files, readable with ``monai.data.load_net_with_metadata``)."""
+    from monai.data import save_net_with_metadata
+
+    model = wrap(network).eval().cpu()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, tuple(t.cpu() for t in inputs), check_trace=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_net_with_metadata(traced, str(path), include_config_vals=False, append_timestamp=False,
+                           meta_values=dict(meta_values or {}), more_extra_files=dict(extra_files or {}))
+    return traced
+
+
+def export_onnx(
+    network: nn.Module,
+    path: str | Path,
+    inputs: Sequence[torch.Tensor],
+    opset_version: int = DEFAULT_OPSET,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``network`` (wrapped) as one ONNX file with inputs ``image, timesteps, class_labels``, output ``pred``
+    and a dynamic batch axis. ``metadata`` goes into the model's ``metadata_props`` (non-strings as JSON)."""
+    import onnx
+
+    if opset_version < 17:
+        raise ValueError(f"opset_version must be at least 17, got {opset_version}")
+    model = wrap(network).eval().cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = {name: {0: batch} for name in INPUT_NAMES}
+    with torch.no_grad():
+        torch.onnx.export(model, tuple(t.cpu() for t in inputs), str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), opset_version=opset_version, dynamo=True,
+                          external_data=False, dynamic_shapes=dynamic_shapes, verbose=False)
+    if metadata:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+        onnx.save(proto, str(path))
+    return path
+
+
+def max_abs_diff_torchscript(path: str | Path, network: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Largest ``|TorchScript - PyTorch|`` over the outputs for ``inputs``."""
+    ts = torch.jit.load(str(path))
+    with torch.no_grad():
+        return float((ts(*inputs) - wrap(network).eval()(*inputs)).abs().max())
+
+
+def max_abs_diff_onnx(path: str | Path, network: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Largest ``|onnxruntime - PyTorch|`` over the outputs for ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs)}
+    out = session.run(None, feeds)[0]
+    with torch.no_grad():
+        ref = wrap(network).eval()(*inputs).numpy()
+    return float(np.abs(out - ref).max())
+
+
+def sampling_metadata(scheduler: Any, classes: Sequence[str], image_shape: Sequence[int]) -> dict[str, Any]:
+    """What :mod:`medgen.onnx_sampling` needs to sample from the ONNX file alone: the noise schedule, the
+    prediction type, the classes (index = label, null class = ``len(classes)``) and the image shape."""
+    return {
+        "medgen.betas": [float(b) for b in scheduler.betas.double().tolist()],
+        "medgen.num_train_timesteps": int(scheduler.num_train_timesteps),
+        "medgen.prediction_type": str(scheduler.prediction_type),
+        "medgen.classes": list(classes),
+        "medgen.null_class": len(classes),
+        "medgen.image_shape": [int(s) for s in image_shape],
+    }
+
+
+def export_bundle(
+    bundle: str | Path,
+    ckpt_file: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] = ("ts", "onnx"),
+    config: str = "inference",
+    opset_version: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    """Export a bundle's trained network as ``models/model.ts`` and ``models/model.onnx`` and check each against
+    PyTorch on random inputs (batch sizes 2 and 3). Returns ``{"model.ts": path, "model.ts max_abs_diff": ...}``.
+
+    Args:
+        bundle: bundle folder or name.
+        ckpt_file: weights (default ``<bundle>/models/model.pt``).
+        out_dir: where to write (default ``<bundle>/models``).
+        formats: any of ``ts``, ``onnx``.
+        config: the config whose ``network_def`` (and ``scheduler``, ``classes``) are used.
+        opset_version: ONNX opset (at least 17).
+    """
+    from monai.bundle import ConfigParser
+
+    from medgen.bundles import config_file, find_bundle
+    from medgen.diffusion.sample_run import load_weights
+
+    unknown = set(formats) - {"ts", "onnx"}
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from ts, onnx")
+    bundle_dir = find_bundle(bundle)
+    cfg_path = config_file(bundle_dir, config)
+    meta_path = bundle_dir / "configs" / "metadata.json"
+    ckpt = Path(ckpt_file) if ckpt_file else bundle_dir / "models" / "model.pt"
+    out = Path(out_dir) if out_dir else bundle_dir / "models"
+    parser = ConfigParser()
+    parser.read_config(str(cfg_path))
+    parser.read_meta(str(meta_path))
+    parser["bundle_root"] = str(bundle_dir)
+    network = load_weights(parser.get_parsed_content("network_def"), ckpt).float().eval()
+    image = parser["_meta_"]["network_data_format"]["inputs"]["image"]
+    image_shape = (int(image["num_channels"]), *[int(s) for s in image["spatial_shape"]])
+    classes = parser.get("classes", [])
+    num_train_timesteps = int(parser.get("num_train_timesteps", 1000))
+    inputs = example_inputs(image_shape, 2, num_train_timesteps, len(classes) + 1)
+    check = example_inputs(image_shape, 3, num_train_timesteps, len(classes) + 1, seed=1)
+    result: dict[str, Any] = {}
+    if "ts" in formats:
+        extra = {f"{cfg_path.stem}.json": json.dumps(ConfigParser.load_config_file(str(cfg_path))).encode()}
+        ts_path = out / "model.ts"
+        export_torchscript(network, ts_path, inputs, parser.get("_meta_"), extra)
+        result["model.ts"] = str(ts_path)
+        result["model.ts max_abs_diff"] = max_abs_diff_torchscript(ts_path, network, check)
+    if "onnx" in formats:
+        metadata: dict[str, Any] = {"medgen.bundle": bundle_dir.name,
+                                    "medgen.version": parser["_meta_"].get("version", "")}
+        if "scheduler" in parser and hasattr(parser.get_parsed_content("scheduler"), "betas"):
+            metadata.update(sampling_metadata(parser.get_parsed_content("scheduler"), classes, image_shape))
+        onnx_path = export_onnx(network, out / "model.onnx", inputs, opset_version, metadata)
+        result["model.onnx"] = str(onnx_path)
+        result["model.onnx max_abs_diff"] = max_abs_diff_onnx(onnx_path, network, check)
+    return result

@@ -1,0 +1,218 @@
+"""The REST service: ``create_app(settings)`` builds the FastAPI app (OpenAPI at ``/docs``, web page at ``/ui``).
+
+Every route but ``/healthz`` and the static page and docs needs an API key; a job and its images are visible
+only to the key that made it (others get 404, as if it did not exist). Paths on disk are built only from
+server-made job ids (checked against ``[0-9a-f]{32}``) and from ``samples.jsonl`` entries checked to lie
+inside the job's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path as FsPath
+from typing import Annotated, Any, NoReturn
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from medgen import __version__
+from medgen.serve import metrics as prom
+from medgen.serve.auth import require_key
+from medgen.serve.catalog import BundleInfo, available_samplers, output_formats, read_bundle
+from medgen.serve.jobs import Job, KeyRecord, SQLiteJobStore, new_job_id
+from medgen.serve.models import GenerateRequest, ImageInfo, JobCreated, JobInfo, ModelInfo, ModelList
+from medgen.serve.settings import ServeSettings
+from medgen.serve.worker import RESULT_ZIP, QueueFull, Worker, read_samples
+
+logger = logging.getLogger(__name__)
+
+STATIC = FsPath(__file__).resolve().parent / "static"
+API = "/api/v1"
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id from POST /api/v1/generate")]
+Key = Annotated[KeyRecord, Depends(require_key)]
+
+
+def invalid(field: str, message: str, allowed: list[Any] | None = None) -> NoReturn:
+    """A 422 shaped like FastAPI's own validation errors, with the allowed values when there is a list."""
+    detail: dict[str, Any] = {"loc": ["body", field], "msg": message, "type": "value_error"}
+    if allowed is not None:
+        detail["allowed"] = allowed
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[detail])
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The service over ``settings.data_dir`` serving ``settings.bundles``; the worker starts with the app."""
+    store = SQLiteJobStore(settings.db_path)
+    bundles: dict[str, BundleInfo] = {name: read_bundle(spec) for name, spec in settings.bundles.items()}
+    worker = Worker(store, bundles, settings.results_dir, settings.queue_size)
+    samplers = available_samplers()
+    formats = output_formats()
+    submit_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        lost = store.fail_interrupted("interrupted: the server restarted before the job finished; retry it")
+        if lost:
+            logger.warning("marked %d interrupted job(s) failed and retryable: %s", len(lost), ", ".join(lost))
+        worker.start()
+        yield
+        worker.stop()
+        store.fail_interrupted("interrupted: the server stopped before the job finished; retry it")
+
+    app = FastAPI(title="medgen", version=__version__, lifespan=lifespan,
+                  description="Class-conditional synthetic medical images from MONAI diffusion bundles. "
+                              "Send the API key as `X-API-Key` or `Authorization: Bearer`.")
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
+
+    def owned_job(job_id: str, key: KeyRecord) -> Job:
+        job = store.get_job(job_id)
+        if job is None or job.key_id != key.id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+        return job
+
+    def job_info(job: Job) -> JobInfo:
+        done = job.status == "succeeded"
+        return JobInfo(job_id=job.id, status=job.status, progress=job.progress, request=job.request,
+                       created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                       error=job.error, retryable=job.retryable, cancel_requested=job.cancel_requested,
+                       metrics=job.metrics, retry_of=job.retry_of,
+                       result_url=f"{API}/jobs/{job.id}/result" if done else None,
+                       images_url=f"{API}/jobs/{job.id}/images" if done else None)
+
+    def validate(req: GenerateRequest) -> None:
+        if req.bundle not in bundles:
+            invalid("bundle", f"unknown bundle {req.bundle!r}", sorted(bundles))
+        info = bundles[req.bundle]
+        if req.class_label not in info.classes:
+            invalid("class_label", f"unknown class {req.class_label!r} for bundle {req.bundle}", info.classes)
+        if req.num_images > settings.max_images:
+            invalid("num_images", f"num_images must be at most {settings.max_images} on this server")
+        if req.steps > settings.max_steps:
+            invalid("steps", f"steps must be at most {settings.max_steps} on this server")
+        if req.sampler.lower() not in samplers:
+            invalid("sampler", f"unknown sampler {req.sampler!r}", samplers)
+        if formats.get(req.output_format):
+            invalid("output_format", str(formats[req.output_format]))
+        if req.quality_check and (problem := info.quality_gate_problem()):
+            invalid("quality_check", problem)
+
+    def enqueue(request: dict[str, Any], key: KeyRecord, retry_of: str | None = None) -> JobCreated:
+        with submit_lock:
+            active = store.count_active(key.id)
+            if active >= key.max_jobs:
+                raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                    f"key {key.name!r} already has {active} active job(s), its limit; wait for one "
+                                    "to finish or cancel one", headers={"Retry-After": "5"})
+            job = Job(id=new_job_id(), key_id=key.id, request=request, retry_of=retry_of)
+            try:
+                estimate = worker.submit(job)
+            except QueueFull as err:
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(err), headers={"Retry-After": "10"}) \
+                    from err
+        return JobCreated(job_id=job.id, status="queued", estimated_time_seconds=estimate,
+                          status_url=f"{API}/jobs/{job.id}")
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness (no key needed)."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    def metrics(key: Key) -> PlainTextResponse:
+        """Prometheus text: jobs by status, generation latency p50/p95/p99, images generated."""
+        text = prom.render(store, worker.queue.qsize(), len(worker.pipelines))
+        return PlainTextResponse(text, media_type=prom.CONTENT_TYPE)
+
+    @app.get(f"{API}/models", tags=["models"])
+    def list_models(key: Key) -> ModelList:
+        """The bundles served, their classes, and the server's limits."""
+        models = [ModelInfo(name=name, version=b.version, description=b.description, classes=b.classes,
+                            image_size=b.image_size, samplers=samplers,
+                            output_formats=[f for f, why in formats.items() if why is None],
+                            quality_check=b.quality_gate_problem() is None)
+                  for name, b in sorted(bundles.items())]
+        return ModelList(models=models, limits={"max_images": settings.max_images, "max_steps": settings.max_steps,
+                                                "max_active_jobs": key.max_jobs})
+
+    @app.post(f"{API}/generate", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    def generate(req: GenerateRequest, key: Key) -> JobCreated:
+        """Queue a job; poll ``status_url``. 422 names the allowed values; 429 over the key's active-job limit."""
+        validate(req)
+        request = req.model_dump()
+        request["sampler"] = req.sampler.lower()
+        return enqueue(request, key)
+
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["jobs"])
+    def get_job(job_id: JobId, key: Key) -> JobInfo:
+        """Status, progress (%), error and, when done, metrics and the result URL."""
+        return job_info(owned_job(job_id, key))
+
+    @app.delete(f"{API}/jobs/{{job_id}}", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    def cancel_job(job_id: JobId, key: Key) -> JobInfo:
+        """Cancel a queued job at once or a running one at its next denoising step."""
+        job = owned_job(job_id, key)
+        if job.status not in ("queued", "running"):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is already {job.status}")
+        return job_info(worker.cancel(job_id) or job)
+
+    @app.post(f"{API}/jobs/{{job_id}}/retry", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    def retry_job(job_id: JobId, key: Key) -> JobCreated:
+        """Run a failed-and-retryable (or cancelled) job again as a new job with the same request."""
+        job = owned_job(job_id, key)
+        if not (job.status == "cancelled" or (job.status == "failed" and job.retryable)):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status} and not retryable")
+        validate(GenerateRequest(**job.request))
+        return enqueue(job.request, key, retry_of=job.id)
+
+    def finished_dir(job: Job) -> FsPath:
+        if job.status != "succeeded":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is {job.status}, not succeeded")
+        return worker.job_dir(job.id)
+
+    @app.get(f"{API}/jobs/{{job_id}}/result", tags=["jobs"], response_class=FileResponse)
+    def job_result(job_id: JobId, key: Key) -> FileResponse:
+        """A zip of the images (in the requested format) and ``samples.jsonl``."""
+        job = owned_job(job_id, key)
+        path = finished_dir(job) / RESULT_ZIP
+        if not path.is_file():
+            raise HTTPException(status.HTTP_410_GONE, f"the result of job {job_id} is no longer on the server")
+        return FileResponse(path, media_type="application/zip",
+                            filename=f"medgen_{job.request['bundle']}_{job_id[:8]}.zip")
+
+    @app.get(f"{API}/jobs/{{job_id}}/images", tags=["jobs"])
+    def job_images(job_id: JobId, key: Key) -> list[ImageInfo]:
+        """The PNG previews of a finished job, in order."""
+        records = read_samples(finished_dir(owned_job(job_id, key)) / "samples")
+        return [ImageInfo(index=i, url=f"{API}/jobs/{job_id}/images/{i}", class_label=r["class"], seed=r["seed"])
+                for i, r in enumerate(records)]
+
+    @app.get(f"{API}/jobs/{{job_id}}/images/{{index}}", tags=["jobs"], response_class=FileResponse)
+    def job_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=100_000)], key: Key) -> FileResponse:
+        """One PNG preview."""
+        samples = (finished_dir(owned_job(job_id, key)) / "samples").resolve()
+        records = read_samples(samples)
+        if index >= len(records):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has {len(records)} image(s)")
+        path = (samples / str(records[index]["file"])).resolve()
+        if not path.is_relative_to(samples) or path.suffix != ".png" or not path.is_file():
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "image not found")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    @app.get("/ui", include_in_schema=False, response_class=HTMLResponse)
+    def ui() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> PlainTextResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return PlainTextResponse("internal error", status_code=500)
+
+    return app

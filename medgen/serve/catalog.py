@@ -1,0 +1,123 @@
+"""The bundles a server offers: their classes and sizes read from ``configs/inference.yaml`` at start-up, and one
+:class:`~medgen.diffusion.DiffusionPipeline` per bundle built from that same config on first use and kept loaded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medgen.bundles import config_file, list_bundles
+from medgen.serve.settings import BundleSpec
+
+logger = logging.getLogger(__name__)
+
+GATE_FILE = "quality_gate.npz"
+DOMAIN_WEIGHTS_FILE = "domain_classifier.pt"
+
+
+def discover_bundles() -> dict[str, BundleSpec]:
+    """Bundles from :func:`medgen.bundles.list_bundles` that have trained weights (``models/model.pt``)."""
+    return {p.name: BundleSpec(p.name, p) for p in list_bundles() if (p / "models" / "model.pt").is_file()}
+
+
+def _parser(spec: BundleSpec, output_dir: str) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file(spec.path, "inference")))
+    meta = spec.path / "configs" / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(str(meta))
+    parser.update({"bundle_root": str(spec.path), "ckpt_path": str(spec.weights), "output_dir": output_dir,
+                   **spec.overrides})
+    return parser
+
+
+@dataclass
+class BundleInfo:
+    """What a client may ask of a bundle, read without loading its weights."""
+
+    spec: BundleSpec
+    classes: list[str]
+    image_size: list[int]
+    version: str | None
+    description: str | None
+
+    @property
+    def gate_path(self) -> Path:
+        return self.spec.weights.parent / GATE_FILE
+
+    def quality_gate_problem(self) -> str | None:
+        """Why ``quality_check`` cannot run for this bundle, or None when it can."""
+        if not self.gate_path.is_file():
+            return (f"quality_check needs a fitted quality gate at {self.spec.name}:models/{GATE_FILE} "
+                    f"(make one with `medgen fit-gate DATALIST {GATE_FILE}`)")
+        if self.gate_features() == "domain" and not (self.gate_path.parent / DOMAIN_WEIGHTS_FILE).is_file():
+            return f"quality_check needs the gate's feature network at {self.spec.name}:models/{DOMAIN_WEIGHTS_FILE}"
+        return None
+
+    def gate_features(self) -> str:
+        sidecar = Path(str(self.gate_path) + ".json")
+        return json.loads(sidecar.read_text()).get("features", "domain") if sidecar.is_file() else "domain"
+
+
+def read_bundle(spec: BundleSpec) -> BundleInfo:
+    """Classes, image size and metadata of ``spec``; raises with the file to fix when the config is unusable."""
+    parser = _parser(spec, tempfile.gettempdir())
+    classes = [str(c) for c in parser.get_parsed_content("classes")]
+    size = parser.get_parsed_content("image_size")
+    size = [int(size)] * 2 if isinstance(size, int) else [int(s) for s in size]
+    meta = json.loads((spec.path / "configs" / "metadata.json").read_text()) \
+        if (spec.path / "configs" / "metadata.json").is_file() else {}
+    return BundleInfo(spec, classes, size, meta.get("version"), meta.get("name") or meta.get("description"))
+
+
+class PipelineCache:
+    """One pipeline per bundle, built on first use from the bundle's ``pipeline`` config entry and then kept."""
+
+    def __init__(self, bundles: dict[str, BundleInfo]) -> None:
+        self.bundles = bundles
+        self._pipelines: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pipelines)
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._pipelines:
+                spec = self.bundles[name].spec
+                if not spec.weights.is_file():
+                    raise FileNotFoundError(f"bundle {name}: no trained weights at {spec.weights}")
+                logger.info("loading bundle %s from %s (weights %s)", name, spec.path, spec.weights)
+                self._pipelines[name] = _parser(spec, tempfile.gettempdir()).get_parsed_content("pipeline")
+            return self._pipelines[name]
+
+
+def available_samplers() -> list[str]:
+    """Sampler names the pipeline accepts (DDIM, DDPM and any fast solvers registered in medgen.diffusion)."""
+    from medgen.diffusion.pipeline import SAMPLERS
+
+    try:
+        from medgen.diffusion.solvers import SOLVERS
+    except ImportError:
+        SOLVERS = {}
+    return sorted({*SAMPLERS, *SOLVERS})
+
+
+def output_formats() -> dict[str, str | None]:
+    """Output format -> None when available, else why not."""
+    formats: dict[str, str | None] = {"png": None}
+    try:
+        from medgen.export.dicom_writer import export_images  # noqa: F401
+    except ImportError:
+        formats["dicom"] = "output_format dicom needs medgen[dicom] (pip install 'medgen[dicom]')"
+        formats["nifti"] = "output_format nifti needs medgen[dicom] (pip install 'medgen[dicom]')"
+    else:
+        formats["dicom"] = formats["nifti"] = None
+    return formats

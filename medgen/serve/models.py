@@ -1,0 +1,79 @@
+"""Request and response schemas of the REST API (pydantic); they are also the OpenAPI document at ``/docs``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE_STATES = ("queued", "running")
+MAX_SEED = 2**31 - 1
+
+
+class GenerateRequest(BaseModel):
+    """One generation job: ``num_images`` images of one class from one bundle.
+
+    ``num_images`` and ``steps`` are also bounded by the server's limits (see ``GET /api/v1/models``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(min_length=1, max_length=100, examples=["cxr_ddpm"])
+    class_label: str = Field(min_length=1, max_length=100, examples=["PNEUMONIA"])
+    num_images: int = Field(default=4, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="image k of the job uses seed + k")
+    sampler: str = Field(default="ddim", max_length=32)
+    steps: int = Field(default=50, ge=1, le=1000)
+    guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, description="classifier-free guidance; 1 = off")
+    output_format: Literal["png", "dicom", "nifti"] = "png"
+    quality_check: bool = False
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: JobState
+    estimated_time_seconds: float
+    status_url: str
+
+
+class JobInfo(BaseModel):
+    job_id: str
+    status: JobState
+    progress: float = Field(description="percent done, 0-100")
+    request: dict[str, Any]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    cancel_requested: bool = False
+    metrics: dict[str, Any] | None = None
+    result_url: str | None = None
+    images_url: str | None = None
+    retry_of: str | None = None
+
+
+class ImageInfo(BaseModel):
+    index: int
+    url: str
+    class_label: str = Field(alias="class")
+    seed: int
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str | None = None
+    description: str | None = None
+    classes: list[str]
+    image_size: list[int]
+    samplers: list[str]
+    output_formats: list[str]
+    quality_check: bool = Field(description="whether quality_check=true is available for this bundle")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    limits: dict[str, int]

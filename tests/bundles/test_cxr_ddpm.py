@@ -1,0 +1,130 @@
+"""The cxr_ddpm bundle run exactly as a user runs it: ``python -m monai.bundle run ...`` on real chest X-rays."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = "bundles/cxr_ddpm/configs/train.yaml"
+INFER = "bundles/cxr_ddpm/configs/inference.yaml"
+TINY = ["--image_size", "32", "--unet_channels", "[32,32,32,32]", "--attention_levels", "[false,false,false,true]",
+        "--num_res_blocks", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+def bundle_cmd(run_id: str, config: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
+
+
+def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def train_args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    return ["--dataset_dir", str(data), "--output_dir", str(out), "--model_path", str(out / "model.pt"),
+            "--max_items_per_class", "4", "--batch_size", "4", "--max_epochs", str(epochs),
+            "--checkpoint_interval", "1", "--sample_interval", "1", "--samples_per_class_in_grid", "2",
+            "--num_workers", "0", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(kermany, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    run(bundle_cmd("training", TRAIN, *train_args(kermany, out, 2)))
+    return out
+
+
+def test_training_writes_checkpoints_weights_grid_and_loss(trained):
+    assert sorted(p.name for p in (trained / "checkpoints").glob("checkpoint_epoch=*.pt")) == [
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+    ckpt = torch.load(trained / "checkpoints" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "ema", "optimizer", "trainer"} <= set(ckpt)
+    assert ckpt["trainer"]["epoch"] == 2
+    # EMA weights are kept beside the raw weights, and differ from them
+    key = "out.2.conv.weight" if "out.2.conv.weight" in ckpt["model"] else next(iter(ckpt["model"]))
+    assert not torch.equal(ckpt["model"][key], ckpt["ema"][key])
+    weights = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
+    assert weights[key].dtype == torch.float16  # the shipped model.pt is stored in half precision
+    losses = [json.loads(x) for x in (trained / "loss.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in losses] == [1, 2] and all(np.isfinite(r["loss"]) for r in losses)
+    grid = Image.open(trained / "grids" / "grid_epoch_0002.png")
+    assert grid.size[0] > 2 * 32 and grid.size[1] >= 2 * 32  # 2 classes x 2 images
+    datalist = json.loads((trained / "datalist.json").read_text())
+    assert datalist["classes"] == ["NORMAL", "PNEUMONIA"] and len(datalist["training"]) == 8
+
+
+def test_inference_writes_images_grids_and_metadata(trained, tmp_path):
+    out = tmp_path / "samples"
+    run(bundle_cmd("inference", INFER, "--ckpt_path", str(trained / "model.pt"), "--output_dir", str(out),
+                   "--per_class", "2", "--num_inference_steps", "5", "--seed", "7", *TINY[:6]))
+    records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(r["class"], r["seed"]) for r in records] == [("NORMAL", 7), ("NORMAL", 8), ("PNEUMONIA", 9),
+                                                          ("PNEUMONIA", 10)]
+    for r in records:
+        assert {"sampler", "steps", "guidance_scale", "checkpoint_sha256", "timestamp"} <= set(r)
+        assert r["sampler"] == "ddim" and r["steps"] == 5 and len(r["checkpoint_sha256"]) == 64
+        image = np.asarray(Image.open(out / r["file"]))
+        assert image.shape == (32, 32) and image.dtype == np.uint8
+    assert (out / "grid_NORMAL.png").is_file() and (out / "grid_PNEUMONIA.png").is_file()
+
+
+def test_cli_sample_is_seeded_and_class_selectable(trained, tmp_path):
+    from medgen.cli import main
+
+    args = ["sample", "cxr_ddpm", "--per-class", "2", "--class", "PNEUMONIA", "--seed", "3", "--steps", "4",
+            "--ckpt", str(trained / "model.pt"), *TINY[:6]]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = sorted((tmp_path / "a" / "PNEUMONIA").glob("*.png"))
+    assert [p.name for p in a] == ["000003.png", "000004.png"]
+    assert not (tmp_path / "a" / "NORMAL").exists()
+    for p in a:  # same seed, same image
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp_path / "b" / "PNEUMONIA" / p.name)))
+    assert main([*args, "--class", "COVID", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_resume_after_interrupted_run(kermany, tmp_path):
+    out = tmp_path / "run"
+    cmd = bundle_cmd("training", TRAIN, *train_args(kermany, out, 6))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "checkpoints" / "checkpoint_epoch=1.pt"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # a crash: no clean shutdown
+    proc.wait()
+    assert first.exists()
+    done = max(int(p.stem.split("=")[1]) for p in (out / "checkpoints").glob("checkpoint_epoch=*.pt"))
+    assert done < 6
+    resumed = run(bundle_cmd("training", TRAIN, *train_args(kermany, out, 6)))
+    log = resumed.stdout + resumed.stderr
+    assert f"resumed from {out / 'checkpoints'}" in log and f"at epoch {done}" in log
+    ckpt = torch.load(out / "checkpoints" / "checkpoint_epoch=6.pt", map_location="cpu", weights_only=True)
+    assert ckpt["trainer"]["epoch"] == 6 and ckpt["trainer"]["iteration"] == 6 * 2  # 8 images / batch 4
+
+
+def test_missing_data_dir_and_bad_key_type_give_one_clear_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args, expected in (
+        (["--dataset_dir", str(tmp_path / "nowhere")], "data directory"),
+        (["--dataset_dir", str(tmp_path), "--image_size", "big"], "'image_size' must be a positive integer"),
+    ):
+        proc = subprocess.run(bundle_cmd("training", TRAIN, *args, "--output_dir", str(tmp_path / "o")), cwd=REPO,
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode != 0
+        assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,48 @@
+"""Shared fixtures: where the real data is, and small real slices of it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not (root / "chest_xray_kermany_224").is_dir():
+        pytest.skip(f"real test data not found at {root}: set MEDGEN_TEST_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def kermany(shared_data: Path) -> Path:
+    return shared_data / "chest_xray_kermany_224"
+
+
+@pytest.fixture(scope="session")
+def pneumoniamnist(shared_data: Path) -> Path:
+    return shared_data / "pneumoniamnist" / "pneumoniamnist.npz"
+
+
+@pytest.fixture()
+def small_cxr_tree(kermany: Path, tmp_path: Path) -> Path:
+    """A class-folder tree of 6 real chest X-rays per class (symlinks), plus the junk files a real download has."""
+    root = tmp_path / "cxr"
+    for name in ("NORMAL", "PNEUMONIA"):
+        (root / name).mkdir(parents=True)
+        for src in sorted((kermany / "train" / name).glob("*.jpeg"))[:6]:
+            (root / name / src.name).symlink_to(src)
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "NORMAL" / "Thumbs.db").write_bytes(b"junk")
+    (root / "PNEUMONIA" / "broken.jpeg").write_bytes(b"not a jpeg at all")
+    return root

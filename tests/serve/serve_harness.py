@@ -1,0 +1,99 @@
+"""Helpers to run a live ``medgen serve`` (uvicorn in a subprocess, on a free 127.0.0.1 port) over a micro
+cxr_ddpm model.
+
+The model has the bundle's real config with small overrides and untrained weights: the service is under test,
+not the images, and sampling then takes a fraction of a second per step on a loaded CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "cxr_ddpm"
+ARTIFACTS = REPO / "test-artifacts"
+MICRO = {"unet_channels": "[32,32]", "attention_levels": "[false,false]", "num_res_blocks": "1", "image_size": "16",
+         "precision": "fp32"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m medgen.serve`` as a child process; ``url``, ``client(key)``, ``stop()``, ``kill()``."""
+
+    def __init__(self, data_dir: Path, weights: Path, extra: tuple[str, ...] = ()) -> None:
+        self.data_dir, self.weights, self.extra = data_dir, weights, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 180.0) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "medgen.serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--no-discover", "--bundle", f"cxr={BUNDLE}",
+               "--ckpt", f"cxr={self.weights}", "--max-images", "8", "--queue-size", "4",
+               *[f"--override=cxr:{k}={v}" for k, v in MICRO.items()], *self.extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"server did not answer /healthz in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, key: str | None = None, bearer: bool = False) -> httpx.Client:
+        headers = {} if key is None else ({"Authorization": f"Bearer {key}"} if bearer else {"X-API-Key": key})
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM, as a service manager would (uvicorn shuts down gracefully)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def make_key(data_dir: Path, name: str, max_jobs: int = 4) -> str:
+    from medgen.serve.auth import create_key
+    from medgen.serve.jobs import SQLiteJobStore
+
+    return create_key(SQLiteJobStore(data_dir / "serve.db"), name, max_jobs)
+
+
+def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 180.0) -> dict:
+    """Poll a job until its status is one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = client.get(f"/api/v1/jobs/{job_id}").json()
+        if info["status"] in states:
+            return info
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {info['status']} after {timeout} s: {info}")
