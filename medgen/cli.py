@@ -72,6 +72,12 @@ def cmd_send(args: argparse.Namespace) -> int:
                         report=args.report, calling_aet=args.calling_aet)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medgen.serve.commands import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__)
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--report", help="per-file result report (.csv or .json)")
     send.add_argument("--calling-aet", default="MEDGEN")
     send.set_defaults(func=cmd_send, takes_extra=False)
+
+    from medgen.serve.commands import add_serve_arguments
+
+    serve = verbs.add_parser("serve", help="REST API, job worker and web page; `serve create-key NAME` makes a key")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve, takes_extra=False)
     return parser
 
 

@@ -64,3 +64,15 @@ def check_exit(code: int, step: str) -> int:
     if code:
         fail(f"{step} finished with exit code {code}; see the messages above")
     return code
+
+
+def datalist_or_exit(source: Any, **kwargs: Any) -> dict:
+    """``resolve_datalist`` for bundle configs: a data problem (missing folder, unknown or empty class, bad
+    CSV) ends the run with its one-line message instead of a traceback through MONAI's config parser."""
+    from medgen.data.datalist import DatalistError, resolve_datalist
+
+    try:
+        return resolve_datalist(check_data_source(source), **kwargs)
+    except DatalistError as err:
+        fail(str(err))
+        raise  # unreachable: fail() raises

@@ -85,7 +85,7 @@ class SampleRunner:
         sampler, num_inference_steps, guidance_scale: sampling settings recorded per image.
         checkpoint: weights file, hashed into the metadata.
         shard: ``"i/n"`` to make only the i-th of n interleaved parts (for several processes or machines).
-        save_npy: also write the float image as ``.npy`` beside each PNG (lossless for DICOM export).
+        save_npy: also write the float image in [0, 1] as ``.npy`` beside each PNG (lossless for DICOM export).
     """
 
     def __init__(self, pipeline: DiffusionPipeline, output_dir: str | Path, per_class: int = 8,
@@ -139,7 +139,9 @@ class SampleRunner:
                     rel = Path(classes[label]) / f"{seed:06d}.png"
                     save_png(image, self.output_dir / rel)
                     if self.save_npy:
-                        np.save(self.output_dir / rel.with_suffix(".npy"), image.numpy().astype(np.float32))
+                        # float copy in [0, 1] (the loaders' range), lossless for DICOM/NIfTI export
+                        unit = ((image.numpy() + 1.0) / 2.0).astype(np.float32)
+                        np.save(self.output_dir / rel.with_suffix(".npy"), unit)
                     record = {
                         "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
                         "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,

@@ -81,7 +81,8 @@ class DPMSolverMultistepScheduler(Scheduler):
             raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], "
                              f"got {num_inference_steps}")
         self.num_inference_steps = num_inference_steps
-        grid = np.linspace(0, last, num_inference_steps + 1).round()[::-1][:-1].astype(np.int64)
+        count = self.num_train_timesteps
+        grid = (np.arange(num_inference_steps, 0, -1) * count / num_inference_steps).round().astype(np.int64) - 1
         if self.timestep_spacing == "logsnr" and num_inference_steps > 1:
             lam = self.half_log_snr_table()
             targets = np.linspace(lam[last], lam[0], num_inference_steps)

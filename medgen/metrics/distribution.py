@@ -1,8 +1,9 @@
 """Distribution metrics on feature sets: FID, KID, precision/recall/density/coverage.
 
-FID is MONAI's :class:`~monai.metrics.FIDMetric`; KID uses torchmetrics' unbiased polynomial-kernel MMD
-(``poly_mmd``) over random subsets. PRDC (Naeem et al., ICML 2020, "Reliable Fidelity and Diversity Metrics for
-Generative Models") is written here: neither MONAI nor torchmetrics provides it.
+FID is MONAI's :class:`~monai.metrics.FIDMetric`; KID is torchmetrics' unbiased polynomial-kernel MMD estimator
+(``poly_mmd``), re-expressed on precomputed kernel matrices for speed over many subsets. PRDC (Naeem et al., ICML
+2020, "Reliable Fidelity and Diversity Metrics for Generative Models") is written here: neither MONAI nor
+torchmetrics provides it.
 """
 
 from __future__ import annotations
@@ -32,18 +33,24 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
-    """Kernel Inception Distance: mean and std over ``subsets`` random subsets (cubic polynomial kernel)."""
-    from torchmetrics.image.kid import poly_mmd
+    """Kernel Inception Distance: mean and std over ``subsets`` random subsets (cubic polynomial kernel).
 
+    Same estimator as torchmetrics' ``poly_mmd`` (unbiased MMD^2, k(x, y) = (x.y / d + 1)^3), but the three kernel
+    matrices are computed once and indexed per subset, which is ~100x faster on CPU for many subsets.
+    """
     n = min(len(real), len(fake))
     require("KID", KID_MIN, n, "images per set")
     m = min(subset_size, n)
-    gen = torch.Generator().manual_seed(seed)
     r, f = _t(real), _t(fake)
-    values = [
-        float(poly_mmd(r[torch.randperm(len(r), generator=gen)[:m]], f[torch.randperm(len(f), generator=gen)[:m]]))
-        for _ in range(subsets)
-    ]
+    d = r.shape[1]
+    k_rr, k_ff, k_rf = (r @ r.T / d + 1) ** 3, (f @ f.T / d + 1) ** 3, (r @ f.T / d + 1) ** 3
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        i, j = torch.randperm(len(r), generator=gen)[:m], torch.randperm(len(f), generator=gen)[:m]
+        kxx, kyy, kxy = k_rr[i][:, i], k_ff[j][:, j], k_rf[i][:, j]
+        mmd = (kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1)) - 2 * kxy.mean()
+        values.append(float(mmd))
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "subset_size": m, "subsets": subsets}
 
 

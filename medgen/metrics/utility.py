@@ -83,7 +83,7 @@ def utility_experiment(
         correct = {}
         for arm, (x, y) in arms.items():
             t0 = time.time()
-            ep = max(epochs, int(np.ceil(min_steps * batch_size / len(x))))
+            ep = max(epochs, int(np.ceil(min_steps / np.ceil(len(x) / batch_size))))
             model = train_classifier(x, y, k, epochs=ep, batch_size=batch_size, seed=seed)
             prob = predict_proba(model, real_test.images)
             correct[arm] = prob.argmax(1) == real_test.labels

@@ -126,7 +126,9 @@ def export_onnx(
                           external_data=False, dynamic_shapes=dynamic_shapes, verbose=False)
     if metadata:
         proto = onnx.load(str(path))
-        onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
         onnx.save(proto, str(path))
     return path
 
@@ -202,8 +204,8 @@ def export_bundle(
     network = load_weights(parser.get_parsed_content("network_def"), ckpt).float().eval()
     image = parser["_meta_"]["network_data_format"]["inputs"]["image"]
     image_shape = (int(image["num_channels"]), *[int(s) for s in image["spatial_shape"]])
-    classes = parser.get("classes", [])
-    num_train_timesteps = int(parser.get("num_train_timesteps", 1000))
+    classes = list(parser.get_parsed_content("classes", default=[]))
+    num_train_timesteps = int(parser.get_parsed_content("num_train_timesteps", default=1000))
     inputs = example_inputs(image_shape, 2, num_train_timesteps, len(classes) + 1)
     check = example_inputs(image_shape, 3, num_train_timesteps, len(classes) + 1, seed=1)
     result: dict[str, Any] = {}

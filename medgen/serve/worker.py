@@ -96,6 +96,7 @@ class Worker:
         self._stopping = threading.Event()
         self.current: str | None = None
         self._queued_estimates: dict[str, float] = {}
+        self._estimates_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="medgen-serve-worker", daemon=True)
 
     def start(self) -> None:
@@ -128,9 +129,10 @@ class Worker:
             if self.queue.full():
                 raise QueueFull(f"the job queue is full ({self.queue.maxsize} waiting); try again later")
             own = self.own_estimate(job.request)
-            ahead = sum(self._queued_estimates.values())
             self.store.add_job(job)
-            self._queued_estimates[job.id] = own
+            with self._estimates_lock:
+                ahead = sum(self._queued_estimates.values())
+                self._queued_estimates[job.id] = own
             self.queue.put_nowait(job.id)
         return round(own + ahead, 1)
 
@@ -138,7 +140,7 @@ class Worker:
         """Cancel a queued job now, or ask the running one to stop at its next step. Returns the updated job."""
         if self.store.update_job(job_id, only_if_status=["queued"], status="cancelled", cancel_requested=True,
                                  finished_at=utcnow()):
-            self._queued_estimates.pop(job_id, None)
+            self._forget_estimate(job_id)
         elif self.store.update_job(job_id, only_if_status=["running"], cancel_requested=True):
             if self.current == job_id:
                 self._cancel.set()
@@ -149,23 +151,34 @@ class Worker:
             job_id = self.queue.get()
             if job_id is None:
                 break
-            self._queued_estimates.pop(job_id, None)
+            self._forget_estimate(job_id)
             try:
                 self._execute(job_id)
             except Exception:  # the loop must outlive any job
                 logger.exception("job %s: unexpected worker error", job_id)
 
+    def _check_cancel(self) -> None:
+        if self._stopping.is_set():
+            raise JobInterrupted()
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def _forget_estimate(self, job_id: str) -> None:
+        with self._estimates_lock:
+            self._queued_estimates.pop(job_id, None)
+
     def _execute(self, job_id: str) -> None:
+        # ``current`` is set before the job shows as running, so a cancel that sees it running reaches this job
+        self._cancel.clear()
+        self.current, last = job_id, [0.0]
         if not self.store.update_job(job_id, only_if_status=["queued"], status="running", started_at=utcnow()):
+            self.current = None
             return  # cancelled while it waited
         job = self.store.get_job(job_id)
         assert job is not None
-        self.current, last = job_id, [0.0]
-        self._cancel.clear()
 
         def on_step(done: int, total: int) -> None:
-            if self._cancel.is_set():
-                raise JobInterrupted() if self._stopping.is_set() else JobCancelled()
+            self._check_cancel()
             now = time.monotonic()
             if now - last[0] > 0.25 or done == total:
                 last[0] = now
@@ -208,6 +221,7 @@ class Worker:
                               checkpoint=info.spec.weights, save_npy=False)
         runner.run()
         t2 = time.monotonic()
+        self._check_cancel()
         records = read_samples(samples)
         metrics: dict[str, Any] = {
             "images": len(records),
@@ -218,6 +232,7 @@ class Worker:
         }
         if req.get("quality_check"):
             metrics["quality"] = self._quality(info, samples, records)
+        self._check_cancel()
         self._package(req["output_format"], samples, out)
         metrics["total_seconds"] = round(time.monotonic() - t0, 3)
         return metrics

@@ -118,11 +118,12 @@ def test_resume_after_interrupted_run(kermany, tmp_path):
     assert ckpt["trainer"]["epoch"] == 6 and ckpt["trainer"]["iteration"] == 6 * 2  # 8 images / batch 4
 
 
-def test_missing_data_dir_and_bad_key_type_give_one_clear_line(tmp_path):
+def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args, expected in (
         (["--dataset_dir", str(tmp_path / "nowhere")], "data directory"),
         (["--dataset_dir", str(tmp_path), "--image_size", "big"], "'image_size' must be a positive integer"),
+        (["--dataset_dir", str(small_cxr_tree), "--classes", "[NORMAL,COVID]"], "['COVID'] not found"),
     ):
         proc = subprocess.run(bundle_cmd("training", TRAIN, *args, "--output_dir", str(tmp_path / "o")), cwd=REPO,
                               capture_output=True, text=True, timeout=120, env=env)

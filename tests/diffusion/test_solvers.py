@@ -111,3 +111,12 @@ def test_registered_solvers_share_the_training_schedule_and_prediction_type() ->
     torch.testing.assert_close(sched.alphas_cumprod, train.alphas_cumprod)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("nonesuch", train)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 50, 200, 1000])
+def test_any_step_count_gives_distinct_decreasing_timesteps(steps: int) -> None:
+    sched = solver(2)
+    sched.set_timesteps(steps)
+    t = sched.timesteps
+    assert len(t) == steps and int(t[0]) == 999 and int(t[-1]) >= 0
+    assert torch.all(t[:-1] > t[1:])

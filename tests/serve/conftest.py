@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_harness import BUNDLE, MICRO, Server, make_key
+from serve_harness import BUNDLE, MICRO, Server, fit_gate, make_key
 
 
 @pytest.fixture(scope="session")
@@ -25,15 +26,18 @@ def micro_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, micro_weights: Path) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("serve")
-    srv = Server(data_dir, micro_weights).start()
+    """One live server for the session: ``cxr`` (no quality gate) and ``cxr_gated`` (the same weights, a gate)."""
+    gated = tmp_path_factory.mktemp("gated")
+    shutil.copy(micro_weights, gated / "model.pt")
+    fit_gate(gated)
+    srv = Server(tmp_path_factory.mktemp("serve"), {"cxr": micro_weights, "cxr_gated": gated / "model.pt"}).start()
     yield srv
     srv.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def keys(server: Server) -> dict[str, str]:
     return {"alice": make_key(server.data_dir, "alice", 4), "bob": make_key(server.data_dir, "bob", 4),
             "solo": make_key(server.data_dir, "solo", 1)}

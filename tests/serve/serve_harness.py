@@ -7,6 +7,7 @@ not the images, and sampling then takes a fraction of a second per step on a loa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,8 +34,10 @@ def free_port() -> int:
 class Server:
     """``python -m medgen.serve`` as a child process; ``url``, ``client(key)``, ``stop()``, ``kill()``."""
 
-    def __init__(self, data_dir: Path, weights: Path, extra: tuple[str, ...] = ()) -> None:
-        self.data_dir, self.weights, self.extra = data_dir, weights, extra
+    def __init__(self, data_dir: Path, weights: Path | dict[str, Path], extra: tuple[str, ...] = ()) -> None:
+        """``weights``: one file (served as bundle ``cxr``) or ``{bundle name: weights}``, all on the MICRO config."""
+        self.data_dir, self.extra = data_dir, extra
+        self.weights = weights if isinstance(weights, dict) else {"cxr": weights}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -43,9 +46,11 @@ class Server:
     def start(self, timeout: float = 180.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "medgen.serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--no-discover", "--bundle", f"cxr={BUNDLE}",
-               "--ckpt", f"cxr={self.weights}", "--max-images", "8", "--queue-size", "4",
-               *[f"--override=cxr:{k}={v}" for k, v in MICRO.items()], *self.extra]
+               "--data-dir", str(self.data_dir), "--no-discover", "--max-images", "8", "--queue-size", "4"]
+        for name, weights in self.weights.items():
+            cmd += ["--bundle", f"{name}={BUNDLE}", "--ckpt", f"{name}={weights}"]
+            cmd += [f"--override={name}:{k}={v}" for k, v in MICRO.items()]
+        cmd += self.extra
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -97,3 +102,20 @@ def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout
             return info
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} still {info['status']} after {timeout} s: {info}")
+
+
+def fit_gate(folder: Path, size: int = 16) -> None:
+    """A gate beside the weights, as ``medgen fit-gate`` writes it, over a (seeded, untrained) domain network."""
+    import numpy as np
+    import torch
+
+    from medgen.metrics.classifier import build_classifier, save_classifier
+    from medgen.metrics.features import DomainFeatures
+    from medgen.metrics.quality_gate import QualityGate
+
+    torch.manual_seed(0)
+    weights = save_classifier(build_classifier(2).eval(), folder / "domain_classifier.pt", ["NORMAL", "PNEUMONIA"],
+                              size)
+    reference = np.random.default_rng(0).uniform(0, 1, (24, 1, size, size)).astype(np.float32)
+    QualityGate(k=3).fit(DomainFeatures(weights)(reference)).save(folder / "quality_gate.npz")
+    (folder / "quality_gate.npz.json").write_text(json.dumps({"features": "domain", "size": size}))

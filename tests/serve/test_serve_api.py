@@ -52,8 +52,7 @@ def test_healthz_needs_no_key_and_everything_else_does(server: Server, keys: dic
 def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str, str]) -> None:
     with server.client(keys["alice"]) as client:
         data = client.get("/api/v1/models").json()
-    (model,) = data["models"]
-    assert model["name"] == "cxr"
+    model = next(m for m in data["models"] if m["name"] == "cxr")
     assert model["classes"] == ["NORMAL", "PNEUMONIA"]
     assert model["image_size"] == [16, 16]
     assert {"ddim", "ddpm"} <= set(model["samplers"])
@@ -61,7 +60,7 @@ def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str,
 
 
 @pytest.mark.parametrize(("change", "field", "allowed"), [
-    ({"bundle": "brain_mri"}, "bundle", ["cxr"]),
+    ({"bundle": "brain_mri"}, "bundle", ["cxr", "cxr_gated"]),
     ({"class_label": "COVID"}, "class_label", ["NORMAL", "PNEUMONIA"]),
     ({"sampler": "euler"}, "sampler", ["ddim", "ddpm"]),
     ({"num_images": 9}, "num_images", None),

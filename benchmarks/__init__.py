@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks (``python -m benchmarks.sampling``, ``python -m benchmarks.training``)."""
