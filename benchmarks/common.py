@@ -32,17 +32,27 @@ def bundle_network(ckpt: str | Path | None = None) -> tuple[ConditionalDiffusion
     """The bundle's ``network_def`` (from train.yaml) and where its weights came from."""
     cfg = bundle_settings()
     torch.manual_seed(0)
-    net = ConditionalDiffusionUNet(in_channels=cfg["channels"], out_channels=cfg["channels"],
-                                   num_classes=len(cfg["classes"]), channels=cfg["unet_channels"],
-                                   attention_levels=cfg["attention_levels"], num_res_blocks=cfg["num_res_blocks"],
-                                   num_head_channels=32)
+    net = ConditionalDiffusionUNet(
+        in_channels=cfg["channels"],
+        out_channels=cfg["channels"],
+        num_classes=len(cfg["classes"]),
+        channels=cfg["unet_channels"],
+        attention_levels=cfg["attention_levels"],
+        num_res_blocks=cfg["num_res_blocks"],
+        num_head_channels=32,
+    )
     ckpt = Path(ckpt) if ckpt else BUNDLE / "models" / "model.pt"
     if ckpt.is_file():
         from medgen.diffusion.sample_run import load_weights
 
         load_weights(net, ckpt)
         return net.float().eval(), str(ckpt)
-    return net.eval(), "random init (no trained weights found)"
+    # MONAI zero-initialises the output convolution, so an untrained network predicts exactly 0 and every sampler
+    # returns a function of the noise alone; give it PyTorch's default init so samplers differ as they would
+    for module in net.out.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.reset_parameters()
+    return net.eval(), "random init, output layer re-initialised (no trained weights found)"
 
 
 def cpu_model() -> str:
@@ -58,8 +68,11 @@ def cpu_model() -> str:
 def machine() -> dict[str, Any]:
     """What ran the benchmark, including the load (other jobs on the machine make every figure slower)."""
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": cpu_supports_bf16(), "torch": torch.__version__,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average_1m": os.getloadavg()[0],
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

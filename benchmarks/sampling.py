@@ -8,9 +8,11 @@ Rows: (a) the MONAI tutorial way, DDPM 1000 steps via ``DiffusionInferer.sample`
 bf16) at DDIM-50 and at the solver's default steps. Long runs are timed over ``--measure-steps`` steps and
 extrapolated per step (the table says so); per-step cost is the same at every step of these samplers. Methods are
 timed in turn, round after round, so load from other processes slows them alike; ratios are within one run.
-Quality: images from the same seeds by (b) and (c), compared with each other, with a converged reference
-(DPM-Solver++ 2M, 100 steps, fp32) and, when ``medgen.metrics`` and its Inception weights are there, by FID against
-real test images.
+Quality: (1) solver accuracy against the exact probability-flow ODE solution of a Gaussian fitted to real X-rays
+(mean |difference|, RMSE, and FID against the exact images when ``medgen.metrics`` and its Inception weights are
+there); (2) on the bundle's network, (b) against (c) from the same seeds (mean |difference|, FID), and bf16 against
+fp32 for the same solver. With untrained weights (2) says little about image quality: pass ``--ckpt``.
+Memory: peak RSS of ``SampleRunner`` jobs of 16 and 256 images, each in its own process.
 """
 
 from __future__ import annotations
@@ -64,23 +66,35 @@ def train_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", beta_start=0.0001, beta_end=0.02)
 
 
-def monai_sample(model: torch.nn.Module, noise: torch.Tensor, scheduler: DDPMScheduler | DDIMScheduler,
-                 total_steps: int, measured_steps: int | None = None) -> torch.Tensor:
+def monai_sample(
+    model: torch.nn.Module,
+    noise: torch.Tensor,
+    scheduler: DDPMScheduler | DDIMScheduler,
+    total_steps: int,
+    measured_steps: int | None = None,
+) -> torch.Tensor:
     """The tutorial: ``scheduler.set_timesteps``; ``DiffusionInferer.sample``; fp32, ``torch.no_grad``."""
     scheduler.set_timesteps(total_steps)
     if measured_steps is not None:
         scheduler.timesteps = scheduler.timesteps[:measured_steps]
     with torch.no_grad():
-        return DiffusionInferer(scheduler).sample(input_noise=noise, diffusion_model=model, scheduler=scheduler,
-                                                  verbose=False)
+        return DiffusionInferer(scheduler).sample(
+            input_noise=noise, diffusion_model=model, scheduler=scheduler, verbose=False
+        )
 
 
 class _Enough(Exception):
     pass
 
 
-def medgen_sample(pipe: DiffusionPipeline, labels: list[int], seeds: list[int], sampler: str, total_steps: int,
-                  measured_steps: int | None = None) -> torch.Tensor | None:
+def medgen_sample(
+    pipe: DiffusionPipeline,
+    labels: list[int],
+    seeds: list[int],
+    sampler: str,
+    total_steps: int,
+    measured_steps: int | None = None,
+) -> torch.Tensor | None:
     """The pipeline's own loop, stopped after ``measured_steps`` when timing."""
 
     def stop(step: int, _steps: int) -> None:
@@ -93,29 +107,54 @@ def medgen_sample(pipe: DiffusionPipeline, labels: list[int], seeds: list[int], 
         return None
 
 
-def speed(net: torch.nn.Module, size: int, batch: int, measure: int, repeats: int, solver: str,
-          peaks: dict[str, float], with_fp32_solver: bool) -> list[dict[str, Any]]:
+def speed(
+    net: torch.nn.Module,
+    size: int,
+    batch: int,
+    measure: int,
+    repeats: int,
+    solver: str,
+    solver_steps: list[int],
+    peaks: dict[str, float],
+    with_fp32_solver: bool,
+) -> list[dict[str, Any]]:
     seeds = list(range(batch))
     labels = [s % 2 for s in seeds]
     fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=batch, precision="auto")
-    plain = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=batch, precision="fp32",
-                              channels_last=False)
+    plain = DiffusionPipeline(
+        _copy(net), train_scheduler(), CLASSES, size, batch_size=batch, precision="fp32", channels_last=False
+    )
     noise = plain.initial_noise(seeds)
     model = LabelledNetwork(plain.network, torch.tensor(labels))
-    solver_steps = DEFAULT_STEPS[solver]
     runs: dict[str, tuple[str, int, str, Any]] = {
-        "(a) MONAI tutorial DDPM": ("ddpm", 1000, "fp32",
-                                    lambda: monai_sample(model, noise, DDPMScheduler(), 1000, measure)),
+        "(a) MONAI tutorial DDPM": (
+            "ddpm",
+            1000,
+            "fp32",
+            lambda: monai_sample(model, noise, DDPMScheduler(), 1000, measure),
+        ),
         "(b) MONAI DDIM": ("ddim", 50, "fp32", lambda: monai_sample(model, noise, DDIMScheduler(), 50, measure)),
-        "(c) medgen DDIM": ("ddim", 50, fast.compute_path,
-                            lambda: medgen_sample(fast, labels, seeds, "ddim", 50, measure)),
-        f"(c) medgen {solver}": (solver, solver_steps, fast.compute_path,
-                                 lambda: medgen_sample(fast, labels, seeds, solver, solver_steps, measure)),
+        "(c) medgen DDIM": (
+            "ddim",
+            50,
+            fast.compute_path,
+            lambda: medgen_sample(fast, labels, seeds, "ddim", 50, measure),
+        ),
     }
+    for steps in solver_steps:
+        runs[f"(c) medgen {solver}-{steps}"] = (
+            solver,
+            steps,
+            fast.compute_path,
+            lambda steps=steps: medgen_sample(fast, labels, seeds, solver, steps, measure),
+        )
     if with_fp32_solver:
-        runs[f"    medgen {solver} fp32"] = (solver, solver_steps, plain.compute_path,
-                                             lambda: medgen_sample(plain, labels, seeds, solver, solver_steps,
-                                                                   measure))
+        runs[f"    medgen {solver}-{solver_steps[0]} fp32"] = (
+            solver,
+            solver_steps[0],
+            plain.compute_path,
+            lambda: medgen_sample(plain, labels, seeds, solver, solver_steps[0], measure),
+        )
     times = interleaved({name: run[3] for name, run in runs.items()}, repeats)
     flops = forward_flops(plain.network, size)
     rows = []
@@ -125,12 +164,25 @@ def speed(net: torch.nn.Module, size: int, batch: int, measure: int, repeats: in
         fp32 = "fp32" in path
         achieved = flops * batch / per_step / 1e9
         peak = peaks["fp32" if fp32 else "bf16"]
-        rows.append({"size": size, "method": name, "sampler": sampler, "steps": steps, "compute": path,
-                     "batch": batch, "s/step": per_step, "s/image": per_image, "images/s": 1 / per_image,
-                     "GFLOP/image": flops * steps / 1e9, "GFLOP/s": achieved, "peak GFLOP/s": peak,
-                     "peak/achieved": peak / achieved,
-                     "timed": f"{measure} of {steps} steps, extrapolated" if measure < steps else "full run",
-                     "times_s": times[name]})
+        rows.append(
+            {
+                "size": size,
+                "method": name,
+                "sampler": sampler,
+                "steps": steps,
+                "compute": path,
+                "batch": batch,
+                "s/step": per_step,
+                "s/image": per_image,
+                "images/s": 1 / per_image,
+                "GFLOP/image": flops * steps / 1e9,
+                "GFLOP/s": achieved,
+                "peak GFLOP/s": peak,
+                "peak/achieved": peak / achieved,
+                "timed": f"{measure} of {steps} steps, extrapolated" if measure < steps else "full run",
+                "times_s": times[name],
+            }
+        )
     a, b = rows[0]["s/image"], rows[1]["s/image"]
     for row in rows:
         row["x vs (a)"] = a / row["s/image"]
@@ -143,54 +195,165 @@ def _copy(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net).eval()
 
 
-def quality(net: torch.nn.Module, size: int, count: int, solver: str, reference_steps: int,
-            with_fid: bool) -> dict[str, Any]:
-    """(b) and (c) from the same seeds: mean |difference| to each other and to a converged ODE solution; FID."""
-    seeds = list(range(1000, 1000 + count))
-    labels = [s % 2 for s in seeds]
-    fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=count)
-    plain = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=count,
-                              precision="fp32", channels_last=False)
-    noise = plain.initial_noise(seeds)
-    model = LabelledNetwork(plain.network, torch.tensor(labels))
-    images = {
-        "(b) MONAI DDIM-50 fp32": monai_sample(model, noise, DDIMScheduler(), 50).clamp(-1, 1),
-        "(c) medgen DDIM-50": medgen_sample(fast, labels, seeds, "ddim", 50),
-        f"(c) medgen {solver}-{DEFAULT_STEPS[solver]}": medgen_sample(fast, labels, seeds, solver,
-                                                                      DEFAULT_STEPS[solver]),
-    }
-    reference = medgen_sample(plain, labels, seeds, solver, reference_steps)
-    b = images["(b) MONAI DDIM-50 fp32"]
-    rows = []
-    for name, imgs in images.items():
-        rows.append({"method": name, "compute": plain.compute_path if "fp32" in name else fast.compute_path,
-                     "MAD vs (b)": float((imgs - b).abs().mean()),
-                     f"MAD vs ref ({solver}-{reference_steps} fp32)": float((imgs - reference).abs().mean()),
-                     "FID vs real": None, "FID vs (b)": None})
+class GaussianImageModel:
+    """A Gaussian fitted to real X-rays (mean, top principal components, a small isotropic rest): its ε-prediction
+    and the end point of its probability-flow ODE are known in closed form, so each solver's error against the exact
+    solution can be measured on an image-like spectrum (no network, no clipping).
+    """
+
+    def __init__(self, images: torch.Tensor, alphas_cumprod: torch.Tensor, rest_variance: float = 1e-3) -> None:
+        flat = images.reshape(len(images), -1).double()
+        self.shape = images.shape[1:]
+        self.mean = flat.mean(0)
+        u, s, _ = torch.linalg.svd((flat - self.mean).T, full_matrices=False)
+        self.basis = u  # D x k
+        self.variances = s**2 / max(len(images) - 1, 1)
+        self.rest = rest_variance
+        self.alphas_cumprod = alphas_cumprod.double()
+
+    def _apply(self, c: torch.Tensor, scale_k: torch.Tensor, scale_rest: float | torch.Tensor) -> torch.Tensor:
+        """``C``-diagonal scaling of the centred ``c`` (B x D): ``scale_k`` on the components, ``scale_rest`` off."""
+        coef = c @ self.basis
+        return (coef * scale_k) @ self.basis.T + scale_rest * (c - coef @ self.basis.T)
+
+    def _alpha_sigma(self, t: int) -> tuple[float, float]:
+        acp = float(self.alphas_cumprod[t])
+        return acp**0.5, (1 - acp) ** 0.5
+
+    def epsilon(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        a, s = self._alpha_sigma(t)
+        flat = x.reshape(x.shape[0], -1).double()
+        c = flat - a * self.mean
+        v, r = self.variances, self.rest
+        x0 = self.mean + self._apply(c, a * v / (a * a * v + s * s), a * r / (a * a * r + s * s))
+        return ((flat - a * x0) / s).reshape(x.shape).float()
+
+    def exact(self, noise: torch.Tensor, t_start: int) -> torch.Tensor:
+        """Where the ODE takes ``noise`` (read as x at ``t_start``) at t = 0, then ``E[x0 | x_0]`` (the last step)."""
+        (a1, s1), (a0, s0) = self._alpha_sigma(t_start), self._alpha_sigma(0)
+        v, r = self.variances, self.rest
+        c = noise.reshape(noise.shape[0], -1).double() - a1 * self.mean
+        ode = self._apply(
+            c, ((a0**2 * v + s0**2) / (a1**2 * v + s1**2)).sqrt(), ((a0**2 * r + s0**2) / (a1**2 * r + s1**2)) ** 0.5
+        )
+        x0 = self.mean + self._apply(ode, a0 * v / (a0**2 * v + s0**2), a0 * r / (a0**2 * r + s0**2))
+        return x0.reshape(noise.shape).float()
+
+
+def real_images(size: int, count: int, split: str = "train") -> torch.Tensor:
+    """Chest X-rays (both classes) through the bundle's transforms, in [-1, 1]."""
+    from medgen.data.transforms import diffusion_transforms
+
+    folder = REPO.parent / "shared" / "data" / "chest_xray_kermany_224" / split
+    transform = diffusion_transforms(size)
+    paths = [p for name in CLASSES for p in sorted((folder / name).glob("*.jpeg"))[: (count + 1) // 2]]
+    return torch.stack([torch.as_tensor(transform({"image": str(p)})["image"]) for p in paths])
+
+
+def solve(model: GaussianImageModel, scheduler: Any, steps: int, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+    scheduler.set_timesteps(steps)
+    x = noise
+    for t in scheduler.timesteps:
+        x, _ = scheduler.step(model.epsilon(x, int(t)), int(t), x)
+    return x, int(scheduler.timesteps[0])
+
+
+def solver_accuracy(
+    size: int, count: int, data_images: int, solver: str, solver_steps: list[int], with_fid: bool
+) -> dict[str, Any]:
+    """Each sampler's distance to the exact ODE solution of a Gaussian fitted to real X-rays, same seeds."""
+    from medgen.diffusion.pipeline import make_scheduler
+
+    model = GaussianImageModel(real_images(size, data_images), train_scheduler().alphas_cumprod)
+    noise = torch.stack(
+        [torch.randn(1, size, size, generator=torch.Generator().manual_seed(s)) for s in range(2000, 2000 + count)]
+    )
+    runs: dict[str, Any] = {f"(b) MONAI DDIM-{n}": (DDIMScheduler(clip_sample=False), n) for n in (50, 20)}
+    for n in sorted({*solver_steps, 10, 15, 20, 25}):
+        sched = make_scheduler(solver, train_scheduler())
+        sched.clip_sample = False
+        runs[f"(c) medgen {solver}-{n}"] = (sched, n)
+    rows, images, exact = [], {}, {}
+    for name, (sched, steps) in runs.items():
+        out, t_start = solve(model, sched, steps, noise)
+        exact.setdefault(t_start, model.exact(noise, t_start))
+        target = exact[t_start]
+        images[name] = out
+        rows.append(
+            {
+                "method": name,
+                "steps": steps,
+                "MAD vs exact": float((out - target).abs().mean()),
+                "RMSE vs exact": float((out - target).square().mean().sqrt()),
+                "max|diff| vs exact": float((out - target).abs().max()),
+                "FID vs exact": None,
+            }
+        )
     note = "FID not computed (--no-fid)"
     if with_fid:
-        note = _add_fid(rows, images, size, count)
+        note = _add_fid(rows, images, exact[max(exact)])
+    return {"size": size, "images": count, "data_images": data_images, "rows": rows, "fid_note": note}
+
+
+def network_quality(
+    net: torch.nn.Module, size: int, count: int, solver: str, steps: int, with_fid: bool
+) -> dict[str, Any]:
+    """(b) and (c) on the bundle's network from the same seeds: mean |difference| and FID between them."""
+    seeds = list(range(3000, 3000 + count))
+    labels = [s % 2 for s in seeds]
+    fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=count)
+    plain = DiffusionPipeline(
+        _copy(net), train_scheduler(), CLASSES, size, batch_size=count, precision="fp32", channels_last=False
+    )
+    model = LabelledNetwork(plain.network, torch.tensor(labels))
+    images = {
+        "(b) MONAI DDIM-50 fp32": monai_sample(model, plain.initial_noise(seeds), DDIMScheduler(), 50).clamp(-1, 1),
+        f"(c) medgen DDIM-50 {fast.compute_path}": medgen_sample(fast, labels, seeds, "ddim", 50),
+        f"(c) medgen {solver}-{steps} {fast.compute_path}": medgen_sample(fast, labels, seeds, solver, steps),
+        f"    medgen {solver}-{steps} fp32": medgen_sample(plain, labels, seeds, solver, steps),
+    }
+    b = images["(b) MONAI DDIM-50 fp32"]
+    rows = [
+        {"method": name, "MAD vs (b)": float((x - b).abs().mean()), "FID vs (b)": None} for name, x in images.items()
+    ]
+    rows.append(
+        {
+            "method": f"bf16 vs fp32, both medgen {solver}-{steps}",
+            "MAD vs (b)": float(
+                (
+                    images[f"(c) medgen {solver}-{steps} {fast.compute_path}"]
+                    - images[f"    medgen {solver}-{steps} fp32"]
+                )
+                .abs()
+                .mean()
+            ),
+        }
+    )
+    note = "FID not computed (--no-fid)"
+    if with_fid:
+        note = _add_fid(rows[:-1], images, b, column="FID vs (b)")
     return {"size": size, "images": count, "seeds": [seeds[0], seeds[-1]], "rows": rows, "fid_note": note}
 
 
-def _add_fid(rows: list[dict], images: dict[str, torch.Tensor], size: int, count: int) -> str:
+def _add_fid(
+    rows: list[dict], images: dict[str, torch.Tensor], reference: torch.Tensor, column: str = "FID vs exact"
+) -> str:
     try:
         from medgen.metrics.distribution import fid
         from medgen.metrics.features import InceptionFeatures
-        from medgen.metrics.image_sets import load_items
 
         extractor = InceptionFeatures()
-        test_dir = REPO.parent / "shared" / "data" / "chest_xray_kermany_224" / "test"
-        items = [{"image": str(p), "label": label} for label, name in enumerate(CLASSES)
-                 for p in sorted((test_dir / name).glob("*"))[: (count + 1) // 2]]
-        real_features = extractor(load_items(items, CLASSES, size=size).images)
-        feats = {name: extractor(((imgs + 1) / 2).numpy().astype(np.float32)) for name, imgs in images.items()}
-        b = feats["(b) MONAI DDIM-50 fp32"]
+
+        def features(x: torch.Tensor) -> np.ndarray:
+            return extractor(((x + 1) / 2).clamp(0, 1).numpy().astype(np.float32))
+
+        ref = features(reference)
         for row in rows:
-            row["FID vs real"] = fid(real_features, feats[row["method"]])
-            row["FID vs (b)"] = fid(b, feats[row["method"]])
-        return (f"FID with medgen.metrics (TF-FID Inception) on {count} images per set: far too few for absolute "
-                "values, comparable only with each other")
+            row[column] = fid(ref, features(images[row["method"]]))
+        return (
+            f"FID: medgen.metrics (TF-FID Inception) on {len(reference)} images per set; too few for absolute "
+            "values, compare rows with each other"
+        )
     except Exception as err:  # the metrics package is another engineer's work in progress
         return f"FID n/a: {type(err).__name__}: {str(err)[:200]}"
 
@@ -205,15 +368,37 @@ def memory_child(count: int, size: int, steps: int, batch: int, solver: str) -> 
     with tempfile.TemporaryDirectory() as tmp:
         SampleRunner(pipe, tmp, per_class=count // 2, sampler=solver, num_inference_steps=steps).run()
         written = len(list(Path(tmp).rglob("*.png"))) - 2  # minus the two class grids
-    return {"images": count, "written": written, "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 1024, "seconds": time.perf_counter() - start, "size": size, "steps": steps, "batch": batch}
+    return {
+        "images": count,
+        "written": written,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - start,
+        "size": size,
+        "steps": steps,
+        "batch": batch,
+    }
 
 
 def memory(counts: list[int], size: int, steps: int, batch: int, solver: str) -> list[dict[str, Any]]:
     rows = []
     for count in counts:
-        cmd = [sys.executable, "-m", "benchmarks.sampling", "--memory-child", str(count), "--memory-size", str(size),
-               "--memory-steps", str(steps), "--memory-batch", str(batch), "--solver", solver]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.sampling",
+            "--memory-child",
+            str(count),
+            "--memory-size",
+            str(size),
+            "--memory-steps",
+            str(steps),
+            "--memory-batch",
+            str(batch),
+            "--solver",
+            solver,
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
@@ -226,57 +411,102 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-steps", type=int, default=3, help="steps timed per run (then extrapolated)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of interleaved timing")
     parser.add_argument("--solver", default="dpmpp2m")
+    parser.add_argument("--solver-steps", type=int, nargs="+", help="default: the solver's default (20)")
     parser.add_argument("--ckpt", help="trained weights (default: the bundle's models/model.pt if present)")
-    parser.add_argument("--quality-images", type=int, default=8, help="0 skips the quality comparison")
+    parser.add_argument("--quality-images", type=int, default=32, help="0 skips the quality comparison")
     parser.add_argument("--quality-size", type=int, default=64)
-    parser.add_argument("--reference-steps", type=int, default=100)
+    parser.add_argument("--data-images", type=int, default=64, help="real X-rays the Gaussian is fitted to")
+    parser.add_argument("--network-images", type=int, default=8, help="images per set on the bundle's network")
     parser.add_argument("--no-fid", action="store_true")
     parser.add_argument("--memory-counts", type=int, nargs="*", default=[16, 256])
     parser.add_argument("--memory-size", type=int, default=64)
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--memory-batch", type=int, default=16)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="batch 2, 1 timed step, 2 rounds, 4 quality images")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 1 timed step, 2 rounds, 8 quality images")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's); on a shared, busy machine 1 avoids threads waiting for each other",
+    )
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child, args.memory_size, args.memory_steps, args.memory_batch,
-                                      args.solver)))
+        print(
+            json.dumps(
+                memory_child(args.memory_child, args.memory_size, args.memory_steps, args.memory_batch, args.solver)
+            )
+        )
         return 0
     if args.quick:
         args.batch, args.measure_steps, args.repeats = 2, 1, 2
-        args.quality_images, args.reference_steps = min(args.quality_images, 4), 50
+        args.quality_images, args.network_images, args.data_images = min(args.quality_images, 8), 4, 16
 
+    solver_steps = args.solver_steps or [DEFAULT_STEPS[args.solver]]
     info = machine()
     net, weights = bundle_network(args.ckpt)
-    peaks = {"fp32": max(matmul_peak(torch.float32) for _ in range(2)),
-             "bf16": max(matmul_peak(torch.bfloat16) for _ in range(2))}
-    print(f"machine: {info['cpu']}, {info['cores']} cores, bf16: {info['cpu_bf16']}, torch {info['torch']}, "
-          f"load average {info['load_average_1m']:.1f} (other jobs share the cores: absolute figures are slower "
-          f"than on an idle machine; ratios are measured within this run)")
+    peaks = {
+        "fp32": max(matmul_peak(torch.float32) for _ in range(2)),
+        "bf16": max(matmul_peak(torch.bfloat16) for _ in range(2)),
+    }
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, bf16: {info['cpu_bf16']}, torch {info['torch']}, "
+        f"load average {info['load_average_1m']:.1f} (other jobs share the cores: absolute figures are slower "
+        f"than on an idle machine; ratios are measured within this run)"
+    )
     print(f"weights: {weights}")
     print(f"matmul peak (2048^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s\n")
 
     rows = []
     for size in args.sizes:
-        rows += speed(net, size, args.batch, args.measure_steps, args.repeats, args.solver, peaks, True)
-    columns = ["size", "method", "steps", "compute", "batch", "s/image", "images/s", "x vs (a)", "x vs (b)",
-               "GFLOP/image", "GFLOP/s", "peak/achieved", "timed"]
+        rows += speed(net, size, args.batch, args.measure_steps, args.repeats, args.solver, solver_steps, peaks, True)
+    columns = [
+        "size",
+        "method",
+        "steps",
+        "compute",
+        "batch",
+        "s/image",
+        "images/s",
+        "x vs (a)",
+        "x vs (b)",
+        "GFLOP/image",
+        "GFLOP/s",
+        "peak/achieved",
+        "timed",
+    ]
     print(table(rows, columns))
 
     result: dict[str, Any] = {"machine": info, "weights": weights, "matmul_peak_GFLOPs": peaks, "speed": rows}
     if args.quality_images:
-        q = quality(net, args.quality_size, args.quality_images, args.solver, args.reference_steps, not args.no_fid)
-        result["quality"] = q
-        print(f"\nquality at {q['size']}px, {q['images']} images, seeds {q['seeds'][0]}..{q['seeds'][1]} "
-              f"(weights: {weights}); images in [-1, 1]")
-        print(table(q["rows"], list(q["rows"][0])))
-        print(q["fid_note"])
+        acc = solver_accuracy(
+            args.quality_size, args.quality_images, args.data_images, args.solver, solver_steps, not args.no_fid
+        )
+        net_q = network_quality(
+            net, args.quality_size, args.network_images, args.solver, solver_steps[0], not args.no_fid
+        )
+        result["solver_accuracy"], result["network_quality"] = acc, net_q
+        print(
+            f"\nsolver accuracy at {acc['size']}px: a Gaussian fitted to {acc['data_images']} real training X-rays "
+            f"(exact ODE solution known; no network, no clipping), {acc['images']} seeds; images in [-1, 1]"
+        )
+        print(table(acc["rows"], list(acc["rows"][0])))
+        print(acc["fid_note"])
+        print(
+            f"\n(b) vs (c) on the bundle's network ({weights}), {net_q['images']} images, seeds "
+            f"{net_q['seeds'][0]}..{net_q['seeds'][1]}"
+        )
+        print(table(net_q["rows"], ["method", "MAD vs (b)", "FID vs (b)"]))
+        print(net_q["fid_note"])
     if args.memory_counts:
         m = memory(args.memory_counts, args.memory_size, args.memory_steps, args.memory_batch, args.solver)
         result["memory"] = m
-        print(f"\npeak RSS while sampling (SampleRunner writes images as they are made; {args.solver}, "
-              f"{args.memory_steps} steps, {args.memory_size}px, batch {args.memory_batch})")
+        print(
+            f"\npeak RSS while sampling (SampleRunner writes images as they are made; {args.solver}, "
+            f"{args.memory_steps} steps, {args.memory_size}px, batch {args.memory_batch})"
+        )
         print(table(m, ["images", "written", "peak_rss_MB", "seconds"]))
     path = write_json("sampling_quick" if args.quick else "sampling", result, args.out)
     print(f"\nwritten {path}")

@@ -47,11 +47,15 @@ def dataset(size: int, per_class: int) -> tuple[CacheDataset, str]:
     """Real chest X-rays through the bundle's transforms, cached; random images when the data is missing."""
     from medgen.data.transforms import diffusion_transforms
 
-    items = [{"image": str(p), "label": label} for label, name in enumerate(CLASSES)
-             for p in sorted((DATA / name).glob("*.jpeg"))[:per_class]]
+    items = [
+        {"image": str(p), "label": label}
+        for label, name in enumerate(CLASSES)
+        for p in sorted((DATA / name).glob("*.jpeg"))[:per_class]
+    ]
     if items:
-        return CacheDataset(items, diffusion_transforms(size), cache_rate=1.0, num_workers=2, progress=False), \
-            f"{len(items)} images from {DATA}"
+        return CacheDataset(
+            items, diffusion_transforms(size), cache_rate=1.0, num_workers=2, progress=False
+        ), f"{len(items)} images from {DATA}"
     g = torch.Generator().manual_seed(0)
     fake = [{"image": torch.rand(1, size, size, generator=g) * 2 - 1, "label": i % 2} for i in range(2 * per_class)]
     return CacheDataset(fake, transform=None, progress=False), "random images (data not found)"
@@ -84,10 +88,17 @@ def medgen_engine(net: torch.nn.Module, loader: DataLoader, iters: int, precisio
     """The bundle's trainer (train.yaml ``train#trainer``), run for ``iters`` iterations."""
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, epoch_length=iters, train_data_loader=loader, network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), lr=2e-4), loss_function=torch.nn.MSELoss(),
+        device=torch.device("cpu"),
+        max_epochs=1,
+        epoch_length=iters,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=2e-4),
+        loss_function=torch.nn.MSELoss(),
         inferer=ConditionalDiffusionInferer(scheduler, precision=precision),
-        prepare_batch=ConditionalDiffusionPrepareBatch(1000, scheduler, null_class=len(CLASSES)), amp=False)
+        prepare_batch=ConditionalDiffusionPrepareBatch(1000, scheduler, null_class=len(CLASSES)),
+        amp=False,
+    )
     return trainer.run
 
 
@@ -111,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-class", type=int, default=16)
     parser.add_argument("--ckpt", help="weights to start from (default: the bundle's, else random init)")
     parser.add_argument("--quick", action="store_true", help="batch 4, 1 iteration, 2 rounds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's); on a shared, busy machine 1 avoids threads waiting for each other",
+    )
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.batch, args.iters, args.repeats, args.images_per_class = 4, 1, 2, 4
 
@@ -120,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     net, weights = bundle_network(args.ckpt)
     auto = resolve_dtype("cpu", "auto")
-    print(f"machine: {info['cpu']}, {info['cores']} cores, bf16: {info['cpu_bf16']}, torch {info['torch']}, "
-          f"load average {info['load_average_1m']:.1f} (other jobs share the cores: absolute figures are slower "
-          f"than on an idle machine; ratios are measured within this run)")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, bf16: {info['cpu_bf16']}, torch {info['torch']}, "
+        f"load average {info['load_average_1m']:.1f} (other jobs share the cores: absolute figures are slower "
+        f"than on an idle machine; ratios are measured within this run)"
+    )
     print(f"matmul peak (2048^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s\n")
 
     rows: list[dict[str, Any]] = []
@@ -130,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         data, source = dataset(size, args.images_per_class)
         loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0)
         if len(loader) < args.iters:
-            raise SystemExit(f"{len(data)} images make {len(loader)} batches of {args.batch}; raise "
-                             f"--images-per-class or lower --iters")
+            raise SystemExit(
+                f"{len(data)} images make {len(loader)} batches of {args.batch}; raise "
+                f"--images-per-class or lower --iters"
+            )
         channels_last = copy.deepcopy(net).to(memory_format=torch.channels_last)
         runs = {
             "MONAI tutorial loop (fp32)": ("fp32", tutorial_loop(copy.deepcopy(net), loader, args.iters)),
             "medgen engine (auto)": ("auto", medgen_engine(copy.deepcopy(net), loader, args.iters, "auto")),
-            "medgen engine (auto) + channels_last": ("auto", medgen_engine(channels_last, loader, args.iters,
-                                                                           "auto")),
+            "medgen engine (auto) + channels_last": ("auto", medgen_engine(channels_last, loader, args.iters, "auto")),
         }
         times = interleaved({name: run for name, (_, run) in runs.items()}, args.repeats)
         flops = train_flops(net, size)
@@ -146,19 +167,47 @@ def main(argv: list[str] | None = None) -> int:
             images_per_s = args.iters * args.batch / seconds
             bf16 = precision == "auto" and auto is not None
             achieved = flops * images_per_s / 1e9
-            rows.append({"size": size, "method": name, "compute": "bf16-autocast" if bf16 else "fp32",
-                         "batch": args.batch, "images/s": images_per_s, "s/image": 1 / images_per_s,
-                         "GFLOP/image": flops / 1e9, "GFLOP/s": achieved,
-                         "peak/achieved": peaks["bf16" if bf16 else "fp32"] / achieved, "data": source,
-                         "times_s": times[name]})
+            rows.append(
+                {
+                    "size": size,
+                    "method": name,
+                    "compute": "bf16-autocast" if bf16 else "fp32",
+                    "batch": args.batch,
+                    "images/s": images_per_s,
+                    "s/image": 1 / images_per_s,
+                    "GFLOP/image": flops / 1e9,
+                    "GFLOP/s": achieved,
+                    "peak/achieved": peaks["bf16" if bf16 else "fp32"] / achieved,
+                    "data": source,
+                    "times_s": times[name],
+                }
+            )
         base = rows[-3]["images/s"]
         for row in rows[-3:]:
             row["x vs loop"] = row["images/s"] / base
-    print(table(rows, ["size", "method", "compute", "batch", "images/s", "s/image", "x vs loop", "GFLOP/image",
-                       "GFLOP/s", "peak/achieved"]))
+    print(
+        table(
+            rows,
+            [
+                "size",
+                "method",
+                "compute",
+                "batch",
+                "images/s",
+                "s/image",
+                "x vs loop",
+                "GFLOP/image",
+                "GFLOP/s",
+                "peak/achieved",
+            ],
+        )
+    )
     print(f"data: {rows[0]['data']}; weights: {weights}")
-    path = write_json("training_quick" if args.quick else "training",
-                      {"machine": info, "weights": weights, "matmul_peak_GFLOPs": peaks, "rows": rows}, args.out)
+    path = write_json(
+        "training_quick" if args.quick else "training",
+        {"machine": info, "weights": weights, "matmul_peak_GFLOPs": peaks, "rows": rows},
+        args.out,
+    )
     print(f"\nwritten {path}")
     return 0
 

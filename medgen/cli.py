@@ -112,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=50)
     sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    sample.add_argument("--sampler", default="ddim")
+    sample.add_argument("--sampler", default="ddim", help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M; use --steps 10-20)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")
-    sample.add_argument("--batch-size", type=int)
+    sample.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), help="images per batch, or auto")
     sample.set_defaults(func=cmd_sample, takes_extra=True)
 
     export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR), PNG, 16-bit PNG or NIfTI")

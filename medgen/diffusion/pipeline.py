@@ -67,8 +67,13 @@ def available_memory(device: torch.device) -> int:
     return 4 << 30
 
 
-def activation_bytes_per_image(network: torch.nn.Module, shape: Sequence[int], device: torch.device,
-                               dtype: torch.dtype | None, channels_last: bool = False) -> int:
+def activation_bytes_per_image(
+    network: torch.nn.Module,
+    shape: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool = False,
+) -> int:
     """An upper bound of the activation memory of one image's forward pass: the sum of all module outputs
     of a batch-1 forward (inference frees most of them early, so the real peak is lower)."""
     total = 0
@@ -91,9 +96,15 @@ def activation_bytes_per_image(network: torch.nn.Module, shape: Sequence[int], d
     return max(total, 1)
 
 
-def auto_batch_size(network: torch.nn.Module, shape: Sequence[int], device: torch.device,
-                    dtype: torch.dtype | None, channels_last: bool = False, memory_fraction: float = 0.5,
-                    max_batch: int | None = None) -> int:
+def auto_batch_size(
+    network: torch.nn.Module,
+    shape: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool = False,
+    memory_fraction: float = 0.5,
+    max_batch: int | None = None,
+) -> int:
     """The largest batch (guidance doubles it inside) whose activations fit in ``memory_fraction`` of the free
     memory, capped at ``max_batch`` (default 32 on CPU, where bigger batches stop paying off, and 256 on GPU)."""
     if max_batch is None:
@@ -163,8 +174,9 @@ class DiffusionPipeline:
     def batch_size(self) -> int:
         """Images per forward pass; with ``batch_size="auto"`` chosen (once) from the free memory."""
         if self._batch_size is None:
-            self._batch_size = auto_batch_size(self.network, (self.in_channels, *self.image_size), self.device,
-                                               self.dtype, self.channels_last)
+            self._batch_size = auto_batch_size(
+                self.network, (self.in_channels, *self.image_size), self.device, self.dtype, self.channels_last
+            )
             logger.info("sampling batch size %d (fits the free memory on %s)", self._batch_size, self.device)
         return self._batch_size
 
@@ -257,25 +269,37 @@ class DiffusionPipeline:
         done = 0
         batch_size = self.batch_size
         for start in range(0, total, batch_size):
-            batch_labels = [int(v) for v in labels[start:start + batch_size]]
-            batch_seeds = [int(v) for v in seeds[start:start + batch_size]]
+            batch_labels = [int(v) for v in labels[start : start + batch_size]]
+            batch_seeds = [int(v) for v in seeds[start : start + batch_size]]
 
             def step_callback(step: int, steps: int, _done: int = done, _n: int = len(batch_seeds)) -> None:
                 if callback is not None:
                     callback(_done * steps + step * _n, total * steps)
 
-            images = self.generate_batch(batch_labels, batch_seeds, num_inference_steps, guidance_scale, sampler,
-                                         callback=step_callback)
+            images = self.generate_batch(
+                batch_labels, batch_seeds, num_inference_steps, guidance_scale, sampler, callback=step_callback
+            )
             done += len(batch_seeds)
             bar.update(len(batch_seeds))
             yield batch_labels, batch_seeds, images.cpu()
         bar.close()
 
-    def generate(self, labels: Sequence[int], seeds: Sequence[int], num_inference_steps: int = 50,
-                 guidance_scale: float = 1.0, sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+    def generate(
+        self,
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        sampler: str = "ddim",
+        progress: bool = False,
+    ) -> torch.Tensor:
         """All images at once, ``(N, C, H, W)`` in [-1, 1]. For many images prefer :meth:`iter_generate`."""
-        batches = [img for _, _, img in self.iter_generate(labels, seeds, num_inference_steps, guidance_scale,
-                                                           sampler, progress=progress)]
+        batches = [
+            img
+            for _, _, img in self.iter_generate(
+                labels, seeds, num_inference_steps, guidance_scale, sampler, progress=progress
+            )
+        ]
         return torch.cat(batches) if batches else torch.empty(0, self.in_channels, *self.image_size)
 
     @classmethod

@@ -78,8 +78,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         last one goes to sigma = 0."""
         last = self.num_train_timesteps - 1
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], "
-                             f"got {num_inference_steps}")
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}"
+            )
         self.num_inference_steps = num_inference_steps
         count = self.num_train_timesteps
         grid = (np.arange(num_inference_steps, 0, -1) * count / num_inference_steps).round().astype(np.int64) - 1
@@ -113,8 +114,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         alpha, sigma = self.alpha_sigma(timestep)
         return float(np.log(alpha) - np.log(sigma))
 
-    def predict_start_from_output(self, model_output: torch.Tensor, timestep: int,
-                                  sample: torch.Tensor) -> torch.Tensor:
+    def predict_start_from_output(
+        self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor
+    ) -> torch.Tensor:
         """x0 from the network output (ε, v or x0), clipped when ``clip_sample``."""
         alpha, sigma = self.alpha_sigma(timestep)
         if self.prediction_type == "epsilon":
@@ -144,8 +146,10 @@ class DPMSolverMultistepScheduler(Scheduler):
         timestep = int(timestep)
         index = self.step_index
         if index >= len(self.timesteps) or int(self.timesteps[index]) != timestep:
-            raise ValueError(f"step() got timestep {timestep} but expected step {index} of {self.timesteps.tolist()}; "
-                             "call set_timesteps() and step through scheduler.timesteps in order")
+            raise ValueError(
+                f"step() got timestep {timestep} but expected step {index} of {self.timesteps.tolist()}; "
+                "call set_timesteps() and step through scheduler.timesteps in order"
+            )
         x0 = self.predict_start_from_output(model_output.float(), timestep, sample.float())
         t_next = self.previous_timestep(index)
         alpha_next, sigma_next = self.alpha_sigma(t_next)
@@ -175,15 +179,21 @@ def _copy_schedule(sched: Scheduler, train_scheduler: Scheduler) -> Scheduler:
 
 def dpm_solver_pp_2m(train_scheduler: Scheduler) -> DPMSolverMultistepScheduler:
     """DPM-Solver++ 2M over the training scheduler's noise schedule and prediction type."""
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=train_scheduler.num_train_timesteps,
-                                        prediction_type=train_scheduler.prediction_type, solver_order=2)
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=train_scheduler.num_train_timesteps,
+        prediction_type=train_scheduler.prediction_type,
+        solver_order=2,
+    )
     return _copy_schedule(sched, train_scheduler)  # type: ignore[return-value]
 
 
 def dpm_solver_1(train_scheduler: Scheduler) -> DPMSolverMultistepScheduler:
     """First-order DPM-Solver++ (DDIM with eta = 0 on the solver's timestep grid)."""
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=train_scheduler.num_train_timesteps,
-                                        prediction_type=train_scheduler.prediction_type, solver_order=1)
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=train_scheduler.num_train_timesteps,
+        prediction_type=train_scheduler.prediction_type,
+        solver_order=1,
+    )
     return _copy_schedule(sched, train_scheduler)  # type: ignore[return-value]
 
 

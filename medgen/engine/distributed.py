@@ -47,9 +47,11 @@ def init_process_group(backend: str | None = None) -> str:
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if not dist.is_initialized():
         if "RANK" not in os.environ:
-            raise RuntimeError("multi_gpu_train.yaml must be launched by torchrun (RANK is not set), e.g. "
-                               "torchrun --nproc_per_node 2 -m monai.bundle run training --config_file "
-                               "\"['configs/train.yaml','configs/multi_gpu_train.yaml']\"")
+            raise RuntimeError(
+                "multi_gpu_train.yaml must be launched by torchrun (RANK is not set), e.g. "
+                "torchrun --nproc_per_node 2 -m monai.bundle run training --config_file "
+                "\"['configs/train.yaml','configs/multi_gpu_train.yaml']\""
+            )
         if backend == "nccl":
             torch.cuda.set_device(local_device())
         dist.init_process_group(backend=backend)
@@ -78,8 +80,7 @@ def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                      if tensor.numel() else b"")
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -109,9 +110,20 @@ class ReplicaSyncCheck:
         if rank() == 0 and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
-                f.write(json.dumps({"epoch": engine.state.epoch, "world_size": len(digests),
-                                    "digests": digests, "in_sync": in_sync}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": engine.state.epoch,
+                            "world_size": len(digests),
+                            "digests": digests,
+                            "in_sync": in_sync,
+                        }
+                    )
+                    + "\n"
+                )
         if not in_sync:
-            raise RuntimeError(f"epoch {engine.state.epoch}: the DDP replicas' weights differ across ranks "
-                               f"({digests}); stop and check handlers that change weights on one rank")
+            raise RuntimeError(
+                f"epoch {engine.state.epoch}: the DDP replicas' weights differ across ranks "
+                f"({digests}); stop and check handlers that change weights on one rank"
+            )
         logger.info("epoch %d: weights identical on all %d ranks", engine.state.epoch, len(digests))

@@ -22,7 +22,7 @@ class FIDHandler:
 
     Args:
         sample_fn: generates the fixed evaluation set, e.g. ``lambda l, s: pipeline.generate(l, s, 25)``.
-        real_images: real images (any form :func:`~medgen.metrics.image_sets.to_common_form` accepts).
+        real_images: real images, N x 1 x H x W float in [0, 1] or uint8 (RGB is averaged to grey).
         labels, seeds: the fixed class labels and seeds (same set every time, so FIDs are comparable).
         extractor: feature extractor (e.g. ``DomainFeatures`` for speed or ``InceptionFeatures``).
         model: the network whose ``state_dict`` is saved when FID improves; ``save_path`` where.
@@ -61,7 +61,8 @@ class FIDHandler:
         if self.model is not None:
             self.model.eval()
         try:
-            fake = to_common_form(self.sample_fn(self.labels, self.seeds), self.size or self.real.shape[-1])
+            sample = self.sample_fn(self.labels, self.seeds).detach().float().cpu()
+            fake = to_common_form(((sample + 1) / 2).clamp(0, 1), self.size or self.real.shape[-1])
         finally:
             if self.model is not None and was_training:
                 self.model.train()

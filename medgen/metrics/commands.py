@@ -68,7 +68,7 @@ def evaluate_command(
     utility_sizes: str | None = None,
     report: bool = True,
 ) -> int:
-    """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html. 1 if any image is flagged."""
+    """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html (gate on ``audit``, not here)."""
     from medgen.metrics.evaluate import evaluate
 
     try:
@@ -88,7 +88,9 @@ def evaluate_command(
         return _error(e)
     overall = m["generated"]["overall"]
     for name in extractors:
-        print(f"{name}: FID {overall[name]['fid']} KID {overall[name]['kid'].get('mean')}")
+        f, k = overall[name]["fid"], overall[name]["kid"]
+        print(f"{name}: FID {f.get('value', f.get('error'))}, KID {k.get('mean', k.get('error'))}")
+    print(f"memorisation: {m['memorisation']['n_flagged']} of {m['n_generated']} generated images flagged")
     print(f"wrote {Path(out_dir) / 'metrics.json'}" + (f" and {Path(out_dir) / 'report.html'}" if report else ""))
     return 0
 
@@ -192,7 +194,7 @@ def fit_gate_command(
     Path(str(out) + ".json").write_text(
         json.dumps({"features": ex.name, "size": size, "threshold": gate.threshold, "k": k, "percentile": percentile})
     )
-    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, {percentile:g}th percentile); wrote {out}")
+    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}); wrote {out}")
     return 0
 
 

@@ -88,6 +88,7 @@ def evaluate(
     audit_extractor: str | None = None,
     utility_sizes: Sequence[int | None] | None = None,
     utility_epochs: int = 4,
+    utility_kwargs: dict | None = None,
     num_pairs: int = 200,
     kid_subsets: int = 50,
     report: bool = True,
@@ -148,7 +149,7 @@ def evaluate(
 
         train_all = load_datalist_split(datalist, "training", size=size)
         metrics["utility"] = utility_experiment(
-            train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed
+            train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
         )
     metrics["seconds"] = round(time.time() - t0, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -159,3 +160,15 @@ def evaluate(
             out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout, audit=audit
         )
     return metrics
+
+
+class Evaluation:
+    """Bundle component: knobs in ``__init__`` (those of :func:`evaluate`), the run in ``__call__``."""
+
+    def __init__(
+        self, samples_dir: str, datalist: str, output_dir: str, extractors: dict[str, FeatureExtractor], **kwargs
+    ):
+        self.args, self.kwargs = (samples_dir, datalist, output_dir, extractors), kwargs
+
+    def __call__(self) -> dict:
+        return evaluate(*self.args, **self.kwargs)

@@ -115,9 +115,9 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        out = []
+        out, images = [], np.ascontiguousarray(images, dtype=np.float32)
         for i in range(0, len(images), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).to(self.device)
+            x = torch.from_numpy(images[i : i + self.batch_size]).to(self.device)
             out.append(self.net(self.preprocess(x)).float().cpu())
         return torch.cat(out).numpy()
 
@@ -139,6 +139,7 @@ class DomainFeatures:
         self.name = f"domain_resnet18s_{tag}"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
             images = resize(images, self.size)
         return penultimate_features(self.model, images)

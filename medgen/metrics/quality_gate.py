@@ -33,7 +33,7 @@ class QualityGate:
         if heldout_feats is None:
             scores = knn_distance(self.reference, self.reference, self.k, exclude_self=True)
         else:
-            scores = self.score(heldout_feats)
+            scores = knn_distance(np.asarray(heldout_feats, dtype=np.float32), self.reference, self.k)
         self.threshold = float(np.percentile(scores, self.percentile))
         return self
 

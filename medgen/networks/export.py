@@ -81,6 +81,33 @@ def example_inputs(
     return image, timesteps, labels
 
 
+def metadata_inputs(
+    network_data_format: Mapping[str, Any], batch_size: int = 1, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random inputs named and shaped as ``network_data_format["inputs"]`` declares them, ``image`` first.
+
+    An input of shape ``(batch, num_channels, *spatial_shape)`` (no channel axis when ``num_channels`` is 0),
+    with the declared dtype, drawn uniformly from ``value_range`` (``[0, 1)`` when the range is empty).
+    """
+    from monai.utils import get_equivalent_dtype
+
+    gen = torch.Generator().manual_seed(seed)
+    specs = dict(network_data_format["inputs"])
+    out: dict[str, torch.Tensor] = {}
+    for name in ["image", *[k for k in specs if k != "image"]]:
+        spec = specs[name]
+        channels = int(spec.get("num_channels", 0))
+        shape = (batch_size, *([channels] if channels else []), *[int(s) for s in spec.get("spatial_shape", [])])
+        dtype = get_equivalent_dtype(spec.get("dtype", "float32"), data_type=torch.Tensor)
+        value_range = spec.get("value_range") or [0, 1]
+        low, high = float(value_range[0]), float(value_range[-1])
+        if dtype.is_floating_point:
+            out[name] = (low + (high - low) * torch.rand(shape, generator=gen)).to(dtype)
+        else:
+            out[name] = torch.randint(int(low), int(high) + 1, shape, generator=gen).to(dtype)
+    return out
+
+
 def export_torchscript(
     network: nn.Module,
     path: str | Path,
@@ -108,9 +135,11 @@ def export_onnx(
     inputs: Sequence[torch.Tensor],
     opset_version: int = DEFAULT_OPSET,
     metadata: Mapping[str, Any] | None = None,
+    input_names: Sequence[str] = INPUT_NAMES,
 ) -> Path:
-    """Write ``network`` (wrapped) as one ONNX file with inputs ``image, timesteps, class_labels``, output ``pred``
-    and a dynamic batch axis. ``metadata`` goes into the model's ``metadata_props`` (non-strings as JSON)."""
+    """Write ``network`` (wrapped) as one ONNX file with inputs ``input_names`` (default ``image, timesteps,
+    class_labels``), output ``pred`` and a dynamic batch axis. ``metadata`` goes into the model's
+    ``metadata_props`` (non-strings as JSON)."""
     import onnx
 
     if opset_version < 17:
@@ -119,9 +148,9 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = {name: {0: batch} for name in INPUT_NAMES}
+    dynamic_shapes = tuple({0: batch} for _ in inputs)
     with torch.no_grad():
-        torch.onnx.export(model, tuple(t.cpu() for t in inputs), str(path), input_names=list(INPUT_NAMES),
+        torch.onnx.export(model, tuple(t.cpu() for t in inputs), str(path), input_names=list(input_names),
                           output_names=list(OUTPUT_NAMES), opset_version=opset_version, dynamo=True,
                           external_data=False, dynamic_shapes=dynamic_shapes, verbose=False)
     if metadata:
@@ -145,7 +174,7 @@ def max_abs_diff_onnx(path: str | Path, network: nn.Module, inputs: Sequence[tor
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs)}
+    feeds = {i.name: t.cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
     out = session.run(None, feeds)[0]
     with torch.no_grad():
         ref = wrap(network).eval()(*inputs).numpy()
@@ -174,7 +203,9 @@ def export_bundle(
     opset_version: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
     """Export a bundle's trained network as ``models/model.ts`` and ``models/model.onnx`` and check each against
-    PyTorch on random inputs (batch sizes 2 and 3). Returns ``{"model.ts": path, "model.ts max_abs_diff": ...}``.
+    PyTorch on random inputs made from ``network_data_format`` (batch sizes 2 and 3).
+
+    Returns ``{"model.ts": path, "model.ts max_abs_diff": ..., "model.onnx": path, "model.onnx max_abs_diff": ...}``.
 
     Args:
         bundle: bundle folder or name.
@@ -202,12 +233,13 @@ def export_bundle(
     parser.read_meta(str(meta_path))
     parser["bundle_root"] = str(bundle_dir)
     network = load_weights(parser.get_parsed_content("network_def"), ckpt).float().eval()
-    image = parser["_meta_"]["network_data_format"]["inputs"]["image"]
+    data_format = parser["_meta_"]["network_data_format"]
+    image = data_format["inputs"]["image"]
     image_shape = (int(image["num_channels"]), *[int(s) for s in image["spatial_shape"]])
     classes = list(parser.get_parsed_content("classes", default=[]))
-    num_train_timesteps = int(parser.get_parsed_content("num_train_timesteps", default=1000))
-    inputs = example_inputs(image_shape, 2, num_train_timesteps, len(classes) + 1)
-    check = example_inputs(image_shape, 3, num_train_timesteps, len(classes) + 1, seed=1)
+    named = metadata_inputs(data_format, batch_size=2)
+    inputs = tuple(named.values())
+    check = tuple(metadata_inputs(data_format, batch_size=3, seed=1).values())
     result: dict[str, Any] = {}
     if "ts" in formats:
         extra = {f"{cfg_path.stem}.json": json.dumps(ConfigParser.load_config_file(str(cfg_path))).encode()}
@@ -220,7 +252,7 @@ def export_bundle(
                                     "medgen.version": parser["_meta_"].get("version", "")}
         if "scheduler" in parser and hasattr(parser.get_parsed_content("scheduler"), "betas"):
             metadata.update(sampling_metadata(parser.get_parsed_content("scheduler"), classes, image_shape))
-        onnx_path = export_onnx(network, out / "model.onnx", inputs, opset_version, metadata)
+        onnx_path = export_onnx(network, out / "model.onnx", inputs, opset_version, metadata, list(named))
         result["model.onnx"] = str(onnx_path)
         result["model.onnx max_abs_diff"] = max_abs_diff_onnx(onnx_path, network, check)
     return result

@@ -19,11 +19,17 @@ class ScoreNetwork(nn.Module):
     input preconditioning of Karras et al. 2022), keeping the UNet's input near unit variance when σ is 150;
     0 feeds x as is, as the NCSN papers do.
 
+    ``skip=True`` (with ``sigma_data`` > 0) adds Karras et al.'s skip connection, written for the score:
+    σ s_θ = -σ x / (σ² + σ_data²) + σ_data / √(σ² + σ_data²) F_θ, i.e. the score of N(0, σ_data² + σ²) plus a learnt
+    correction. At large σ the first term is already -ε, so even a briefly trained model contracts the noise in
+    sampling; at small σ it is F_θ / σ as in NCSNv2. The loss is unchanged (it is on s_θ).
+
     Args:
         unet: a :class:`ConditionalDiffusionUNet` (or any module taking ``(x, timesteps, class_labels=...)``);
             when None one is built from the remaining arguments.
         sigma_data: the data's standard deviation for input scaling (0 turns it off).
         noise_embedding_scale: the timestep embedding receives ``noise_embedding_scale * log σ``.
+        skip: add the Gaussian skip connection above.
     """
 
     def __init__(
@@ -31,6 +37,7 @@ class ScoreNetwork(nn.Module):
         unet: nn.Module | None = None,
         sigma_data: float = 0.5,
         noise_embedding_scale: float = 1.0,
+        skip: bool = True,
         spatial_dims: int = 2,
         in_channels: int = 1,
         num_classes: int = 2,
@@ -52,6 +59,7 @@ class ScoreNetwork(nn.Module):
         self.unet = unet
         self.sigma_data = float(sigma_data)
         self.noise_embedding_scale = float(noise_embedding_scale)
+        self.skip = bool(skip) and self.sigma_data > 0
 
     @property
     def num_classes(self) -> int | None:
@@ -65,11 +73,16 @@ class ScoreNetwork(nn.Module):
             sigma = sigma.expand(x.shape[0])
         if torch.any(sigma <= 0):
             raise ValueError("noise levels sigma must be positive")
-        if self.sigma_data > 0:
-            c_in = (sigma**2 + self.sigma_data**2).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
-            x = x * c_in.to(x.dtype)
         c_noise = self.noise_embedding_scale * torch.log(sigma)
-        return self.unet(x, c_noise, class_labels=class_labels)
+        if self.sigma_data == 0:
+            return self.unet(x, c_noise, class_labels=class_labels)
+        shape = (-1, *([1] * (x.ndim - 1)))
+        c_in = (sigma**2 + self.sigma_data**2).rsqrt().reshape(shape)
+        out = self.unet(x * c_in.to(x.dtype), c_noise, class_labels=class_labels)
+        if not self.skip:
+            return out
+        sig = sigma.reshape(shape)
+        return -sig * c_in**2 * x.float() + self.sigma_data * c_in * out.float()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:

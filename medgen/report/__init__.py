@@ -1,0 +1,1 @@
+"""The self-contained evaluation report (``report.html``) and its figures."""

@@ -145,7 +145,7 @@ def write_report(
     parts.append(
         f'<h2 id="memorisation">Memorisation audit</h2><p>{mem.get("n_flagged", 0)} of '
         f"{mem.get('n_generated', 0)} generated images flagged (closer to a training image than the "
-        f"{mem.get('percentile', 1):g}th percentile of held-out-to-train distances).</p>"
+        f"percentile {mem.get('percentile', 1):g} of held-out-to-train distances).</p>"
     )
     if mem.get("flagged"):
         parts.append(

@@ -18,8 +18,16 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = "bundles/cxr_ddpm/configs/train.yaml"
 INFER = "bundles/cxr_ddpm/configs/inference.yaml"
-TINY = ["--image_size", "32", "--unet_channels", "[32,32,32,32]", "--attention_levels", "[false,false,false,true]",
-        "--num_res_blocks", "1"]
+TINY = [
+    "--image_size",
+    "32",
+    "--unet_channels",
+    "[32,32,32,32]",
+    "--attention_levels",
+    "[false,false,false,true]",
+    "--num_res_blocks",
+    "1",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +44,30 @@ def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def train_args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
-    return ["--dataset_dir", str(data), "--output_dir", str(out), "--model_path", str(out / "model.pt"),
-            "--max_items_per_class", "4", "--batch_size", "4", "--max_epochs", str(epochs),
-            "--checkpoint_interval", "1", "--sample_interval", "1", "--samples_per_class_in_grid", "2",
-            "--num_workers", "0", *TINY, *extra]
+    return [
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--model_path",
+        str(out / "model.pt"),
+        "--max_items_per_class",
+        "4",
+        "--batch_size",
+        "4",
+        "--max_epochs",
+        str(epochs),
+        "--checkpoint_interval",
+        "1",
+        "--sample_interval",
+        "1",
+        "--samples_per_class_in_grid",
+        "2",
+        "--num_workers",
+        "0",
+        *TINY,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +79,9 @@ def trained(kermany, tmp_path_factory) -> Path:
 
 def test_training_writes_checkpoints_weights_grid_and_loss(trained):
     assert sorted(p.name for p in (trained / "checkpoints").glob("checkpoint_epoch=*.pt")) == [
-        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=2.pt",
+    ]
     ckpt = torch.load(trained / "checkpoints" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert {"model", "ema", "optimizer", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["epoch"] == 2
@@ -70,11 +100,30 @@ def test_training_writes_checkpoints_weights_grid_and_loss(trained):
 
 def test_inference_writes_images_grids_and_metadata(trained, tmp_path):
     out = tmp_path / "samples"
-    run(bundle_cmd("inference", INFER, "--ckpt_path", str(trained / "model.pt"), "--output_dir", str(out),
-                   "--per_class", "2", "--num_inference_steps", "5", "--seed", "7", *TINY[:6]))
+    run(
+        bundle_cmd(
+            "inference",
+            INFER,
+            "--ckpt_path",
+            str(trained / "model.pt"),
+            "--output_dir",
+            str(out),
+            "--per_class",
+            "2",
+            "--num_inference_steps",
+            "5",
+            "--seed",
+            "7",
+            *TINY[:6],
+        )
+    )
     records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert [(r["class"], r["seed"]) for r in records] == [("NORMAL", 7), ("NORMAL", 8), ("PNEUMONIA", 9),
-                                                          ("PNEUMONIA", 10)]
+    assert [(r["class"], r["seed"]) for r in records] == [
+        ("NORMAL", 7),
+        ("NORMAL", 8),
+        ("PNEUMONIA", 9),
+        ("PNEUMONIA", 10),
+    ]
     for r in records:
         assert {"sampler", "steps", "guidance_scale", "checkpoint_sha256", "timestamp"} <= set(r)
         assert r["sampler"] == "ddim" and r["steps"] == 5 and len(r["checkpoint_sha256"]) == 64
@@ -86,8 +135,21 @@ def test_inference_writes_images_grids_and_metadata(trained, tmp_path):
 def test_cli_sample_is_seeded_and_class_selectable(trained, tmp_path):
     from medgen.cli import main
 
-    args = ["sample", "cxr_ddpm", "--per-class", "2", "--class", "PNEUMONIA", "--seed", "3", "--steps", "4",
-            "--ckpt", str(trained / "model.pt"), *TINY[:6]]
+    args = [
+        "sample",
+        "cxr_ddpm",
+        "--per-class",
+        "2",
+        "--class",
+        "PNEUMONIA",
+        "--seed",
+        "3",
+        "--steps",
+        "4",
+        "--ckpt",
+        str(trained / "model.pt"),
+        *TINY[:6],
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     a = sorted((tmp_path / "a" / "PNEUMONIA").glob("*.png"))
@@ -125,7 +187,13 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
         (["--dataset_dir", str(tmp_path), "--image_size", "big"], "'image_size' must be a positive integer"),
         (["--dataset_dir", str(small_cxr_tree), "--classes", "[NORMAL,COVID]"], "['COVID'] not found"),
     ):
-        proc = subprocess.run(bundle_cmd("training", TRAIN, *args, "--output_dir", str(tmp_path / "o")), cwd=REPO,
-                              capture_output=True, text=True, timeout=120, env=env)
+        proc = subprocess.run(
+            bundle_cmd("training", TRAIN, *args, "--output_dir", str(tmp_path / "o")),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert proc.returncode != 0
         assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

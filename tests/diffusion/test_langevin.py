@@ -29,15 +29,23 @@ class GaussianScore(nn.Module):
 def pipeline(sampler: str, levels: int = 200, image_size: int = 32, **kwargs) -> LangevinPipeline:
     # 32x32: the SNR step size depends on the image's own norm, which biases the variance by O(1 / pixels)
     sched = NCSNScheduler(levels, sigma_max=10.0, sigma_min=0.01)
-    return LangevinPipeline(GaussianScore(kwargs.pop("means", (MU, MU))), sched, ["a", "b"], image_size=image_size,
-                            precision="fp32", batch_size=32, sampler=sampler, **kwargs)
+    return LangevinPipeline(
+        GaussianScore(kwargs.pop("means", (MU, MU))),
+        sched,
+        ["a", "b"],
+        image_size=image_size,
+        precision="fp32",
+        batch_size=32,
+        sampler=sampler,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(
     ("sampler", "levels", "settings"),
     [
-        ("pc", 200, {"n_steps_each": 1, "snr": 0.16}),          # predictor-corrector, SNR step size
-        ("reverse", 200, {"n_steps_each": 0}),                    # predictor only
+        ("pc", 200, {"n_steps_each": 1, "snr": 0.16}),  # predictor-corrector, SNR step size
+        ("reverse", 200, {"n_steps_each": 0}),  # predictor only
         ("als", 50, {"n_steps_each": 10, "snr": None, "step_lr": 5e-5}),  # NCSN: alpha_i = eps sigma_i^2/sigma_L^2
     ],
 )
@@ -61,8 +69,14 @@ def test_each_image_depends_on_its_seed_not_on_its_batch():
 def test_classifier_free_guidance_moves_samples_along_class_minus_unconditional():
     # scores s_c of N(0.3, s^2) and s_null of N(0, s^2): s_null + w (s_c - s_null) is the score of N(w * 0.3, s^2)
     sched = NCSNScheduler(100, sigma_max=10.0, sigma_min=0.01)
-    pipe = LangevinPipeline(GaussianScore(means=(0.3, -0.3), null_mean=0.0), sched, ["a", "b"], image_size=8,
-                            precision="fp32", batch_size=64)
+    pipe = LangevinPipeline(
+        GaussianScore(means=(0.3, -0.3), null_mean=0.0),
+        sched,
+        ["a", "b"],
+        image_size=8,
+        precision="fp32",
+        batch_size=64,
+    )
     plain = pipe.generate([0] * 64, list(range(64)), 100)
     guided = pipe.generate([0] * 64, list(range(64)), 100, guidance_scale=2.0)
     other = pipe.generate([1] * 64, list(range(64)), 100, guidance_scale=2.0)

@@ -89,7 +89,7 @@ def test_dsm_loss_matches_a_hand_computation():
     loss_sum = DenoisingScoreMatchingLoss("sum")(pred, target)
     loss_mean = DenoisingScoreMatchingLoss("mean")(pred, target)
 
-    # by hand: loss = 1/N sum_n sigma_n^2 sum_d (s_nd + eps_nd / sigma_n)^2 with s = F / sigma = a (x + sigma eps) / sigma
+    # by hand: loss = 1/N sum_n sigma_n^2 sum_d (s_nd + eps_nd / sigma_n)^2, s = F / sigma = a (x + sigma eps) / sigma
     eps, levels = kwargs["noise"], kwargs["timesteps"]
     total = 0.0
     for n in range(2):
@@ -107,13 +107,15 @@ def test_dsm_loss_matches_a_hand_computation():
 
 
 def test_score_network_divides_by_sigma_and_scales_its_input():
-    unet = Linear(1.0)
-    net = ScoreNetwork(unet, sigma_data=0.5)
     x = torch.ones(2, 1, 2, 2)
     sigma = torch.tensor([2.0, 0.1])
+    c_in = (1 / torch.sqrt(sigma**2 + 0.25)).view(-1, 1, 1, 1)
+    net = ScoreNetwork(Linear(1.0), sigma_data=0.5, skip=False)
     out = net(x, sigma)
-    c_in = 1 / torch.sqrt(sigma**2 + 0.25)
-    assert torch.allclose(out, x * c_in.view(-1, 1, 1, 1) / sigma.view(-1, 1, 1, 1))
+    assert torch.allclose(out, x * c_in / sigma.view(-1, 1, 1, 1))
+    # with the skip connection a UNet that outputs 0 gives the score of N(0, sigma_data^2 + sigma^2)
+    prior = ScoreNetwork(Linear(0.0), sigma_data=0.5, skip=True)
+    assert torch.allclose(prior(x, sigma), -x / (sigma**2 + 0.25).view(-1, 1, 1, 1))
     with pytest.raises(ValueError, match="positive"):
         net(x, torch.tensor([1.0, 0.0]))
 

@@ -14,14 +14,16 @@ from medgen.networks import ConditionalDiffusionUNet
 
 def tiny_unet() -> ConditionalDiffusionUNet:
     torch.manual_seed(0)
-    return ConditionalDiffusionUNet(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
-                                    num_head_channels=8, norm_num_groups=8)
+    return ConditionalDiffusionUNet(
+        channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8, norm_num_groups=8
+    )
 
 
 def make_pipeline(precision_name: str = "fp32", prediction_type: str = "epsilon", **kw) -> DiffusionPipeline:
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
-    return DiffusionPipeline(tiny_unet(), scheduler, ["NORMAL", "PNEUMONIA"], image_size=16,
-                             precision=precision_name, **kw)
+    return DiffusionPipeline(
+        tiny_unet(), scheduler, ["NORMAL", "PNEUMONIA"], image_size=16, precision=precision_name, **kw
+    )
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])

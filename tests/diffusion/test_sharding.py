@@ -20,10 +20,12 @@ CLASSES = ["NORMAL", "PNEUMONIA"]
 
 def tiny_pipeline(batch_size: int) -> DiffusionPipeline:
     torch.manual_seed(0)
-    net = ConditionalDiffusionUNet(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
-                                   num_head_channels=8, norm_num_groups=8)
-    return DiffusionPipeline(net, DDPMScheduler(num_train_timesteps=1000), CLASSES, image_size=16, precision="fp32",
-                             batch_size=batch_size)
+    net = ConditionalDiffusionUNet(
+        channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8, norm_num_groups=8
+    )
+    return DiffusionPipeline(
+        net, DDPMScheduler(num_train_timesteps=1000), CLASSES, image_size=16, precision="fp32", batch_size=batch_size
+    )
 
 
 def records(folder: Path) -> dict[tuple[int, int], dict]:
@@ -72,8 +74,24 @@ def test_medgen_sample_shard_option(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     net = ConditionalDiffusionUNet(num_classes=2)  # the bundle's network_def
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
-    common = ["sample", "cxr_ddpm", "--ckpt", str(ckpt), "--per-class", "2", "--steps", "2", "--sampler", "dpmpp2m",
-              "--batch-size", "2", "--image_size", "32", "--precision", "fp32"]
+    common = [
+        "sample",
+        "cxr_ddpm",
+        "--ckpt",
+        str(ckpt),
+        "--per-class",
+        "2",
+        "--steps",
+        "2",
+        "--sampler",
+        "dpmpp2m",
+        "--batch-size",
+        "2",
+        "--image_size",
+        "32",
+        "--precision",
+        "fp32",
+    ]
     assert medgen_main([*common, "--out", str(tmp_path / "whole")]) == 0
     for i in range(2):
         assert medgen_main([*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
@@ -83,6 +101,8 @@ def test_medgen_sample_shard_option(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert set(parts[0]) | set(parts[1]) == set(whole) and not set(parts[0]) & set(parts[1])
     for i, part in enumerate(parts):
         for key, rec in part.items():
-            np.testing.assert_allclose(np.load(tmp_path / f"s{i}" / Path(rec["file"]).with_suffix(".npy")),
-                                       np.load(tmp_path / "whole" / Path(whole[key]["file"]).with_suffix(".npy")),
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                np.load(tmp_path / f"s{i}" / Path(rec["file"]).with_suffix(".npy")),
+                np.load(tmp_path / "whole" / Path(whole[key]["file"]).with_suffix(".npy")),
+                atol=1e-5,
+            )

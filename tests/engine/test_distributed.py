@@ -19,17 +19,48 @@ from medgen.networks import ConditionalDiffusionUNet
 REPO = Path(__file__).resolve().parents[2]
 DATA = (REPO / ".." / "shared" / "data" / "chest_xray_kermany_224").resolve()
 BUNDLE = REPO / "bundles" / "cxr_ddpm" / "configs"
-TINY = ["--dataset_dir", str(DATA), "--max_items_per_class", "4", "--image_size", "32", "--batch_size", "2",
-        "--num_workers", "0", "--samples_per_class_in_grid", "1", "--checkpoint_interval", "1"]
+TINY = [
+    "--dataset_dir",
+    str(DATA),
+    "--max_items_per_class",
+    "4",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--samples_per_class_in_grid",
+    "1",
+    "--checkpoint_interval",
+    "1",
+]
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"needs the Kermany chest X-rays at {DATA}")
 
 
 def torchrun(out: Path, max_epochs: int, nproc: int = 2) -> subprocess.CompletedProcess:
     configs = f"['{BUNDLE / 'train.yaml'}','{BUNDLE / 'multi_gpu_train.yaml'}']"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "monai.bundle", "run", "training", "--config_file", configs, *TINY, "--max_epochs", str(max_epochs),
-           "--output_dir", str(out), "--model_path", str(out / "model.pt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        configs,
+        *TINY,
+        "--max_epochs",
+        str(max_epochs),
+        "--output_dir",
+        str(out),
+        "--model_path",
+        str(out / "model.pt"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -73,9 +104,26 @@ def test_two_gloo_processes_keep_identical_weights_and_resume(tmp_path: Path) ->
 @needs_data
 def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path: Path) -> None:
     """train.yaml's ``gradient_accumulation`` reaches SupervisedTrainer: 4 batches, accumulation 2 -> 2 steps."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "train.yaml"),
-           *TINY, "--max_epochs", "1", "--gradient_accumulation", "2", "--precision", "bf16",
-           "--output_dir", str(tmp_path), "--model_path", str(tmp_path / "model.pt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str(BUNDLE / "train.yaml"),
+        *TINY,
+        "--max_epochs",
+        "1",
+        "--gradient_accumulation",
+        "2",
+        "--precision",
+        "bf16",
+        "--output_dir",
+        str(tmp_path),
+        "--model_path",
+        str(tmp_path / "model.pt"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -87,19 +135,22 @@ def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path: Pat
 def test_single_process_keeps_every_handler_and_checks_itself(tmp_path: Path) -> None:
     handlers = [ResumeFromLatest(tmp_path, {}), object()]
     assert handlers_for_rank(handlers) == handlers  # rank 0 of 1
-    net = ConditionalDiffusionUNet(channels=(8, 16), attention_levels=(False, False), num_res_blocks=1,
-                                   num_head_channels=8, norm_num_groups=8)
+    net = ConditionalDiffusionUNet(
+        channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8
+    )
     check = ReplicaSyncCheck(net, path=tmp_path / "sync.jsonl")
     engine = Engine(lambda e, b: None)
     engine.state.epoch = 3
     check(engine)
-    assert jsonl(tmp_path / "sync.jsonl") == [{"epoch": 3, "world_size": 1, "digests": [weights_digest(net)],
-                                               "in_sync": True}]
+    assert jsonl(tmp_path / "sync.jsonl") == [
+        {"epoch": 3, "world_size": 1, "digests": [weights_digest(net)], "in_sync": True}
+    ]
 
 
 def test_weights_digest_sees_a_one_bit_change_and_ignores_the_ddp_wrapper() -> None:
-    net = ConditionalDiffusionUNet(channels=(8, 16), attention_levels=(False, False), num_res_blocks=1,
-                                   num_head_channels=8, norm_num_groups=8)
+    net = ConditionalDiffusionUNet(
+        channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8
+    )
     before = weights_digest(net)
 
     class Wrapped(torch.nn.Module):

@@ -41,8 +41,9 @@ def test_darker_images_fail_the_histogram_test(rng):
 
 def test_mse_ssim_table_rows(rng):
     real = rng.random((8, 1, 32, 32)).astype(np.float32)
-    rows = real_vs_synthetic_table(real, np.array([0, 1] * 4), real.copy(), np.array([0, 1] * 4), ["neg", "pos"],
-                                   num_pairs=20)
+    rows = real_vs_synthetic_table(
+        real, np.array([0, 1] * 4), real.copy(), np.array([0, 1] * 4), ["neg", "pos"], num_pairs=20
+    )
     names = [(r["a"], r["b"]) for r in rows]
     assert ("real positives", "synthetic positives") in names and ("real negatives", "real positives") in names
     assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in rows)

@@ -67,7 +67,9 @@ def test_fingerprint_changes_when_a_file_changes(tmp_path):
 def test_npz_items_are_loaded(tmp_path):
     arr = (np.arange(3 * 28 * 28) % 256).astype(np.uint8).reshape(3, 28, 28)
     np.savez(tmp_path / "x.npz", train_images=arr)
-    items = [{"image": str(tmp_path / "x.npz"), "npz_key": "train_images", "npz_index": i, "label": i % 2} for i in (0, 2)]
+    items = [
+        {"image": str(tmp_path / "x.npz"), "npz_key": "train_images", "npz_index": i, "label": i % 2} for i in (0, 2)
+    ]
     dl = {"classes": ["a", "b"], "training": items}
     s = load_datalist_split(dl, "training", size=28)
     assert s.images.shape == (2, 1, 28, 28)

@@ -49,5 +49,6 @@ def test_generate_until_pass_retries_rejected_slots(rng):
 def test_generate_until_pass_gives_up_clearly(rng):
     gate = QualityGate(k=3).fit(rng.normal(0, 0.05, size=(50, 1)))
     with pytest.raises(RuntimeError, match="still fail after 2 rounds"):
-        generate_until_pass(lambda lab, s: torch.ones(len(s), 1, 2, 2), [0], gate, lambda x: x.reshape(len(x), -1)[:, :1],
-                            max_rounds=2)
+        generate_until_pass(
+            lambda lab, s: torch.ones(len(s), 1, 2, 2), [0], gate, lambda x: x.reshape(len(x), -1)[:, :1], max_rounds=2
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,32 @@ from medgen.networks.export import (
     export_torchscript,
     max_abs_diff_onnx,
     max_abs_diff_torchscript,
+    metadata_inputs,
     sampling_metadata,
 )
 
 pytest.importorskip("onnxruntime")
+REPO = Path(__file__).resolve().parents[2]
 IMAGE_SHAPE = (1, 16, 16)
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
 
 def tiny_unet(seed: int = 0) -> ConditionalDiffusionUNet:
     """A small UNet with attention, its weights randomised (MONAI zero-initialises the output convolution, which
-    would make every comparison trivially exact)."""
+    would make every comparison trivially exact). Larger random weights make the sampling chain chaotic: float32
+    rounding differences of 1e-7 per step then grow to O(1) over 20 guided steps, with or without ONNX."""
     torch.manual_seed(seed)
-    net = ConditionalDiffusionUNet(num_classes=2, channels=(8, 16), attention_levels=(False, True),
-                                   num_res_blocks=1, num_head_channels=8, norm_num_groups=8)
+    net = ConditionalDiffusionUNet(
+        num_classes=2,
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+    )
     with torch.no_grad():
         for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * 0.01)
     return net.eval()
 
 
@@ -49,7 +59,9 @@ def scheduler() -> DDPMScheduler:
 
 
 @pytest.fixture(scope="module")
-def onnx_file(net: ConditionalDiffusionUNet, scheduler: DDPMScheduler, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_file(
+    net: ConditionalDiffusionUNet, scheduler: DDPMScheduler, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     metadata = sampling_metadata(scheduler, CLASSES, IMAGE_SHAPE)
     return export_onnx(net, path, example_inputs(IMAGE_SHAPE, 2), metadata=metadata)
@@ -75,6 +87,17 @@ def test_wrapper_loads_a_plain_network_state_dict(net: ConditionalDiffusionUNet)
     wrapper.load_state_dict(wrapper.state_dict())  # its own, prefixed keys, too
 
 
+def test_metadata_inputs_follow_network_data_format() -> None:
+    fmt = json.loads((REPO / "bundles" / "cxr_ddpm" / "configs" / "metadata.json").read_text())["network_data_format"]
+    inputs = metadata_inputs(fmt, batch_size=4)
+    assert list(inputs) == ["image", "timesteps", "class_labels"]
+    assert inputs["image"].shape == (4, 1, 64, 64) and inputs["image"].dtype == torch.float32
+    assert inputs["image"].min() >= -1 and inputs["image"].max() <= 1
+    assert inputs["timesteps"].shape == (4,) and inputs["timesteps"].dtype == torch.int64
+    assert int(inputs["class_labels"].min()) >= 0 and int(inputs["class_labels"].max()) <= 2
+
+
+@pytest.mark.slow
 def test_torchscript_trace_matches_pytorch_at_other_batch_sizes(net: ConditionalDiffusionUNet, tmp_path: Path) -> None:
     path = tmp_path / "model.ts"
     export_torchscript(net, path, example_inputs(IMAGE_SHAPE, 2), meta_values={"version": "0.1.0"})
@@ -87,6 +110,7 @@ def test_torchscript_trace_matches_pytorch_at_other_batch_sizes(net: Conditional
     assert meta["version"] == "0.1.0"
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_with_a_dynamic_batch(net: ConditionalDiffusionUNet, onnx_file: Path) -> None:
     import onnx
 
@@ -102,6 +126,7 @@ def test_onnx_export_refuses_an_old_opset(net: ConditionalDiffusionUNet, tmp_pat
         export_onnx(net, tmp_path / "m.onnx", example_inputs(IMAGE_SHAPE, 2), opset_version=13)
 
 
+@pytest.mark.slow
 def test_onnx_ddim_timesteps_are_monai_ddim_timesteps(onnx_file: Path) -> None:
     from medgen.onnx_sampling import OnnxDDIMSampler
 
@@ -112,6 +137,7 @@ def test_onnx_ddim_timesteps_are_monai_ddim_timesteps(onnx_file: Path) -> None:
         np.testing.assert_array_equal(sampler.timesteps(steps), reference.timesteps.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_onnx_ddim_loop_reproduces_the_torch_pipeline(
     net: ConditionalDiffusionUNet, scheduler: DDPMScheduler, onnx_file: Path, guidance_scale: float
@@ -126,12 +152,12 @@ def test_onnx_ddim_loop_reproduces_the_torch_pipeline(
     noise = pipeline.initial_noise(seeds).numpy()
     images = sampler.sample(labels, num_inference_steps=20, guidance_scale=guidance_scale, noise=noise)
     assert images.shape == (3, *IMAGE_SHAPE)
-    # each step agrees to float32 rounding (next test); this random network amplifies those ~1e-7 differences
-    # about 2x per step, so 20 steps end near 5e-3
-    assert np.abs(images - expected).max() < 2e-2
+    # each step agrees to float32 rounding (next test); the chain amplifies those differences, to ~3e-4 here
+    assert np.abs(images - expected).max() < 2e-3
     assert np.abs(expected).max() > 0.1  # the comparison is not between two blank images
 
 
+@pytest.mark.slow
 def test_onnx_ddim_step_is_monai_ddim_step(onnx_file: Path, scheduler: DDPMScheduler) -> None:
     from medgen.diffusion.pipeline import make_scheduler
     from medgen.onnx_sampling import OnnxDDIMSampler
@@ -147,6 +173,7 @@ def test_onnx_ddim_step_is_monai_ddim_step(onnx_file: Path, scheduler: DDPMSched
         assert np.abs(got - expected.numpy()).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_onnx_sampling_from_seeds_is_reproducible(onnx_file: Path) -> None:
     from medgen.onnx_sampling import OnnxDDIMSampler
 

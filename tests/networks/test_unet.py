@@ -7,8 +7,9 @@ from medgen.networks import ConditionalDiffusionUNet
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    model = ConditionalDiffusionUNet(num_classes=2, channels=(32, 32, 32, 32),
-                                     attention_levels=(False, False, False, True), num_res_blocks=1).eval()
+    model = ConditionalDiffusionUNet(
+        num_classes=2, channels=(32, 32, 32, 32), attention_levels=(False, False, False, True), num_res_blocks=1
+    ).eval()
     # a freshly built UNet zero-initialises its output conv; give it weights so outputs depend on the input
     with torch.no_grad():
         for p in model.parameters():
@@ -38,9 +39,16 @@ def test_missing_labels_mean_the_null_class(net):
 def test_state_dict_is_a_plain_monai_unet(net):
     from monai.networks.nets import DiffusionModelUNet
 
-    plain = DiffusionModelUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(32, 32, 32, 32),
-                               attention_levels=(False, False, False, True), num_res_blocks=1,
-                               num_head_channels=32, num_class_embeds=3)
+    plain = DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=(32, 32, 32, 32),
+        attention_levels=(False, False, False, True),
+        num_res_blocks=1,
+        num_head_channels=32,
+        num_class_embeds=3,
+    )
     plain.load_state_dict(net.state_dict())
 
 

@@ -39,5 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, micro_weights: Path) -> Ite
 
 @pytest.fixture(scope="session")
 def keys(server: Server) -> dict[str, str]:
-    return {"alice": make_key(server.data_dir, "alice", 4), "bob": make_key(server.data_dir, "bob", 4),
-            "solo": make_key(server.data_dir, "solo", 1)}
+    return {
+        "alice": make_key(server.data_dir, "alice", 4),
+        "bob": make_key(server.data_dir, "bob", 4),
+        "solo": make_key(server.data_dir, "solo", 1),
+    }

@@ -21,8 +21,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_ddpm"
 ARTIFACTS = REPO / "test-artifacts"
-MICRO = {"unet_channels": "[32,32]", "attention_levels": "[false,false]", "num_res_blocks": "1", "image_size": "16",
-         "precision": "fp32"}
+MICRO = {
+    "unet_channels": "[32,32]",
+    "attention_levels": "[false,false]",
+    "num_res_blocks": "1",
+    "image_size": "16",
+    "precision": "fp32",
+}
 
 
 def free_port() -> int:
@@ -45,8 +50,22 @@ class Server:
 
     def start(self, timeout: float = 180.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "medgen.serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--no-discover", "--max-images", "8", "--queue-size", "4"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "medgen.serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--no-discover",
+            "--max-images",
+            "8",
+            "--queue-size",
+            "4",
+        ]
         for name, weights in self.weights.items():
             cmd += ["--bundle", f"{name}={BUNDLE}", "--ckpt", f"{name}={weights}"]
             cmd += [f"--override={name}:{k}={v}" for k, v in MICRO.items()]
@@ -114,8 +133,9 @@ def fit_gate(folder: Path, size: int = 16) -> None:
     from medgen.metrics.quality_gate import QualityGate
 
     torch.manual_seed(0)
-    weights = save_classifier(build_classifier(2).eval(), folder / "domain_classifier.pt", ["NORMAL", "PNEUMONIA"],
-                              size)
+    weights = save_classifier(
+        build_classifier(2).eval(), folder / "domain_classifier.pt", ["NORMAL", "PNEUMONIA"], size
+    )
     reference = np.random.default_rng(0).uniform(0, 1, (24, 1, size, size)).astype(np.float32)
     QualityGate(k=3).fit(DomainFeatures(weights)(reference)).save(folder / "quality_gate.npz")
     (folder / "quality_gate.npz.json").write_text(json.dumps({"features": "domain", "size": size}))

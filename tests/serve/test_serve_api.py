@@ -37,9 +37,14 @@ def long_job(client: httpx.Client) -> str:
 def test_healthz_needs_no_key_and_everything_else_does(server: Server, keys: dict[str, str]) -> None:
     with server.client() as anon:
         assert anon.get("/healthz").json()["status"] == "ok"
-        for method, path in [("GET", "/api/v1/models"), ("GET", "/metrics"), ("POST", "/api/v1/generate"),
-                             ("GET", "/api/v1/jobs/" + "0" * 32), ("DELETE", "/api/v1/jobs/" + "0" * 32),
-                             ("GET", "/api/v1/jobs/" + "0" * 32 + "/result")]:
+        for method, path in [
+            ("GET", "/api/v1/models"),
+            ("GET", "/metrics"),
+            ("POST", "/api/v1/generate"),
+            ("GET", "/api/v1/jobs/" + "0" * 32),
+            ("DELETE", "/api/v1/jobs/" + "0" * 32),
+            ("GET", "/api/v1/jobs/" + "0" * 32 + "/result"),
+        ]:
             response = anon.request(method, path, json=GOOD if method == "POST" else None)
             assert response.status_code == 401, (method, path, response.text)
             assert "API key" in response.json()["detail"]
@@ -59,20 +64,24 @@ def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str,
     assert data["limits"]["max_images"] == 8
 
 
-@pytest.mark.parametrize(("change", "field", "allowed"), [
-    ({"bundle": "brain_mri"}, "bundle", ["cxr", "cxr_gated"]),
-    ({"class_label": "COVID"}, "class_label", ["NORMAL", "PNEUMONIA"]),
-    ({"sampler": "euler"}, "sampler", ["ddim", "ddpm"]),
-    ({"num_images": 9}, "num_images", None),
-    ({"num_images": 0}, "num_images", None),
-    ({"seed": -1}, "seed", None),
-    ({"seed": 2**31}, "seed", None),
-    ({"steps": 0}, "steps", None),
-    ({"output_format": "jpeg"}, "output_format", None),
-    ({"path": "../../etc/passwd"}, "path", None),
-])
-def test_bad_requests_get_422_naming_the_field_and_allowed_values(server: Server, keys: dict[str, str], change: dict,
-                                                                 field: str, allowed: list[str] | None) -> None:
+@pytest.mark.parametrize(
+    ("change", "field", "allowed"),
+    [
+        ({"bundle": "brain_mri"}, "bundle", ["cxr", "cxr_gated"]),
+        ({"class_label": "COVID"}, "class_label", ["NORMAL", "PNEUMONIA"]),
+        ({"sampler": "euler"}, "sampler", ["ddim", "ddpm"]),
+        ({"num_images": 9}, "num_images", None),
+        ({"num_images": 0}, "num_images", None),
+        ({"seed": -1}, "seed", None),
+        ({"seed": 2**31}, "seed", None),
+        ({"steps": 0}, "steps", None),
+        ({"output_format": "jpeg"}, "output_format", None),
+        ({"path": "../../etc/passwd"}, "path", None),
+    ],
+)
+def test_bad_requests_get_422_naming_the_field_and_allowed_values(
+    server: Server, keys: dict[str, str], change: dict, field: str, allowed: list[str] | None
+) -> None:
     with server.client(keys["alice"]) as client:
         response = client.post("/api/v1/generate", json={**GOOD, **change})
     assert response.status_code == 422, response.text
@@ -122,8 +131,9 @@ def test_generate_poll_download_png(server: Server, keys: dict[str, str]) -> Non
 def test_dicom_output_is_synthetic_dicom(server: Server, keys: dict[str, str]) -> None:
     pydicom = pytest.importorskip("pydicom")
     with server.client(keys["alice"]) as client:
-        info = wait_for(client, submit(client, output_format="dicom", class_label="NORMAL")["job_id"],
-                        ("succeeded", "failed"))
+        info = wait_for(
+            client, submit(client, output_format="dicom", class_label="NORMAL")["job_id"], ("succeeded", "failed")
+        )
         assert info["status"] == "succeeded", info
         archive = zipfile.ZipFile(io.BytesIO(client.get(info["result_url"]).content))
     dcm = sorted(n for n in archive.namelist() if n.endswith(".dcm"))
@@ -175,12 +185,15 @@ def test_fifty_concurrent_status_polls_while_a_job_runs(server: Server, keys: di
         job_id = long_job(client)
 
     async def poll_all() -> list[tuple[int, float]]:
-        async with httpx.AsyncClient(base_url=server.url, headers={"X-API-Key": keys["bob"]}, timeout=30,
-                                     limits=httpx.Limits(max_connections=50)) as aclient:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"X-API-Key": keys["bob"]}, timeout=30, limits=httpx.Limits(max_connections=50)
+        ) as aclient:
+
             async def one() -> tuple[int, float]:
                 t0 = time.perf_counter()
                 response = await aclient.get(f"/api/v1/jobs/{job_id}")
                 return response.status_code, time.perf_counter() - t0
+
             return await asyncio.gather(*[one() for _ in range(50)])
 
     t0 = time.perf_counter()
@@ -192,9 +205,14 @@ def test_fifty_concurrent_status_polls_while_a_job_runs(server: Server, keys: di
     assert [code for code, _ in results] == [200] * 50
     assert still["status"] == "running"  # the polls ran while it generated
     latencies = sorted(s for _, s in results)
-    figures = {"requests": 50, "errors": 0, "wall_seconds": round(wall, 3),
-               "p50_ms": round(1000 * statistics.median(latencies), 1),
-               "p95_ms": round(1000 * latencies[int(0.95 * 49)], 1), "max_ms": round(1000 * latencies[-1], 1)}
+    figures = {
+        "requests": 50,
+        "errors": 0,
+        "wall_seconds": round(wall, 3),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p95_ms": round(1000 * latencies[int(0.95 * 49)], 1),
+        "max_ms": round(1000 * latencies[-1], 1),
+    }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "serve_load.json").write_text(json.dumps(figures, indent=1))
     print("load:", figures)
@@ -218,9 +236,24 @@ def test_metrics_in_prometheus_text(server: Server, keys: dict[str, str]) -> Non
 
 
 def test_create_key_command_prints_a_key_that_is_stored_only_hashed(server: Server) -> None:
-    out = subprocess.run([sys.executable, "-m", "medgen.serve", "create-key", "carol", "--data-dir",
-                          str(server.data_dir), "--max-jobs", "2"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medgen.serve",
+            "create-key",
+            "carol",
+            "--data-dir",
+            str(server.data_dir),
+            "--max-jobs",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     key = out.stdout.strip()
     assert key.startswith("mg_") and "only its hash" in out.stderr
     assert key.encode() not in (server.data_dir / "serve.db").read_bytes()

@@ -16,8 +16,10 @@ def test_quality_check_scores_each_image(server: Server, keys: dict[str, str]) -
     with server.client(keys["alice"]) as client:
         available = {m["name"]: m["quality_check"] for m in client.get("/api/v1/models").json()["models"]}
         assert available == {"cxr": False, "cxr_gated": True}
-        job = client.post("/api/v1/generate", json={"bundle": "cxr_gated", "class_label": "NORMAL", "num_images": 3,
-                                                    "steps": 2, "quality_check": True}).json()
+        job = client.post(
+            "/api/v1/generate",
+            json={"bundle": "cxr_gated", "class_label": "NORMAL", "num_images": 3, "steps": 2, "quality_check": True},
+        ).json()
         info = wait_for(client, job["job_id"], ("succeeded", "failed"))
         assert info["status"] == "succeeded", info
         quality = info["metrics"]["quality"]

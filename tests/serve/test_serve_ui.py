@@ -59,8 +59,10 @@ class Page:
         raise AssertionError(f"timed out waiting for {expression!r}; page status: {status!r}")
 
     def set_value(self, element_id: str, value: Any, event: str = "change") -> None:
-        self.js(f"(() => {{ const e = document.getElementById({element_id!r}); e.value = {json.dumps(str(value))};"
-                f" e.dispatchEvent(new Event({event!r}, {{bubbles: true}})); }})()")
+        self.js(
+            f"(() => {{ const e = document.getElementById({element_id!r}); e.value = {json.dumps(str(value))};"
+            f" e.dispatchEvent(new Event({event!r}, {{bubbles: true}})); }})()"
+        )
 
     def click(self, element_id: str) -> None:
         self.js(f"document.getElementById({element_id!r}).click()")
@@ -77,10 +79,21 @@ def browser(tmp_path: Path) -> Iterator[tuple[Page, Path]]:
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed")
     port = free_port()
-    proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                             "--disable-background-networking", f"--remote-debugging-port={port}",
-                             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1000", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1100,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -112,8 +125,7 @@ def test_page_uses_no_external_resources() -> None:
         assert "://" not in (STATIC / name).read_text()
 
 
-def test_generate_two_images_in_the_browser(server: Server, keys: dict[str, str],
-                                            browser: tuple[Page, Path]) -> None:
+def test_generate_two_images_in_the_browser(server: Server, keys: dict[str, str], browser: tuple[Page, Path]) -> None:
     page, downloads = browser
     page.call("Page.navigate", url=f"{server.url}/ui")
     page.wait("document.readyState === 'complete' && !!document.getElementById('generate')")

@@ -1,0 +1,72 @@
+"""report.html is self-contained and carries every section."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.metrics.evaluate import evaluate
+from medgen.metrics.features import DomainFeatures
+from medgen.metrics.image_sets import write_samples_dir
+from medgen.report.html import SECTIONS
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def small_datalist(tmp_path):
+    """Synthetic 'real' images: two classes of blurred blobs, written as PNG files and a datalist."""
+    import json
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32] / 32.0
+    items = {}
+    for split, n in (("training", 24), ("test", 16)):
+        imgs, labels = [], []
+        for i in range(n):
+            c = i % 2
+            cx, cy = rng.uniform(0.3, 0.7, 2)
+            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.02 + 0.04 * c)) + rng.normal(0, 0.05, (32, 32))
+            imgs.append(np.clip(img, 0, 1)[None])
+            labels.append(c)
+        folder = write_samples_dir(tmp_path / split, np.stack(imgs), labels, ["neg", "pos"])
+        items[split] = [
+            {"image": str(folder / f"{['neg', 'pos'][c]}/{i:06d}_s{i}.png"), "label": c} for i, c in enumerate(labels)
+        ]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"classes": ["neg", "pos"], **items}))
+    return path, np.stack(imgs), labels
+
+
+def test_report_is_self_contained_and_has_every_section(tmp_path, small_datalist, isolated_cache):
+    datalist, test_images, labels = small_datalist
+    rng = np.random.default_rng(1)
+    noisy = np.clip(test_images + rng.normal(0, 0.15, test_images.shape), 0, 1)
+    samples = write_samples_dir(tmp_path / "samples", noisy, labels, ["neg", "pos"])
+    m = evaluate(
+        samples,
+        datalist,
+        tmp_path / "out",
+        {"domain": DomainFeatures(None, size=32)},
+        size=32,
+        num_pairs=10,
+        kid_subsets=5,
+        utility_sizes=[4],
+        utility_epochs=1,
+        utility_kwargs={"min_steps": 2, "boots": 50},
+    )
+    html = (tmp_path / "out" / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in html
+    assert "report.html" and (tmp_path / "out" / "metrics.json").is_file()
+    assert len(re.findall(r'src="data:image/png;base64,', html)) >= 8  # grids, histograms, audit, spectra, utility
+    assert not re.search(r'(src|href)="(http|/|\./)', html)  # nothing fetched from outside the file
+    assert {"overall", "neg", "pos"} <= set(m["generated"])
+    assert m["utility"]["rows"][0]["arm"] == "real"
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
