@@ -52,6 +52,10 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         overrides["shard"] = args.shard
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.quality_filter:
+        overrides["quality_gate"] = str(Path(args.quality_filter).resolve())
+        if args.domain_weights:
+            overrides["domain_weights"] = str(Path(args.domain_weights).resolve())
     run_bundle(args.bundle, "inference", "inference", overrides)
     return 0
 
@@ -70,6 +74,37 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     return send_command(args.path, args.to, credentials_file=args.credentials, retries=args.retries,
                         report=args.report, calling_aet=args.calling_aet)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medgen.metrics.commands import evaluate_command
+
+    return evaluate_command(args.samples_dir, args.datalist, args.out, size=args.size, features=args.features,
+                            domain_weights=args.domain_weights, max_real_per_class=args.max_real_per_class,
+                            utility_sizes=args.utility_sizes, report=not args.no_report)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from medgen.metrics.commands import audit_command
+
+    return audit_command(args.samples_dir, args.datalist, args.out, size=args.size, percentile=args.percentile,
+                         features=args.features, domain_weights=args.domain_weights,
+                         max_train_per_class=args.max_train_per_class, pairs=args.pairs)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from medgen.metrics.commands import drift_command
+
+    return drift_command(args.reference, args.new, out=args.out, size=args.size, features=args.features,
+                         domain_weights=args.domain_weights, reference_split=args.reference_split,
+                         new_split=args.new_split, permutations=args.permutations, alpha=args.alpha)
+
+
+def cmd_fit_gate(args: argparse.Namespace) -> int:
+    from medgen.metrics.commands import fit_gate_command
+
+    return fit_gate_command(args.datalist, args.out, size=args.size, features=args.features,
+                            domain_weights=args.domain_weights, percentile=args.percentile, k=args.k)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -117,7 +152,57 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")
     sample.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), help="images per batch, or auto")
+    sample.add_argument("--quality-filter", metavar="GATE", help="quality gate .npz (medgen fit-gate): regenerate "
+                        "images that fail it, record realism_score per image and the rejection rate")
+    sample.add_argument("--domain-weights", help="domain classifier the gate was fitted with")
     sample.set_defaults(func=cmd_sample, takes_extra=True)
+
+    def features_args(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument("--size", type=int, default=64, help="images are compared at this size")
+        p.add_argument("--features", default=default, help="feature extractors: inception, domain (comma-separated)")
+        p.add_argument("--domain-weights", help="domain classifier weights (default: trained and cached on first use)")
+
+    ev = verbs.add_parser("evaluate", help="FID/KID, precision/recall, diversity, audit, utility; writes "
+                                           "metrics.json and report.html")
+    ev.add_argument("samples_dir")
+    ev.add_argument("datalist", help="the real data's datalist JSON")
+    ev.add_argument("--out", required=True)
+    features_args(ev, "inception,domain")
+    ev.add_argument("--max-real-per-class", type=int, default=500)
+    ev.add_argument("--utility-sizes", help="train classifiers at these real sizes per class, e.g. 50,200,all (slow)")
+    ev.add_argument("--no-report", action="store_true")
+    ev.set_defaults(func=cmd_evaluate, takes_extra=False)
+
+    audit = verbs.add_parser("audit", help="memorisation audit; exit 1 when any image is too close to a training image")
+    audit.add_argument("samples_dir")
+    audit.add_argument("datalist")
+    audit.add_argument("--out", required=True)
+    features_args(audit, "domain")
+    audit.add_argument("--percentile", type=float, default=1.0,
+                       help="threshold: this percentile of held-out-to-train distances")
+    audit.add_argument("--max-train-per-class", type=int)
+    audit.add_argument("--pairs", type=int, default=8, help="closest pairs shown side by side")
+    audit.set_defaults(func=cmd_audit, takes_extra=False)
+
+    drift = verbs.add_parser("drift", help="MMD drift test between two image sets; exit 1 when they differ")
+    drift.add_argument("reference", help="folder, samples folder or datalist JSON")
+    drift.add_argument("new", help="folder, samples folder or datalist JSON")
+    drift.add_argument("--out", help="write the result as JSON")
+    features_args(drift, "domain")
+    drift.add_argument("--reference-split", default="test")
+    drift.add_argument("--new-split", default="test")
+    drift.add_argument("--permutations", type=int, default=500)
+    drift.add_argument("--alpha", type=float, default=0.05)
+    drift.set_defaults(func=cmd_drift, takes_extra=False)
+
+    gate = verbs.add_parser("fit-gate", help="fit the realism quality gate on real images "
+                                            "(for sample --quality-filter)")
+    gate.add_argument("datalist")
+    gate.add_argument("out", help="gate file to write (.npz)")
+    features_args(gate, "domain")
+    gate.add_argument("--percentile", type=float, default=95.0, help="threshold percentile on held-out real images")
+    gate.add_argument("--k", type=int, default=5, help="k of the k-NN distance")
+    gate.set_defaults(func=cmd_fit_gate, takes_extra=False)
 
     export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR), PNG, 16-bit PNG or NIfTI")
     export.add_argument("samples_dir", help="folder written by `medgen sample` (with samples.jsonl)")

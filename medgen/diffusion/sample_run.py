@@ -86,12 +86,17 @@ class SampleRunner:
         checkpoint: weights file, hashed into the metadata.
         shard: ``"i/n"`` to make only the i-th of n interleaved parts (for several processes or machines).
         save_npy: also write the float image in [0, 1] as ``.npy`` beside each PNG (lossless for DICOM export).
+        quality_gate: a gate fitted by ``medgen fit-gate`` (``.npz``): images whose realism score fails it are
+            replaced by new ones (fresh seeds) until the requested count passes; each line records its
+            ``realism_score`` and ``quality.json`` the rejection rate.
+        domain_weights: the domain classifier whose features the gate was fitted on.
     """
 
     def __init__(self, pipeline: DiffusionPipeline, output_dir: str | Path, per_class: int = 8,
                  class_names: Sequence[str] | None = None, seed: int = 0, sampler: str = "ddim",
                  num_inference_steps: int = 50, guidance_scale: float = 1.0, checkpoint: str | Path | None = None,
-                 shard: str | Sequence[int] | None = None, save_npy: bool = True, grid_size: int = 16) -> None:
+                 shard: str | Sequence[int] | None = None, save_npy: bool = True, grid_size: int = 16,
+                 quality_gate: str | Path | None = None, domain_weights: str | Path | None = None) -> None:
         self.pipeline = pipeline
         self.output_dir = Path(output_dir)
         self.per_class = int(per_class)
@@ -104,6 +109,8 @@ class SampleRunner:
         self.shard = parse_shard(shard)
         self.save_npy = save_npy
         self.grid_size = grid_size
+        self.quality_gate = str(quality_gate) if quality_gate else None
+        self.domain_weights = str(domain_weights) if domain_weights else None
 
     def done_seeds(self) -> set[tuple[int, int]]:
         path = self.output_dir / "samples.jsonl"
@@ -131,30 +138,63 @@ class SampleRunner:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
         meta_path = self.output_dir / "samples.jsonl"
+        quality = {"generated": 0, "rejected": 0}
         with open(meta_path, "a") as meta:
-            for labels, seeds, images in self.pipeline.iter_generate(
-                [p[0] for p in todo], [p[1] for p in todo], self.steps, self.guidance_scale, self.sampler
-            ):
-                for label, seed, image in zip(labels, seeds, images):
-                    rel = Path(classes[label]) / f"{seed:06d}.png"
-                    save_png(image, self.output_dir / rel)
-                    if self.save_npy:
-                        # float copy in [0, 1] (the loaders' range), lossless for DICOM/NIfTI export
-                        unit = ((image.numpy() + 1.0) / 2.0).astype(np.float32)
-                        np.save(self.output_dir / rel.with_suffix(".npy"), unit)
-                    record = {
-                        "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
-                        "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                        "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                        "checkpoint_sha256": sha,
-                        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    }
+            for labels, seeds, images, scores in self._batches(todo, quality):
+                for i, (label, seed, image) in enumerate(zip(labels, seeds, images)):
+                    record = self._write_image(label, seed, image, sha)
+                    if scores is not None:
+                        record["realism_score"] = round(float(scores[i]), 5)
                     meta.write(json.dumps(record) + "\n")
                 meta.flush()
                 os.fsync(meta.fileno())
+        if self.quality_gate:
+            quality["rejection_rate"] = quality["rejected"] / max(quality["generated"], 1)
+            (self.output_dir / "quality.json").write_text(json.dumps(quality, indent=1))
+            print(f"quality filter: {quality['rejected']} of {quality['generated']} generated images rejected "
+                  f"({quality['rejection_rate']:.1%})")
         self.write_grids()
         logger.info("wrote %d images to %s", len(todo), self.output_dir)
         return meta_path
+
+    def _batches(self, todo: list[tuple[int, int]], quality: dict):
+        """``(labels, seeds, images, scores)`` per batch; through the quality gate when one is set."""
+        labels, seeds = [p[0] for p in todo], [p[1] for p in todo]
+        if not self.quality_gate:
+            for batch_labels, batch_seeds, images in self.pipeline.iter_generate(
+                labels, seeds, self.steps, self.guidance_scale, self.sampler
+            ):
+                yield batch_labels, batch_seeds, images, None
+            return
+        from medgen.metrics.commands import quality_filtered_generate
+
+        size = self.pipeline.batch_size if isinstance(self.pipeline.batch_size, int) else 16
+        next_seed = min(seeds, default=self.seed)
+        for start in range(0, len(labels), size):
+            result = quality_filtered_generate(
+                self.pipeline, labels[start:start + size], self.quality_gate, domain_weights=self.domain_weights,
+                num_inference_steps=self.steps, guidance_scale=self.guidance_scale, first_seed=next_seed,
+            )
+            next_seed = max(max(result["seeds"]), next_seed + result["generated"] - 1) + 1
+            quality["generated"] += result["generated"]
+            quality["rejected"] += round(result["rejection_rate"] * result["generated"])
+            yield result["labels"], result["seeds"], result["images"].cpu(), result["scores"]
+
+    def _write_image(self, label: int, seed: int, image: torch.Tensor, sha: str | None) -> dict:
+        classes = self.pipeline.classes
+        rel = Path(classes[label]) / f"{seed:06d}.png"
+        save_png(image, self.output_dir / rel)
+        if self.save_npy:
+            # float copy in [0, 1] (the loaders' range), lossless for DICOM/NIfTI export
+            unit = ((image.numpy() + 1.0) / 2.0).astype(np.float32)
+            np.save(self.output_dir / rel.with_suffix(".npy"), unit)
+        return {
+            "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
+            "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "checkpoint_sha256": sha,
+            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
 
     def write_grids(self) -> list[Path]:
         """``grid_<class>.png`` with up to ``grid_size`` images of each class in the folder."""

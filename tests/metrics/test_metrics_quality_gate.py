@@ -52,3 +52,29 @@ def test_generate_until_pass_gives_up_clearly(rng):
         generate_until_pass(
             lambda lab, s: torch.ones(len(s), 1, 2, 2), [0], gate, lambda x: x.reshape(len(x), -1)[:, :1], max_rounds=2
         )
+
+
+def test_quality_filtered_generate_with_a_pipeline(tmp_path, rng):
+    """The `medgen sample --quality-filter` entry point: a pipeline-like object, a saved gate and domain weights."""
+    from medgen.metrics.classifier import build_classifier, save_classifier
+    from medgen.metrics.commands import quality_filtered_generate
+    from medgen.metrics.features import DomainFeatures
+
+    torch.manual_seed(0)
+    weights = save_classifier(build_classifier(2), tmp_path / "domain.pt", ["a", "b"], 32)
+    real = rng.random((40, 1, 32, 32)).astype(np.float32) * 0.2 + 0.4
+    QualityGate(k=3, percentile=99).fit(DomainFeatures(weights)(real)).save(tmp_path / "gate.npz")
+
+    class Pipeline:
+        calls = []
+
+        def generate(self, labels, seeds, num_inference_steps=50, guidance_scale=1.0):
+            self.calls.append((list(seeds), num_inference_steps))
+            g = torch.Generator().manual_seed(0)
+            return torch.rand(len(seeds), 1, 32, 32, generator=g) * 0.4 - 0.2  # like the real images, in [-1, 1]
+
+    out = quality_filtered_generate(
+        Pipeline(), [0, 1, 1], str(tmp_path / "gate.npz"), domain_weights=str(weights), num_inference_steps=7
+    )
+    assert out["images"].shape == (3, 1, 32, 32) and len(out["scores"]) == 3
+    assert Pipeline.calls[0] == ([0, 1, 2], 7) and 0 <= out["rejection_rate"] < 1
