@@ -107,6 +107,25 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
                             domain_weights=args.domain_weights, percentile=args.percentile, k=args.k)
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from medgen.networks.export import export_bundle
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    result = export_bundle(args.bundle, ckpt_file=args.ckpt, out_dir=args.out, formats=formats,
+                           opset_version=args.opset)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from medgen.bundles import list_bundles
+    from medgen.zoo import verify_command
+
+    bundles = args.bundles or [str(p) for p in list_bundles()]
+    return max(verify_command(b, schema=args.schema, network=not args.no_network) for b in bundles)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from medgen.serve.commands import run_from_args
 
@@ -229,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--report", help="per-file result report (.csv or .json)")
     send.add_argument("--calling-aet", default="MEDGEN")
     send.set_defaults(func=cmd_send, takes_extra=False)
+
+    export_model = verbs.add_parser("export-model", help="export a bundle's weights as models/model.ts and "
+                                    "models/model.onnx, each checked against PyTorch")
+    export_model.add_argument("bundle", help="bundle folder or name")
+    export_model.add_argument("--ckpt", help="weights (default <bundle>/models/model.pt)")
+    export_model.add_argument("--out", help="output folder (default <bundle>/models)")
+    export_model.add_argument("--format", default="ts,onnx", help="comma-separated: ts, onnx (default both)")
+    export_model.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or later (default 18)")
+    export_model.set_defaults(func=cmd_export_model, takes_extra=False)
+
+    verify = verbs.add_parser("verify", help="check bundles as the MONAI Model Zoo's CI does, offline")
+    verify.add_argument("bundles", nargs="*", help="bundle folders or names (default: all bundles found)")
+    verify.add_argument("--schema", help="metadata schema JSON (default: found by name in ../shared/schemas)")
+    verify.add_argument("--no-network", action="store_true", help="skip building and running the networks")
+    verify.set_defaults(func=cmd_verify, takes_extra=False)
 
     from medgen.serve.commands import add_serve_arguments
 

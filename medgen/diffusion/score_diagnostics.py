@@ -117,6 +117,7 @@ def plot_spectra(result: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def plot_spectra(result: dict[str, Any], path: str | Path) -> Path:
     f = result["frequency_cycles_per_pixel"][1:]
     ax.loglog(f, result["real"][1:], label=f"real (n={result['num_real']})")
     ax.loglog(f, result["samples"][1:], label=f"samples (n={result['num_samples']})", linestyle="--")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # log-axis minor labels overlap
     ax.set_xlabel("spatial frequency (cycles / pixel)")
     ax.set_ylabel("radially averaged power")
     ax.set_title("power spectrum: samples vs real")
