@@ -40,8 +40,11 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from medgen.bundles import parse_overrides, run_bundle
 
     overrides = parse_overrides(extra)
-    overrides.update({"per_class": args.per_class, "seed": args.seed, "num_inference_steps": args.steps,
-                      "guidance_scale": args.guidance, "sampler": args.sampler})
+    overrides.update({"per_class": args.per_class, "seed": args.seed, "guidance_scale": args.guidance})
+    if args.steps is not None:
+        overrides["num_inference_steps"] = args.steps
+    if args.sampler is not None:
+        overrides["sampler"] = args.sampler
     if args.class_names:
         overrides["class_names"] = args.class_names
     if args.out:
@@ -164,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-class", type=int, default=8)
     sample.add_argument("--class", dest="class_names", action="append", help="class to generate (repeatable)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
     sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    sample.add_argument("--sampler", default="ddim", help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M; use --steps 10-20)")
+    sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M; use --steps 10-20); "
+                        "score bundles: pc, als, reverse (default: the bundle's)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")

@@ -24,7 +24,7 @@ TINY = [
     "--unet_channels",
     "[32,32,32,32]",
     "--attention_levels",
-    "[false,false,false,true]",
+    "[False,False,False,True]",
     "--num_res_blocks",
     "1",
 ]
