@@ -285,13 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra) if args.takes_extra else args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        cause = err
-        while cause.__cause__ is not None and isinstance(cause, RuntimeError):
-            cause = cause.__cause__
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        cause = root_cause(err)
+        if isinstance(cause, RuntimeError) and not isinstance(cause, FileNotFoundError):
+            raise  # not a user error: keep the traceback
         print(f"medgen: error: {cause}", file=sys.stderr)
         return 2
 
+
+def root_cause(err: BaseException) -> BaseException:
+    """The error under MONAI's config-parser wrappers (``RuntimeError: Failed to evaluate ...``)."""
+    while isinstance(err, RuntimeError) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 if __name__ == "__main__":
     sys.exit(main())
