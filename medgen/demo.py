@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from medgen.bundles import run_bundle
+from medgen.bundles import find_bundle, run_bundle
 from medgen.config import DATA_HINT
 
 logger = logging.getLogger("medgen.demo")
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples-per-class", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and report")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="do not fine-tune the bundle's shipped weights; train a new network")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
 
@@ -41,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     timings = {}
 
+    shipped = find_bundle("cxr_ddpm") / "models" / "model.pt"
+    init = None if args.from_scratch or not shipped.is_file() else shipped
+    print(f"training: {'fine-tuning the shipped weights ' + str(init) if init else 'a new network from scratch'}")
     start = time.time()
     run_bundle("cxr_ddpm", "train", "training", {
         "dataset_dir": str(data), "output_dir": str(out / "train"), "model_path": str(out / "model.pt"),
         "max_items_per_class": args.images_per_class, "max_epochs": args.epochs, "resume": False,
         "checkpoint_interval": args.epochs, "sample_interval": max(1, args.epochs // 2),
+        "init_weights": str(init) if init else None, "learning_rate": 5e-5 if init else 2e-4,
     })
     timings["train_s"] = round(time.time() - start, 1)
 

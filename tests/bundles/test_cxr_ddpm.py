@@ -197,3 +197,14 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
         )
         assert proc.returncode != 0
         assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_init_weights_fine_tunes_from_a_trained_model(kermany, trained, tmp_path):
+    out = tmp_path / "finetune"
+    # learning rate 0: the weights written after an epoch are exactly the ones we started from
+    run(bundle_cmd("training", TRAIN, *train_args(kermany, out, 1, "--init_weights", str(trained / "model.pt"),
+                                                   "--learning_rate", "0.0", "--sample_interval", "5")))
+    start = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
+    after = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert start.keys() == after.keys()
+    assert all(torch.equal(start[k], after[k]) for k in start)
