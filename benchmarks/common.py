@@ -55,6 +55,14 @@ def bundle_network(ckpt: str | Path | None = None) -> tuple[ConditionalDiffusion
     return net.eval(), "random init, output layer re-initialised (no trained weights found)"
 
 
+def weights_digest(path: str | Path) -> str | None:
+    """sha256 of a weights file (ties results of different benchmarks to the same network), or None."""
+    import hashlib
+
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -74,14 +82,23 @@ def machine() -> dict[str, Any]:
         "cpu_bf16": cpu_supports_bf16(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "memory_GiB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average_1m": os.getloadavg()[0],
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so wall-clock times cover it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any]) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -103,10 +120,10 @@ def best(times: Sequence[float]) -> float:
     return statistics.median(fastest)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """Achieved GFLOP/s of an ``n x n`` matmul in ``dtype`` (the machine's practical peak for that dtype)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
     seconds = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / seconds / 1e9

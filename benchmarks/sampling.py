@@ -117,15 +117,13 @@ def speed(
     solver_steps: list[int],
     peaks: dict[str, float],
     with_fp32_solver: bool,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     seeds = list(range(batch))
     labels = [s % 2 for s in seeds]
-    fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=batch, precision="auto")
-    plain = DiffusionPipeline(
-        _copy(net), train_scheduler(), CLASSES, size, batch_size=batch, precision="fp32", channels_last=False
-    )
+    fast, plain = pipelines(net, size, batch, device)
     noise = plain.initial_noise(seeds)
-    model = LabelledNetwork(plain.network, torch.tensor(labels))
+    model = LabelledNetwork(plain.network, torch.tensor(labels, device=device))
     runs: dict[str, tuple[str, int, str, Any]] = {
         "(a) MONAI tutorial DDPM": (
             "ddpm",
@@ -156,7 +154,7 @@ def speed(
             lambda: medgen_sample(plain, labels, seeds, solver, solver_steps[0], measure),
         )
     times = interleaved({name: run[3] for name, run in runs.items()}, repeats)
-    flops = forward_flops(plain.network, size)
+    flops = forward_flops(net, size)
     rows = []
     for name, (sampler, steps, path, _) in runs.items():
         per_step = best(times[name]) / measure
@@ -188,6 +186,102 @@ def speed(
         row["x vs (a)"] = a / row["s/image"]
         row["x vs (b)"] = b / row["s/image"]
     return rows
+
+
+def forward_speed(
+    net: torch.nn.Module, size: int, batches: list[int], repeats: int, peaks: dict[str, float], device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """The network's forward pass alone (what a sampler step costs without the scheduler), fp32 and the fast path,
+    at several batch sizes: achieved GFLOP/s (convolution and matmul FLOPs) against the measured matmul peak."""
+    flops = forward_flops(net, size)
+    rows = []
+    for batch in batches:
+        labels = torch.tensor([i % 2 for i in range(batch)], device=device)
+        t = torch.full((1,), 500, device=device)
+        for precision in ("fp32", "auto"):
+            pipe = DiffusionPipeline(
+                _copy(net), train_scheduler(), CLASSES, size, device=device, batch_size=batch, precision=precision
+            )
+            x = pipe.initial_noise(range(batch))
+
+            def forward(
+                pipe: DiffusionPipeline = pipe, x: torch.Tensor = x, t: torch.Tensor = t, labels: torch.Tensor = labels
+            ) -> None:
+                pipe.predict(x, t, labels, 1.0)
+
+            with torch.inference_mode():
+                seconds = best(interleaved({"f": forward}, repeats)["f"])
+            peak = peaks["fp32" if pipe.dtype is None else "bf16"]
+            achieved = flops * batch / seconds / 1e9
+            row = {
+                "size": size,
+                "compute": pipe.compute_path,
+                "batch": batch,
+                "ms/image": 1000 * seconds / batch,
+                "GFLOP/s": achieved,
+                "peak GFLOP/s": peak,
+                "peak/achieved": peak / achieved,
+            }
+            if device == "cpu":
+                share = kernel_time_share(forward)
+                row["conv+matmul share"] = share
+                row["in conv+matmul: peak/achieved"] = peak / (achieved / share)
+            rows.append(row)
+    return rows
+
+
+MATMUL_KERNELS = ("mkldnn_convolution", "convolution", "addmm", "bmm", "mm", "baddbmm", "flash_attention")
+
+
+def kernel_time_share(fn: Any, repeats: int = 3) -> float:
+    """Share of the CPU time spent in convolution / matmul kernels (the FLOPs counted), from PyTorch's profiler;
+    the rest is normalisation, activations, softmax, copies and Python."""
+    with torch.inference_mode():
+        fn()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    kernels = sum(e.self_cpu_time_total for e in events if any(e.key.endswith(k) for k in MATMUL_KERNELS))
+    return kernels / total if total else float("nan")
+
+
+def equal_seed_fid(weights: str, out_dir: Path | None, rows: list[dict[str, Any]] | None = None) -> dict | None:
+    """The FID rows of ``benchmarks.quality`` for the same weights (matched by sha256), with this run's speed-up
+    of each method over (b); None when that benchmark has not been run on these weights."""
+    from benchmarks.common import RESULTS, weights_digest
+
+    path = (out_dir or RESULTS) / "quality.json"
+    if not path.is_file():
+        return None
+    quality = json.loads(path.read_text())
+    if not quality.get("rows") or quality.get("weights_sha256") != weights_digest(weights):
+        return None
+    return {
+        "source": str(path),
+        "images": quality["rows"][0]["images"],
+        "real": 2 * quality["real_per_class"],
+        "rows": quality["rows"],
+    }
+
+
+def pipelines(
+    net: torch.nn.Module, size: int, batch: int, device: str = "cpu"
+) -> tuple[DiffusionPipeline, DiffusionPipeline]:
+    """Two pipelines over private copies of ``net``: medgen's compute path, and plain fp32 (the MONAI way)."""
+    fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, device=device, batch_size=batch)
+    plain = DiffusionPipeline(
+        _copy(net),
+        train_scheduler(),
+        CLASSES,
+        size,
+        device=device,
+        batch_size=batch,
+        precision="fp32",
+        channels_last=False,
+    )
+    return fast, plain
 
 
 def _copy(net: torch.nn.Module) -> torch.nn.Module:
@@ -301,10 +395,7 @@ def network_quality(
     """(b) and (c) on the bundle's network from the same seeds: mean |difference| and FID between them."""
     seeds = list(range(3000, 3000 + count))
     labels = [s % 2 for s in seeds]
-    fast = DiffusionPipeline(_copy(net), train_scheduler(), CLASSES, size, batch_size=count)
-    plain = DiffusionPipeline(
-        _copy(net), train_scheduler(), CLASSES, size, batch_size=count, precision="fp32", channels_last=False
-    )
+    fast, plain = pipelines(net, size, count)
     model = LabelledNetwork(plain.network, torch.tensor(labels))
     images = {
         "(b) MONAI DDIM-50 fp32": monai_sample(model, plain.initial_noise(seeds), DDIMScheduler(), 50).clamp(-1, 1),
@@ -358,6 +449,18 @@ def _add_fid(
         return f"FID n/a: {type(err).__name__}: {str(err)[:200]}"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: ``VmHWM`` (per address space, so not the parent's peak, which
+    ``ru_maxrss`` carries across fork and exec); elsewhere ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(count: int, size: int, steps: int, batch: int, solver: str) -> dict[str, Any]:
     """One sampling job of ``count`` images into a temporary folder; this process's peak RSS."""
     from medgen.diffusion.sample_run import SampleRunner
@@ -371,7 +474,7 @@ def memory_child(count: int, size: int, steps: int, batch: int, solver: str) -> 
     return {
         "images": count,
         "written": written,
-        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_MB": peak_rss_mb(),
         "seconds": time.perf_counter() - start,
         "size": size,
         "steps": steps,
@@ -429,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="torch threads (default: torch's); on a shared, busy machine 1 avoids threads waiting for each other",
     )
+    parser.add_argument("--forward-batches", type=int, nargs="+", default=[8, 32], help="batches of the forward table")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -447,21 +552,29 @@ def main(argv: list[str] | None = None) -> int:
     solver_steps = args.solver_steps or [DEFAULT_STEPS[args.solver]]
     info = machine()
     net, weights = bundle_network(args.ckpt)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    size_n = 8192 if device == "cuda" else 2048
     peaks = {
-        "fp32": max(matmul_peak(torch.float32) for _ in range(2)),
-        "bf16": max(matmul_peak(torch.bfloat16) for _ in range(2)),
+        "fp32": max(matmul_peak(torch.float32, size_n, device=device) for _ in range(2)),
+        "bf16": max(matmul_peak(torch.bfloat16, size_n, device=device) for _ in range(2)),
     }
     print(
-        f"machine: {info['cpu']}, {info['cores']} cores, bf16: {info['cpu_bf16']}, torch {info['torch']}, "
-        f"load average {info['load_average_1m']:.1f} (other jobs share the cores: absolute figures are slower "
-        f"than on an idle machine; ratios are measured within this run)"
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_GiB']} GiB, bf16: {info['cpu_bf16']}, "
+        f"GPU: {info['cuda']}, torch {info['torch']}, {info['torch_threads']} torch threads, load average "
+        f"{info['load_average_1m']:.1f} (ratios are measured within this run)"
     )
     print(f"weights: {weights}")
-    print(f"matmul peak (2048^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s\n")
+    print(
+        f"device: {device}; matmul peak ({size_n}^2): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s\n"
+    )
 
-    rows = []
+    rows, forward_rows = [], []
     for size in args.sizes:
-        rows += speed(net, size, args.batch, args.measure_steps, args.repeats, args.solver, solver_steps, peaks, True)
+        rows += speed(
+            net, size, args.batch, args.measure_steps, args.repeats, args.solver, solver_steps, peaks, True, device
+        )
+        forward_rows += forward_speed(net, size, args.forward_batches, max(args.repeats, 3), peaks, device)
     columns = [
         "size",
         "method",
@@ -478,8 +591,31 @@ def main(argv: list[str] | None = None) -> int:
         "timed",
     ]
     print(table(rows, columns))
+    print("\nforward pass alone (one sampler step without the scheduler), FLOPs of convolutions and matmuls")
+    print(
+        table(
+            forward_rows,
+            [
+                "size",
+                "compute",
+                "batch",
+                "ms/image",
+                "GFLOP/s",
+                "peak/achieved",
+                "conv+matmul share",
+                "in conv+matmul: peak/achieved",
+            ],
+        )
+    )
 
-    result: dict[str, Any] = {"machine": info, "weights": weights, "matmul_peak_GFLOPs": peaks, "speed": rows}
+    result: dict[str, Any] = {
+        "machine": info,
+        "device": device,
+        "weights": weights,
+        "matmul_peak_GFLOPs": peaks,
+        "speed": rows,
+        "forward": forward_rows,
+    }
     if args.quality_images:
         acc = solver_accuracy(
             args.quality_size, args.quality_images, args.data_images, args.solver, solver_steps, not args.no_fid
@@ -508,6 +644,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.memory_steps} steps, {args.memory_size}px, batch {args.memory_batch})"
         )
         print(table(m, ["images", "written", "peak_rss_MB", "seconds"]))
+    quality = equal_seed_fid(weights, Path(args.out) if args.out else None)
+    if quality:
+        speed_of = {r["method"].strip(): r["x vs (b)"] for r in rows if r["size"] == args.sizes[0]}
+        for row in quality["rows"]:
+            name = row["method"]
+            key = "(b) MONAI DDIM" if name.startswith("(b)") else name.replace("DDIM-50", "DDIM")
+            row["x vs (b)"] = speed_of.get(key)
+            row["equal quality"] = row.get("equal quality (within 5%)")
+        result["fid_at_equal_seeds"] = quality
+        print(
+            f"\nFID at equal seeds (python -m benchmarks.quality, same weights): {quality['images']} images per set "
+            f"against {quality['real']} real X-rays; speed from the table above at {args.sizes[0]} px"
+        )
+        print(table(quality["rows"], ["method", "FID", "FID / FID(b)", "KID", "x vs (b)", "equal quality"]))
     path = write_json("sampling_quick" if args.quick else "sampling", result, args.out)
     print(f"\nwritten {path}")
     return 0

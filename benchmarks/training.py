@@ -3,11 +3,11 @@
     python -m benchmarks.training            # the bundle's network at 64 px, batch 16, real images
     python -m benchmarks.training --quick    # a short run
 
-Rows: the tutorial loop (``DiffusionInferer``, MSE on ε, AdamW, fp32) and the bundle's engine (MONAI
-``SupervisedTrainer`` + ``ConditionalDiffusionPrepareBatch`` + ``ConditionalDiffusionInferer`` with its compute path:
-bf16 autocast where the CPU/GPU has bf16), with and without channels_last. Both read the same ``CacheDataset`` (images
-decoded and resized once). Methods are timed in turn, ``--iters`` iterations each, round after round, so load from
-other processes slows them alike; ratios are within one run.
+Rows: the tutorial loop (``DiffusionInferer``, MSE on ε, AdamW, fp32) and the bundle's engine as train.yaml builds it
+(MONAI ``SupervisedTrainer`` + ``ConditionalDiffusionPrepareBatch`` + ``ConditionalDiffusionInferer`` with its compute
+path: bf16 autocast where the CPU/GPU has bf16; fused AdamW; the EMA update), with and without channels_last. Both
+read the same ``CacheDataset`` (images decoded and resized once). Methods are timed in turn, ``--iters`` iterations
+each, round after round, so load from other processes slows them alike; ratios are within one run.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader
-from monai.engines import SupervisedTrainer
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
 from benchmarks.common import (
+    BUNDLE,
     REPO,
     best,
     bundle_network,
@@ -36,7 +38,6 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from medgen.diffusion import ConditionalDiffusionInferer, ConditionalDiffusionPrepareBatch
 from medgen.diffusion.precision import resolve_dtype
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
@@ -85,21 +86,25 @@ def tutorial_loop(net: torch.nn.Module, loader: DataLoader, iters: int) -> Calla
 
 
 def medgen_engine(net: torch.nn.Module, loader: DataLoader, iters: int, precision: str) -> Callable[[], None]:
-    """The bundle's trainer (train.yaml ``train#trainer``), run for ``iters`` iterations."""
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        epoch_length=iters,
-        train_data_loader=loader,
-        network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), lr=2e-4),
-        loss_function=torch.nn.MSELoss(),
-        inferer=ConditionalDiffusionInferer(scheduler, precision=precision),
-        prepare_batch=ConditionalDiffusionPrepareBatch(1000, scheduler, null_class=len(CLASSES)),
-        amp=False,
-    )
-    return trainer.run
+    """The bundle's own trainer, parsed from train.yaml (``train#trainer``: SupervisedTrainer, the class-label glue,
+    its compute path, its optimizer settings and the EMA handler), run for ``iters`` iterations on ``loader``.
+    Checkpoints, grids and logging are left out: they run every few epochs, not every step."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
+    parser["network"] = net
+    parser["device"] = torch.device("cpu")
+    parser["precision"] = precision
+    parser["train#dataloader"] = loader
+    parser["train#handlers"] = ["@ema"]
+    parser["train#trainer#max_epochs"] = 1
+    parser["train#trainer#epoch_length"] = iters
+    trainer = parser.get_parsed_content("train#trainer")
+
+    def run() -> None:
+        # ignite's own run: a finished engine restarted through Workflow.run would take len(loader) iterations
+        Engine.run(trainer, loader, max_epochs=1, epoch_length=iters)
+
+    return run
 
 
 def train_flops(net: torch.nn.Module, size: int) -> int:
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="the bundle's batch_size")
     parser.add_argument("--iters", type=int, default=3, help="iterations per method per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of interleaved timing")
-    parser.add_argument("--images-per-class", type=int, default=16)
+    parser.add_argument("--images-per-class", type=int, default=32)
     parser.add_argument("--ckpt", help="weights to start from (default: the bundle's, else random init)")
     parser.add_argument("--quick", action="store_true", help="batch 4, 1 iteration, 2 rounds")
     parser.add_argument(

@@ -41,10 +41,14 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
 
     overrides = parse_overrides(extra)
     overrides.update({"per_class": args.per_class, "seed": args.seed, "guidance_scale": args.guidance})
+    if args.sampler is not None:
+        from medgen.diffusion.solvers import DEFAULT_STEPS
+
+        overrides["sampler"] = args.sampler
+        if args.steps is None and args.sampler in DEFAULT_STEPS:
+            args.steps = DEFAULT_STEPS[args.sampler]  # a sampler named without --steps runs at its own default
     if args.steps is not None:
         overrides["num_inference_steps"] = args.steps
-    if args.sampler is not None:
-        overrides["sampler"] = args.sampler
     if args.class_names:
         overrides["class_names"] = args.class_names
     if args.out:
@@ -169,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
     sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M; use --steps 10-20); "
-                        "score bundles: pc, als, reverse (default: the bundle's)")
+    sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M, 15 steps unless "
+                        "--steps); score bundles: pc, als, reverse (default: the bundle's)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")

@@ -1,5 +1,5 @@
 from medgen.engine.checkpoints import CheckpointSaver, ResumeFromLatest, latest_checkpoint, save_state_dict_atomic
-from medgen.engine.handlers import LossHistory, LossProgressBar, ModelExporter, SampleGridHandler
+from medgen.engine.handlers import LossHistory, LossProgressBar, ModelExporter, SampleGridHandler, TimeLimit
 
 __all__ = [
     "CheckpointSaver",
@@ -8,6 +8,7 @@ __all__ = [
     "ModelExporter",
     "ResumeFromLatest",
     "SampleGridHandler",
+    "TimeLimit",
     "latest_checkpoint",
     "save_state_dict_atomic",
 ]

@@ -20,12 +20,17 @@ _EPOCH = re.compile(r"(?:epoch|iteration)=(\d+)\.pt$")
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest epoch number in ``ckpt_dir``, or None."""
+    """The newest training checkpoint in ``ckpt_dir`` (``*epoch=N.pt``, ``*iteration=N.pt`` or the final one written
+    when a run ends or is stopped by its time limit), or None."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("*.pt") if (m := _EPOCH.search(p.name))]
-    return max(found)[1] if found else None
+    found = []
+    for p in ckpt_dir.glob("*.pt"):
+        m = _EPOCH.search(p.name)
+        if m or "final" in p.stem:
+            found.append((p.stat().st_mtime_ns, int(m.group(1)) if m else -1, p))
+    return max(found)[2] if found else None
 
 
 class ResumeFromLatest:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from ignite.handlers import TimeLimit as IgniteTimeLimit
 
 from medgen.data.image_io import save_class_grid
 from medgen.engine.checkpoints import save_state_dict_atomic
@@ -47,6 +48,28 @@ class ModelExporter:
         logger.info("epoch %d: weights written to %s", engine.state.epoch, self.path)
 
 
+class TimeLimit:
+    """Stop training cleanly after ``limit_sec`` seconds of training (ignite's ``TimeLimit``, clock started when the
+    run starts rather than when the config is parsed). ``None`` or 0 disables it.
+
+    The engine is terminated after the current iteration; ``COMPLETED`` still fires, so the final checkpoint and
+    ``model.pt`` are written and a later run with ``resume: true`` continues from there (for batch slots with a
+    wall-clock limit).
+    """
+
+    def __init__(self, limit_sec: float | None = None) -> None:
+        if limit_sec is not None and limit_sec < 0:
+            raise ValueError(f"time limit must be positive seconds or null, got {limit_sec}")
+        self.limit_sec = int(limit_sec) if limit_sec else None
+
+    def attach(self, engine: Engine) -> None:
+        if self.limit_sec:
+            engine.add_event_handler(Events.STARTED, self._start)
+
+    def _start(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, IgniteTimeLimit(self.limit_sec))
+
+
 class LossHistory:
     """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``."""
 
@@ -62,8 +85,10 @@ class LossHistory:
     def _accumulate(self, engine: Engine) -> None:
         loss = _loss_of(engine.state.output)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at iteration {engine.state.iteration}; "
-                                     "lower the learning rate or turn off fp16")
+            raise FloatingPointError(
+                f"training loss became {loss} at iteration {engine.state.iteration}; "
+                "lower the learning rate or turn off fp16"
+            )
         self._sum += loss
         self._n += 1
 
@@ -72,8 +97,7 @@ class LossHistory:
         engine.state.metrics["train_loss"] = mean
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
-                                "loss": mean}) + "\n")
+            f.write(json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration, "loss": mean}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._sum, self._n = 0.0, 0
@@ -101,9 +125,17 @@ class SampleGridHandler:
         seed: seeds are ``seed .. seed + per_class - 1`` for every class, so grids compare across epochs.
     """
 
-    def __init__(self, pipeline_fn: Callable[[], object], classes: Sequence[str], out_dir: str | Path,
-                 interval: int = 5, per_class: int = 4, num_inference_steps: int = 25, seed: int = 0,
-                 guidance_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        pipeline_fn: Callable[[], object],
+        classes: Sequence[str],
+        out_dir: str | Path,
+        interval: int = 5,
+        per_class: int = 4,
+        num_inference_steps: int = 25,
+        seed: int = 0,
+        guidance_scale: float = 1.0,
+    ) -> None:
         self.pipeline_fn = pipeline_fn
         self.classes = list(classes)
         self.out_dir = Path(out_dir)

@@ -180,6 +180,21 @@ def test_resume_after_interrupted_run(kermany, tmp_path):
     assert ckpt["trainer"]["iteration"] == 6 * 2  # 8 images / batch 4
 
 
+def test_time_limit_stops_cleanly_and_the_next_run_continues(kermany, tmp_path):
+    out = tmp_path / "run"
+    stopped = run(bundle_cmd("training", TRAIN, *train_args(kermany, out, 1000, "--time_limit", "8")))
+    log = stopped.stdout + stopped.stderr
+    assert "Reached the time limit: 8 sec" in log
+    final = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    iterations = final["trainer"]["iteration"]
+    assert 0 < iterations < 1000 * 2 and (out / "model.pt").is_file()
+    resumed = run(bundle_cmd("training", TRAIN, *train_args(kermany, out, iterations // 2 + 2)))
+    log = resumed.stdout + resumed.stderr
+    assert f"resumed from {out / 'checkpoints' / 'checkpoint_final.pt'}" in log
+    again = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert again["trainer"]["iteration"] == (iterations // 2 + 2) * 2
+
+
 def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args, expected in (

@@ -73,7 +73,7 @@ def test_missing_license_and_weights_without_large_files(bundle: Path) -> None:
 
 
 def test_version_must_be_in_the_changelog(bundle: Path) -> None:
-    edit_metadata(bundle, version="0.2.0")
+    edit_metadata(bundle, version="9.9.9")
     assert checks_failing(bundle) == {"version"}
 
 

@@ -120,3 +120,49 @@ def test_any_step_count_gives_distinct_decreasing_timesteps(steps: int) -> None:
     t = sched.timesteps
     assert len(t) == steps and int(t[0]) == 999 and int(t[-1]) >= 0
     assert torch.all(t[:-1] > t[1:])
+
+
+def _out_of_range_network(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A fixed, deterministic ε-'network' whose x0 estimates fall far outside [-1, 1] (so clipping acts)."""
+    return 0.6 * x + 0.8 * torch.sin(3.0 * x + t / 100.0)
+
+
+def test_first_order_with_clipping_is_monai_ddim_on_its_timesteps() -> None:
+    """With clip_sample, order 1 keeps the network's noise beside the clipped x0, exactly as MONAI's DDIMScheduler."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    ddim = DDIMScheduler(num_train_timesteps=1000, clip_sample=True)
+    ddim.set_timesteps(25)
+    # a grid on which MONAI's step (which goes to t - T // N) lands on the next timestep: 960, 920, ..., 0
+    ddim.timesteps = torch.arange(960, -1, -40)
+    ours = DPMSolverMultistepScheduler(solver_order=1, clip_sample=True)
+    ours.set_timesteps(25)
+    ours.timesteps = ddim.timesteps.clone()
+    x_ddim = x_ours = 3.0 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    clipped = 0
+    for t in ddim.timesteps:
+        eps = _out_of_range_network(x_ddim, int(t))
+        acp = ddim.alphas_cumprod[int(t)]
+        clipped += int(((x_ddim - (1 - acp).sqrt() * eps) / acp.sqrt()).abs().gt(1).any())
+        x_ddim, _ = ddim.step(eps, int(t), x_ddim)
+        x_ours, _ = ours.step(_out_of_range_network(x_ours, int(t)), int(t), x_ours)
+    assert clipped >= 10, "the test network must push x0 out of range for clipping to be tested"
+    torch.testing.assert_close(x_ours, x_ddim, atol=1e-4, rtol=1e-4)
+
+
+def test_epsilon_and_v_prediction_agree_when_clipping_acts() -> None:
+    eps_solver = DPMSolverMultistepScheduler(prediction_type="epsilon", clip_sample=True)
+    v_solver = DPMSolverMultistepScheduler(prediction_type="v_prediction", clip_sample=True)
+    x_e = x_v = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    eps_solver.set_timesteps(12)
+    v_solver.set_timesteps(12)
+    for t in eps_solver.timesteps:
+        t = int(t)
+        eps = _out_of_range_network(x_e, t)
+        x_e, _ = eps_solver.step(eps, t, x_e)
+        alpha, sigma = v_solver.alpha_sigma(t)
+        eps_v = _out_of_range_network(x_v, t)
+        x0 = (x_v - sigma * eps_v) / alpha
+        x_v, _ = v_solver.step(alpha * eps_v - sigma * x0, t, x_v)
+    torch.testing.assert_close(x_e, x_v, atol=1e-3, rtol=1e-3)
+    assert x_e.abs().max() <= 1.0
