@@ -22,6 +22,7 @@ from medgen.networks import ConditionalDiffusionUNet
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "bundles" / "cxr_ddpm"
 RESULTS = Path(__file__).resolve().parent / "results"
+CLASSES = ["NORMAL", "PNEUMONIA"]  # the cxr_ddpm bundle's classes, in label order
 
 
 def bundle_settings() -> dict[str, Any]:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from benchmarks.common import REPO, bundle_network, machine, table, weights_digest, write_json
-from benchmarks.sampling import CLASSES, LabelledNetwork, monai_sample, pipelines
+from benchmarks.common import CLASSES, REPO, bundle_network, machine, table, weights_digest, write_json
+from benchmarks.sampling import LabelledNetwork, monai_sample, pipelines
 
 DATA = REPO.parent / "shared" / "data" / "chest_xray_kermany_224"
 

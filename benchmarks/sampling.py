@@ -34,6 +34,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from benchmarks.common import (
+    CLASSES,
     REPO,
     best,
     bundle_network,
@@ -46,8 +47,6 @@ from benchmarks.common import (
 )
 from medgen.diffusion.pipeline import DiffusionPipeline
 from medgen.diffusion.solvers import DEFAULT_STEPS
-
-CLASSES = ["NORMAL", "PNEUMONIA"]
 
 
 class LabelledNetwork(torch.nn.Module):

@@ -28,6 +28,7 @@ from monai.networks.schedulers import DDPMScheduler
 
 from benchmarks.common import (
     BUNDLE,
+    CLASSES,
     REPO,
     best,
     bundle_network,
@@ -40,7 +41,6 @@ from benchmarks.common import (
 )
 from medgen.diffusion.precision import resolve_dtype
 
-CLASSES = ["NORMAL", "PNEUMONIA"]
 DATA = REPO.parent / "shared" / "data" / "chest_xray_kermany_224" / "train"
 
 
