@@ -51,8 +51,32 @@ def read_config(bundle: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load(config_file(bundle, name).read_text())
 
 
+#: keys whose values are class (or folder) names: read as text, so ``no,yes`` stays ``["no", "yes"]``
+CLASS_KEYS = frozenset({"classes", "class_names", "source_classes", "class_map"})
+
+
+def parse_class_value(value: str) -> Any:
+    """A class list from the command line: ``a,b``, ``[a, b]`` or (``class_map``) a mapping, every name as text.
+
+    yaml.safe_load would read ``no``/``yes``/``on``/``off``/``true`` as booleans and ``1`` as a number; class names
+    are folder names, so they are read with YAML's BaseLoader (all scalars text). ``null`` or ``~`` is null.
+    """
+    stripped = value.strip()
+    if stripped in ("null", "~", "None", ""):
+        return None
+    if stripped[:1] in ("[", "{"):
+        return yaml.load(stripped, Loader=yaml.BaseLoader)
+    if stripped[:1] in ("$", "@", "%"):
+        return stripped  # a config expression, reference or macro
+    if "," in stripped:
+        return [c.strip() for c in stripped.split(",") if c.strip()]
+    return stripped
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``--key value`` or ``key=value`` pairs; values parsed as YAML (so ``5`` is an int, ``[a, b]`` a list)."""
+    """``--key value``, ``--key=value`` or ``key=value`` pairs; values parsed as YAML (so ``5`` is an int, ``[a, b]``
+    a list), class names as text (:func:`parse_class_value`). ``-`` in a key is ``_``: ``--max-epochs`` is
+    ``--max_epochs``."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -61,14 +85,21 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             key, eq, value = arg[2:].partition("=")
             if not eq:
                 if i + 1 >= len(args):
-                    raise ValueError(f"override {arg} has no value")
+                    raise ValueError(f"override {arg} has no value: give --key value")
                 value = args[i + 1]
                 i += 1
         elif "=" in arg:
             key, _, value = arg.partition("=")
         else:
             raise ValueError(f"cannot read override {arg!r}: use --key value or key=value")
-        out[key.replace("-", "_") if key not in out else key] = yaml.safe_load(value)
+        key = key.replace("-", "_")
+        try:
+            out[key] = parse_class_value(value) if key.split("#")[-1] in CLASS_KEYS else yaml.safe_load(value)
+            if key in ("classes", "source_classes") and isinstance(out[key], str) and out[key][:1] not in "$@%":
+                out[key] = [out[key]]
+        except yaml.YAMLError as err:
+            raise ValueError(f"cannot read the value of --{key}: {value!r} is not valid YAML "
+                             f"({str(err).splitlines()[0]})") from None
         i += 1
     return out
 

@@ -13,56 +13,84 @@ logger = logging.getLogger("medgen")
 
 
 def cmd_data_index(args: argparse.Namespace) -> int:
-    from medgen.data.datalist import build_datalist, summary_table, write_datalist
+    from medgen.data.datalist import DatalistError, build_datalist, summary_table, write_datalist
 
-    classes = args.classes.split(",") if args.classes else None
+    if args.val_fraction + args.test_fraction >= 1:
+        raise DatalistError(f"--val-fraction {args.val_fraction} + --test-fraction {args.test_fraction} leaves no "
+                            "training images; their sum must be below 1")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     datalist, summary = build_datalist(
         args.source, classes=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, image_column=args.image_column, label_column=args.label_column, uncertain=args.uncertain,
+        root=args.root, views=args.views, verify=not args.no_verify,
     )
     write_datalist(datalist, args.out)
+    if Path(args.source).suffix.lower() == ".csv":
+        kept = sum(len(datalist[s]) for s in ("training", "validation", "test"))
+        dropped = ", ".join(f"{n} {reason}" for reason, n in summary.skipped.most_common()) or "none"
+        print(f"{args.source}: {kept + sum(summary.skipped.values())} rows read, {kept} indexed; dropped: {dropped}")
     print(summary_table(datalist, summary))
     print(f"datalist written to {args.out}")
     return 0
 
 
+def _fraction(value: str) -> float:
+    """A split fraction in [0, 1)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; give a fraction in [0, 1), e.g. 0.1") from None
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1); give a fraction such as 0.1")
+    return number
+
+
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from medgen.bundles import parse_overrides, run_bundle
+    from medgen.bundles import config_file, find_bundle, parse_overrides, run_bundle
+    from medgen.config import check_run
 
     overrides = parse_overrides(extra)
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
+    if args.export_to_bundle:
+        overrides["export_to_bundle"] = True
+    check_run(config_file(find_bundle(args.bundle), args.config), overrides, {"dataset_dir": "--dataset-dir"})
     run_bundle(args.bundle, args.config, "training", overrides)
     return 0
 
 
+#: ``medgen sample`` flags and the inference.yaml keys they set
+SAMPLE_FLAGS = {"per_class": "--per-class", "seed": "--seed", "guidance_scale": "--guidance",
+                "num_inference_steps": "--steps", "sampler": "--sampler", "class_names": "--class",
+                "shard": "--shard", "batch_size": "--batch-size"}
+
+
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
-    from medgen.bundles import parse_overrides, run_bundle
+    from medgen.bundles import config_file, find_bundle, parse_overrides, run_bundle
+    from medgen.config import check_run
 
     overrides = parse_overrides(extra)
-    overrides.update({"per_class": args.per_class, "seed": args.seed, "guidance_scale": args.guidance})
-    if args.sampler is not None:
+    given = {"per_class": args.per_class, "seed": args.seed, "guidance_scale": args.guidance,
+             "sampler": args.sampler, "num_inference_steps": args.steps, "class_names": args.class_names,
+             "shard": args.shard, "batch_size": args.batch_size}
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    if args.sampler is not None and "num_inference_steps" not in overrides:
         from medgen.diffusion.solvers import DEFAULT_STEPS
 
-        overrides["sampler"] = args.sampler
-        if args.steps is None and args.sampler in DEFAULT_STEPS:
-            args.steps = DEFAULT_STEPS[args.sampler]  # a sampler named without --steps runs at its own default
-    if args.steps is not None:
-        overrides["num_inference_steps"] = args.steps
-    if args.class_names:
-        overrides["class_names"] = args.class_names
+        if args.sampler in DEFAULT_STEPS:  # a sampler named without --steps runs at its own default
+            overrides["num_inference_steps"] = DEFAULT_STEPS[args.sampler]
     if args.out:
         overrides["output_dir"] = str(Path(args.out).resolve())
     if args.ckpt:
         overrides["ckpt_path"] = str(Path(args.ckpt).resolve())
-    if args.shard:
-        overrides["shard"] = args.shard
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
     if args.quality_filter:
         overrides["quality_gate"] = str(Path(args.quality_filter).resolve())
-        if args.domain_weights:
-            overrides["domain_weights"] = str(Path(args.domain_weights).resolve())
+    if args.domain_weights:
+        overrides["domain_weights"] = str(Path(args.domain_weights).resolve())
+    aliases = {k: SAMPLE_FLAGS[k] for k, v in given.items() if v is not None}
+    aliases.update({"output_dir": "--out", "ckpt_path": "--ckpt", "quality_gate": "--quality-filter",
+                    "domain_weights": "--domain-weights"})
+    check_run(config_file(find_bundle(args.bundle), "inference"), overrides, aliases)
     run_bundle(args.bundle, "inference", "inference", overrides)
     return 0
 
@@ -148,41 +176,66 @@ def build_parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="index data sets into MONAI datalists")
     data_verbs = data.add_subparsers(dest="data_verb", required=True)
     index = data_verbs.add_parser("index", help="write a datalist JSON from a folder tree, npz, CSV or DICOM tree")
-    index.add_argument("source", help="class-folder tree, MedMNIST .npz, CSV (path,label) or DICOM tree")
+    index.add_argument("source", help="class-folder tree, MedMNIST .npz, CSV (path,label; or CheXpert's own "
+                       "train.csv) or DICOM tree")
     index.add_argument("--out", required=True, help="datalist JSON to write")
-    index.add_argument("--classes", help="comma-separated class names (default: all found, sorted)")
-    index.add_argument("--val-fraction", type=float, default=0.1)
-    index.add_argument("--test-fraction", type=float, default=0.1)
+    index.add_argument("--classes", help="comma-separated class names (default: all found, sorted); for a CheXpert "
+                       "CSV either label columns, one class each ('Pneumonia,Pneumothorax,No Finding': rows positive "
+                       "in exactly one), or two names for --label-column's negative,positive")
+    index.add_argument("--val-fraction", type=_fraction, default=0.1,
+                       help="in [0, 1), default 0.1; --val-fraction + --test-fraction must stay below 1")
+    index.add_argument("--test-fraction", type=_fraction, default=0.1, help="in [0, 1), default 0.1")
     index.add_argument("--seed", type=int, default=0)
-    index.add_argument("--image-column", default="path", help="CSV column with image paths")
-    index.add_argument("--label-column", default="label", help="CSV column with labels")
-    index.add_argument("--uncertain", default="ignore", choices=["ignore", "zeros", "ones"],
-                       help="CheXpert-style uncertain (-1 / blank) labels")
+    index.add_argument("--image-column", default=None, help="CSV column with image paths (default: path; "
+                       "CheXpert's Path)")
+    index.add_argument("--label-column", default=None, help="CSV column with labels (default: label); for CheXpert "
+                       "one observation, e.g. Pneumonia (classes negative, positive)")
+    index.add_argument("--root", help="folder CSV image paths are relative to (default: the CSV's folder); for "
+                       "CheXpert the folder containing CheXpert-v1.0-small/ or that folder itself")
+    index.add_argument("--views", default="frontal", help="CheXpert views to keep: frontal (default), "
+                       "frontal,lateral, all, or projections such as PA or PA,AP")
+    index.add_argument("--uncertain", default="ignore", choices=["ignore", "zeros", "ones", "soft"],
+                       help="uncertain labels (-1; blank too outside CheXpert): ignore drops the row, zeros/ones "
+                       "count it negative/positive, soft trains as ones and keeps soft_label 0.5 for metrics")
+    index.add_argument("--no-verify", action="store_true", help="skip decoding every image at index time (faster "
+                       "for a large CSV such as CheXpert's; a broken file is then skipped when loaded)")
     index.set_defaults(func=cmd_data_index, takes_extra=False)
 
-    train = verbs.add_parser("train", help="train a bundle (any config key as --key value)")
+    keys_help = "bundle keys: any of them as --key value (or --key=value; - and _ alike), e.g. --max-epochs 5"
+    train = verbs.add_parser("train", help="train a bundle (any config key as --key value)", allow_abbrev=False,
+                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=keys_help)
     train.add_argument("bundle", help="bundle folder or name, e.g. cxr_ddpm")
-    train.add_argument("--dataset-dir", help="data folder, npz, CSV or datalist JSON")
+    train.add_argument("--dataset-dir", "--dataset_dir", help="data folder, npz, CSV or datalist JSON")
     train.add_argument("--config", default="train", help="config name in configs/ (default: train)")
+    train.add_argument("--export-to-bundle", "--export_to_bundle", action="store_true", help="also write the final "
+                       "weights to the bundle's models/model.pt (default: only to the run folder, "
+                       "runs/<bundle>/<time or --run_name>)")
     train.set_defaults(func=cmd_train, takes_extra=True)
 
-    sample = verbs.add_parser("sample", help="generate images per class with a trained bundle")
+    sample = verbs.add_parser("sample", help="generate images per class with a trained bundle", allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=keys_help)
     sample.add_argument("bundle")
-    sample.add_argument("--per-class", type=int, default=8)
+    sample.add_argument("--per-class", "--per_class", type=int, default=None,
+                        help="images per class (default: the bundle's)")
     sample.add_argument("--class", dest="class_names", action="append", help="class to generate (repeatable)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=None, help="first seed (default: the bundle's)")
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
-    sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    sample.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (1 = off; default: the bundle's)")
     sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M, 15 steps unless "
                         "--steps); score bundles: pc, als, reverse (default: the bundle's)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")
-    sample.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), help="images per batch, or auto")
-    sample.add_argument("--quality-filter", metavar="GATE", help="quality gate .npz (medgen fit-gate): regenerate "
-                        "images that fail it, record realism_score per image and the rejection rate")
-    sample.add_argument("--domain-weights", help="domain classifier the gate was fitted with")
+    sample.add_argument("--batch-size", "--batch_size", type=lambda v: v if v == "auto" else int(v),
+                        help="images per batch, or auto")
+    sample.add_argument("--quality-filter", "--quality_filter", metavar="GATE", help="quality gate .npz (medgen "
+                        "fit-gate): regenerate images that fail it, record realism_score per image and the "
+                        "rejection rate; the sampler and steps are kept")
+    sample.add_argument("--domain-weights", "--domain_weights", help="domain classifier the gate was fitted with "
+                        "(default: the one fit-gate recorded beside the gate)")
     sample.set_defaults(func=cmd_sample, takes_extra=True)
+    parser.verb_parsers = {"train": train, "sample": sample}  # type: ignore[attr-defined]
 
     def features_args(p: argparse.ArgumentParser, default: str) -> None:
         p.add_argument("--size", type=int, default=64, help="images are compared at this size")
@@ -195,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("datalist", help="the real data's datalist JSON")
     ev.add_argument("--out", required=True)
     features_args(ev, "inception,domain")
+    ev.set_defaults(size=None)  # the image size recorded with the weights that made the samples, else 64
     ev.add_argument("--max-real-per-class", type=int, default=500)
     ev.add_argument("--utility-sizes", help="train classifiers at these real sizes per class, e.g. 50,200,all (slow)")
     ev.add_argument("--no-report", action="store_true")
@@ -280,8 +334,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_bundle_keys_help(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """For ``medgen train|sample [BUNDLE] --help``: list the bundle's keys (all bundles' when none is named)."""
+    from medgen.bundles import config_file, find_bundle, list_bundles
+    from medgen.config import config_keys_help
+
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    sub = getattr(parser, "verb_parsers", {}).get(verb)
+    if sub is None:
+        return
+    rest = argv[argv.index(verb) + 1:]
+    named = next((a for a in rest if not a.startswith("-")), None)
+    config = "inference" if verb == "sample" else "train"
+    for flag in ("--config",):
+        if flag in rest and rest.index(flag) + 1 < len(rest):
+            config = rest[rest.index(flag) + 1]
+    try:
+        bundles = [find_bundle(named)] if named else list_bundles()
+        parts = [sub.epilog or ""]
+        for bundle in bundles:
+            path = config_file(bundle, config)
+            parts.append(f"keys of {bundle.name} ({path.parent.name}/{path.name}), with their defaults:\n"
+                         + config_keys_help(path))
+    except FileNotFoundError:
+        return
+    sub.epilog = "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        add_bundle_keys_help(parser, argv)
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
@@ -289,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra) if args.takes_extra else args.func(args)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr)  # a config check's one-line message(s), as `python -m monai.bundle` prints
+        return 2
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         cause = root_cause(err)
         if isinstance(cause, RuntimeError) and not isinstance(cause, FileNotFoundError):

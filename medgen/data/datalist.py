@@ -24,12 +24,13 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".npy"}
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+JUNK_DIRS = {"__macosx", "@eadir", "$recycle.bin", "system volume information", "__pycache__"}
 SPLIT_ALIASES = {
     "train": "training", "training": "training",
     "val": "validation", "valid": "validation", "validation": "validation",
     "test": "test", "testing": "test",
 }
-UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones", "soft")
 
 
 class DatalistError(ValueError):
@@ -42,9 +43,16 @@ class IndexSummary:
 
     skipped: Counter = field(default_factory=Counter)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> its reason
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        logger.warning("%s", message)
 
     def skip(self, path: str | Path, reason: str) -> None:
         self.skipped[reason] += 1
+        self.reasons[str(path)] = reason
         logger.debug("skipped %s: %s", path, reason)
 
 
@@ -62,25 +70,48 @@ def _looks_like_image(path: Path, summary: IndexSummary) -> bool:
         return False
     if path.stat().st_size == 0:
         summary.skip(path, "empty file")
-        summary.errors.append((str(path), "empty file"))
+        summary.errors.append((str(path), f"{path}: empty file (0 bytes)"))
         return False
     return True
 
 
 def _readable(path: Path, summary: IndexSummary, verify: bool) -> bool:
-    """Cheap integrity check for raster images (PIL ``verify``); DICOM/NIfTI are checked when loaded."""
-    if not verify or suffix_of(path) not in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
+    """Index-time check of PNG/JPEG/BMP/TIFF, .npy and DICOM files (``medgen.data.image_check.check_image_file``):
+    decoded cheaply, with a pixel limit, and skipped with a reason when truncated, undecodable, oversized, too
+    small, NaN/Inf or constant. NIfTI is checked per slice (``_nifti_items``)."""
+    if not verify or suffix_of(path) in (".nii", ".nii.gz"):
         return True
-    from PIL import Image, UnidentifiedImageError
+    from medgen.data.image_check import ImageLoadError, check_image_file
 
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        summary.skip(path, "unreadable image")
-        summary.errors.append((str(path), f"unreadable image: {err}"))
+        check_image_file(path)
+    except ImageLoadError as err:
+        summary.skip(path, err.reason)
+        summary.errors.append((str(path), str(err)))
         return False
     return True
+
+
+def _check_files(paths: list[Path], verify: bool) -> list[Any]:
+    """``check_image_file`` on each path, in threads (PIL, zlib and numpy decode without the GIL): the
+    ``ImageLoadError`` for each bad file, None for a good one (and for every file when ``verify`` is off)."""
+    if not verify:
+        return [None] * len(paths)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medgen.data.image_check import ImageLoadError, check_image_file
+
+    def check(path: Path) -> ImageLoadError | None:
+        if suffix_of(path) in (".nii", ".nii.gz"):
+            return None  # checked per slice by _nifti_items
+        try:
+            check_image_file(path)
+        except ImageLoadError as err:
+            return err
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(check, paths))
 
 
 def stratified_split(
@@ -110,9 +141,15 @@ def _split_folder_name(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.lower())
 
 
+def _subdirs(folder: Path) -> list[Path]:
+    """Sub-folders that can hold images: not hidden, not an archiver's or OS's own (``__MACOSX``, ...)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in JUNK_DIRS)
+
+
 def _nifti_items(item: dict, options: dict | None, summary: IndexSummary) -> list[dict]:
     """One datalist item per chosen 2D slice of a NIfTI volume (see ``nifti_slice_indices``)."""
-    from medgen.data.loaders import nifti_slice_indices
+    from medgen.data.image_check import nifti_slice_indices
 
     options = options or {}
     axis = int(options.get("axis", 2))
@@ -120,9 +157,13 @@ def _nifti_items(item: dict, options: dict | None, summary: IndexSummary) -> lis
         indices = nifti_slice_indices(item["image"], axis, options.get("index_range"),
                                       float(options.get("min_foreground", 0.1)))
     except Exception as err:  # nibabel raises several types for a broken file
-        summary.skip(item["image"], "unreadable NIfTI")
-        summary.errors.append((item["image"], f"unreadable NIfTI: {err}"))
+        reason = getattr(err, "reason", "unreadable NIfTI")
+        summary.skip(item["image"], reason)
+        summary.errors.append((item["image"], str(err) if item["image"] in str(err) else f"{item['image']}: {err}"))
         return []
+    if not indices:
+        summary.skip(item["image"], "no slice with foreground")
+        summary.errors.append((item["image"], f"{item['image']}: no slice on axis {axis} has enough foreground"))
     return [{**item, "slice_axis": axis, "slice_index": i} for i in indices]
 
 
@@ -144,10 +185,21 @@ def index_folder(
     summary = summary or IndexSummary()
     if not root.is_dir():
         raise DatalistError(f"data directory {root} does not exist; pass an existing folder or set MEDGEN_DATA_DIR")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    has_splits = bool(subdirs) and all(_split_folder_name(p.name) for p in subdirs)
+    subdirs = _subdirs(root)
+    if len(subdirs) == 1 and _subdirs(subdirs[0]) and all(_split_folder_name(p.name) for p in _subdirs(subdirs[0])):
+        logger.info("%s holds only %s, whose sub-folders are splits: indexing that", root, subdirs[0].name)
+        root, subdirs = subdirs[0], _subdirs(subdirs[0])
+    split_names = [p.name for p in subdirs if _split_folder_name(p.name)]
+    has_splits = bool(subdirs) and len(split_names) == len(subdirs)
+    if split_names and not has_splits and classes is None:
+        others = [p.name for p in subdirs if p.name not in split_names]
+        summary.warn(f"{root}: sub-folders {split_names} are split names but {others} are not, so all are taken "
+                     "as classes; move the others out or pass --classes")
     split_roots = {_split_folder_name(p.name): p for p in subdirs} if has_splits else {"all": root}
-    found = sorted({p.name for sr in split_roots.values() for p in sr.iterdir() if p.is_dir()})
+    found = sorted({p.name for sr in split_roots.values() for p in _subdirs(sr)})
+    if has_splits and not found:
+        raise DatalistError(f"the split folders {split_names} under {root} hold no class folders; expected "
+                            f"{root}/<split>/<class>/<images>")
     if classes is None:
         classes = found
     unknown = [c for c in classes if c not in found]
@@ -159,20 +211,25 @@ def index_folder(
     for loose in sorted({p for d in (root, *split_roots.values()) for p in d.iterdir() if p.is_file()}):
         if _looks_like_image(loose, summary):
             summary.skip(loose, "image outside the class folders")
+    candidates: list[tuple[str, int, Path]] = []
     for split, split_root in split_roots.items():
         items[split] = []
         for label, name in enumerate(classes):
             class_dir = split_root / name
-            if not class_dir.is_dir():
-                continue
-            for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-                if not (_looks_like_image(path, summary) and _readable(path, summary, verify)):
-                    continue
-                item = {"image": str(path.resolve()), "label": label}
-                if suffix_of(path) in (".nii", ".nii.gz"):
-                    items[split].extend(_nifti_items(item, nifti, summary))
-                else:
-                    items[split].append(item)
+            if class_dir.is_dir():
+                candidates.extend((split, label, path) for path in sorted(p for p in class_dir.rglob("*")
+                                                                          if p.is_file()))
+    candidates = [c for c in candidates if _looks_like_image(c[2], summary)]
+    for (split, label, path), problem in zip(candidates, _check_files([c[2] for c in candidates], verify)):
+        if problem is not None:
+            summary.skip(path, problem.reason)
+            summary.errors.append((str(path), str(problem)))
+            continue
+        item = {"image": str(path.resolve()), "label": label}
+        if suffix_of(path) in (".nii", ".nii.gz"):
+            items[split].extend(_nifti_items(item, nifti, summary))
+        else:
+            items[split].append(item)
     for label, name in enumerate(classes):
         if not any(it["label"] == label for split_items in items.values() for it in split_items):
             raise DatalistError(f"class {name!r} has no readable images under {root}")
@@ -209,38 +266,51 @@ def index_npz(path: str | Path, classes: list[str] | None = None) -> tuple[dict[
 def _parse_label(raw: str, policy: str) -> int | None:
     value = raw.strip()
     if value in ("", "-1", "-1.0", "nan", "NaN"):
-        return {"ignore": None, "zeros": 0, "ones": 1}[policy]
+        return {"ignore": None, "zeros": 0, "ones": 1, "soft": 1}[policy]
     return int(float(value))
 
 
 def index_csv(
     path: str | Path,
-    image_column: str = "path",
-    label_column: str = "label",
+    image_column: str | None = "path",
+    label_column: str | None = "label",
     classes: list[str] | None = None,
     uncertain: str = "ignore",
     root: str | Path | None = None,
     summary: IndexSummary | None = None,
+    views: str | None = "frontal",
+    verify: bool = False,
 ) -> tuple[dict[str, list[dict]], list[str], IndexSummary]:
     """Index a CSV of image paths and labels.
 
-    Labels are class names or integers; CheXpert-style binary columns (1 positive, 0 negative, -1 or blank
-    uncertain) are mapped by ``uncertain``: ``ignore`` drops the row, ``zeros``/``ones`` map it to 0/1.
-    A ``split`` column, when present, is kept.
+    CheXpert's own CSV (a ``Path`` and a ``Frontal/Lateral`` column) is recognised by its header and indexed
+    by :func:`medgen.data.chexpert.index_chexpert` with CheXpert's label semantics, ``views`` and ``root``.
+    Any other CSV: labels are class names or integers; binary columns (1 positive, 0 negative, -1 or blank
+    unknown) are mapped by ``uncertain``: ``ignore`` drops the row, ``zeros``/``ones`` map it to 0/1, ``soft``
+    maps it to 1 and keeps ``soft_label`` 0.5 in the item. A ``split`` column, when present, is kept.
+    Raises :class:`DatalistError` when no row is usable, with the rows read and the drops by reason.
     """
+    from medgen.data.chexpert import index_chexpert, is_chexpert_header
+
     path = Path(path)
     summary = summary or IndexSummary()
     if uncertain not in UNCERTAIN_POLICIES:
         raise DatalistError(f"uncertain label policy {uncertain!r} is not one of {UNCERTAIN_POLICIES}")
     if not path.is_file():
         raise DatalistError(f"CSV file {path} does not exist")
-    base = Path(root) if root else path.parent
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in (image_column, label_column) if c not in (reader.fieldnames or [])]
+        fieldnames = list(reader.fieldnames or [])
+        if is_chexpert_header(fieldnames) and image_column in (None, "path", "Path"):
+            return index_chexpert(path, root, None if label_column == "label" else label_column, classes,
+                                  uncertain, views, verify, summary)
+        image_column, label_column = image_column or "path", label_column or "label"
+        missing = [c for c in (image_column, label_column) if c not in fieldnames]
         if missing:
-            raise DatalistError(f"{path} has no column(s) {missing}; columns are {reader.fieldnames}")
+            raise DatalistError(f"{path} has no column(s) {missing}; columns are {fieldnames} "
+                                "(name them with --image-column / --label-column)")
         rows = list(reader)
+    base = Path(root) if root else path.parent
     raw_labels = [r[label_column].strip() for r in rows]
     numeric = all(_is_number(v) or v == "" for v in raw_labels)
     if classes is None:
@@ -267,8 +337,17 @@ def index_csv(
             summary.skip(image, "missing file")
             summary.errors.append((f"{path}:{row_no}", f"image {image} does not exist"))
             continue
+        if not (_looks_like_image(image, summary) and _readable(image, summary, verify)):
+            continue
         split = SPLIT_ALIASES.get(row.get("split", "").strip().lower(), "all")
-        items[split].append({"image": str(image.resolve()), "label": label})
+        item = {"image": str(image.resolve()), "label": label}
+        if uncertain == "soft" and numeric:
+            item["soft_label"] = 0.5 if raw.strip() in ("", "-1", "-1.0", "nan", "NaN") else float(label)
+        items[split].append(item)
+    if not any(items.values()):
+        why = ", ".join(f"{n} {reason}" for reason, n in summary.skipped.most_common()) or "the file has no rows"
+        raise DatalistError(f"{path}: no usable row among {len(rows)} rows read (dropped: {why}); image paths are "
+                            f"relative to {base} (set --root)")
     return dict(items), list(classes), summary
 
 
@@ -309,8 +388,13 @@ def build_datalist(
     uncertain: str = "ignore",
     verify: bool = True,
     nifti: dict | None = None,
+    root: str | Path | None = None,
+    views: str | None = "frontal",
 ) -> tuple[dict[str, Any], IndexSummary]:
-    """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree."""
+    """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree.
+
+    ``root`` (image paths of a CSV are relative to it) and ``views`` apply to CSVs (see :func:`index_csv`).
+    """
     source = Path(source)
     summary = IndexSummary()
     if not source.exists():
@@ -318,11 +402,15 @@ def build_datalist(
     if source.suffix.lower() == ".npz":
         items, classes = index_npz(source, classes)
     elif source.suffix.lower() == ".csv":
-        items, classes, summary = index_csv(source, image_column, label_column, classes, uncertain, summary=summary)
+        items, classes, summary = index_csv(source, image_column, label_column, classes, uncertain, root=root,
+                                            summary=summary, views=views, verify=verify)
     elif source.is_dir() and _is_dicom_tree(source):
-        items, classes = _index_dicom(source, classes, summary)
+        items, classes = _index_dicom(source, classes, summary, verify)
     else:
         items, classes, summary = index_folder(source, classes, verify=verify, summary=summary, nifti=nifti)
+    if len(classes) == 1:
+        summary.warn(f"{source}: only one class ({classes[0]!r}); a class-conditional model then has nothing to "
+                     "tell apart - point at the folder that holds one sub-folder per class, or pass --classes")
     datalist: dict[str, Any] = {"classes": classes, "source": str(source.resolve()), "seed": seed}
     datalist.update(finalize_splits(items, val_fraction, test_fraction, seed))
     return datalist, summary
@@ -338,12 +426,14 @@ def _is_dicom_tree(root: Path) -> bool:
     return bool(files) and sum(is_dicom(p) for p in files[:20]) > len(files[:20]) // 2
 
 
-def _index_dicom(root: Path, classes: list[str] | None, summary: IndexSummary):
+def _index_dicom(root: Path, classes: list[str] | None, summary: IndexSummary, verify: bool = True):
     from medgen.data.dicom_index import index_dicom_tree
 
     found, dicom_summary = index_dicom_tree(root)
-    summary.skipped.update(dicom_summary.get("skipped", {}))
+    for reason, count in dicom_summary.get("skipped", {}).items():
+        summary.skipped[reason if reason in ("hidden", "dicomdir") else f"DICOM {reason.replace('_', ' ')}"] += count
     summary.errors.extend(dicom_summary.get("errors", []))
+    found = [it for it in found if _readable(Path(it["image"]), summary, verify)]
     names = sorted({it["label_name"] for it in found})
     classes = classes or names
     unknown = [c for c in classes if c not in names]
@@ -368,21 +458,28 @@ def summary_table(datalist: dict[str, Any], summary: IndexSummary | None = None)
         skipped = sum(summary.skipped.values())
         detail = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.skipped.items()))
         lines.append(f"skipped {skipped} file(s)" + (f": {detail}" if detail else ""))
+        lines.extend(f"warning: {message}" for message in summary.warnings)
         for path, message in summary.errors[:10]:
-            lines.append(f"  {path}: {message}")
+            lines.append(f"  {message}" if message.startswith(path) else f"  {path}: {message}")
         if len(summary.errors) > 10:
             lines.append(f"  ... and {len(summary.errors) - 10} more")
     return "\n".join(lines)
 
 
 def write_datalist(datalist: dict[str, Any], out: str | Path) -> Path:
-    """Write the datalist JSON atomically."""
+    """Write the datalist JSON atomically (temporary file, fsync, rename); never an empty one.
+
+    Raises :class:`DatalistError`, writing nothing, when the datalist has no training image.
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(datalist, indent=1))
-    os.replace(tmp, out)
-    return out
+    counts = {split: len(datalist.get(split) or []) for split in ("training", "validation", "test")}
+    if not counts["training"]:
+        raise DatalistError(f"not writing {out}: the datalist from {datalist.get('source', 'its source')} has no "
+                            f"training image ({counts['validation']} validation, {counts['test']} test); "
+                            "lower --val-fraction / --test-fraction or check the source")
+    from medgen.fileio import write_text_atomic
+
+    return write_text_atomic(json.dumps(datalist, indent=1), out)
 
 
 def load_datalist(path: str | Path) -> dict[str, Any]:
@@ -433,6 +530,9 @@ def resolve_datalist(
         if classes is not None and list(classes) != list(datalist.get("classes", classes)):
             raise DatalistError(f"datalist {source} has classes {datalist.get('classes')}, config asks for {classes}")
         summary = None
+        if len(datalist.get("classes", [])) == 1:
+            logger.warning("datalist %s has only one class (%r): the class label carries nothing", source,
+                           datalist["classes"][0])
     else:
         datalist, summary = build_datalist(source, classes, val_fraction, test_fraction, seed)
     if max_items_per_class:

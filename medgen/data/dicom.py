@@ -7,6 +7,7 @@ full pixel range) -> MONOCHROME1 inverted so that high = bright.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -65,7 +66,8 @@ class DicomReadError(ValueError):
     """A file cannot be read as a grey DICOM slice; the message names the file and the problem.
 
     ``reason`` is a short machine key (``not_dicom``, ``corrupt``, ``truncated``, ``no_pixel_data``, ``colour``,
-    ``multi_frame``, ``unsupported_syntax``, ``undecodable``, ``not_2d``, ``missing``) used in batch summaries.
+    ``multi_frame``, ``unsupported_syntax``, ``undecodable``, ``not_2d``, ``missing``, ``bad_rescale``,
+    ``non_finite``, ``oversized``) used in batch summaries.
     """
 
     def __init__(self, message: str, reason: str = "unreadable") -> None:
@@ -180,6 +182,17 @@ def _check(path: Path, ds: Dataset, frame: int | None) -> Dataset:
         raise DicomReadError(
             f"{path}: frame {frame} out of range (image has {n_frames} frame(s))", reason="multi_frame"
         )
+    for key in ("RescaleSlope", "RescaleIntercept"):
+        raw = ds.get(key)
+        if raw is None or raw == "":
+            continue
+        value = float(raw)
+        if not math.isfinite(value) or (key == "RescaleSlope" and value == 0):
+            raise DicomReadError(
+                f"{path}: {key} is {value:g}, so every pixel would rescale to "
+                f"{'the intercept' if value == 0 else 'NaN/Inf'}; fix the header or leave the file out",
+                reason="bad_rescale",
+            )
     tsyntax = _transfer_syntax(ds)
     if tsyntax.is_compressed:
         try:
@@ -261,21 +274,30 @@ def read_dicom_image(
     preset: str | None = None,
     voi: bool = True,
     frame: int | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Read a grey DICOM slice as float32 (H, W) in [0, 1] plus non-identifying metadata.
 
     Windowing precedence: ``window`` (center, width) > ``preset`` (key of WINDOW_PRESETS) > header VOI LUT
     Sequence or first Window Center/Width (if ``voi``) > the slice's min/max. MONOCHROME1 is inverted.
+    A RescaleSlope of 0/NaN/Inf, values that are NaN/Inf after the modality LUT, and (with ``max_pixels``) a
+    slice larger than that raise :class:`DicomReadError` rather than give a black or NaN image.
     """
     path = Path(path)
     if preset is not None and preset not in WINDOW_PRESETS:
         raise KeyError(f"unknown window preset {preset!r}; choose one of {sorted(WINDOW_PRESETS)}")
     ds = check_dicom_header(path, _read(path, stop_before_pixels=False), frame=frame)
+    if max_pixels is not None and int(ds.Rows) * int(ds.Columns) > max_pixels:
+        raise DicomReadError(f"{path}: {ds.Columns}x{ds.Rows} slice is over the limit of {max_pixels} pixels",
+                             reason="oversized")
     stored = _decode(path, ds, frame)
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
         raise DicomReadError(f"{path}: invalid modality LUT / rescale attributes ({exc})", reason="corrupt") from exc
+    if not np.isfinite(values).all():
+        raise DicomReadError(f"{path}: {int(values.size - np.isfinite(values).sum())} of {values.size} pixel "
+                             "values are NaN or Inf after the modality LUT", reason="non_finite")
 
     function = str(ds.get("VOILUTFunction", "LINEAR"))
     used: tuple[float, float] | None = None

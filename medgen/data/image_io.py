@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from medgen.fileio import atomic_write
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -21,12 +22,11 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def atomic_save(image: Image.Image, path: str | Path, **kwargs) -> Path:
-    """Save a PIL image via a temporary file and ``os.replace``, so a crash never leaves half a file."""
+    """Save a PIL image crash-safely (temporary file, fsync, rename: :func:`medgen.fileio.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=kwargs.pop("format", path.suffix.lstrip(".").upper() or "PNG"), **kwargs)
-    os.replace(tmp, path)
+    fmt = kwargs.pop("format", path.suffix.lstrip(".").upper() or "PNG")
+    with atomic_write(path) as f:
+        image.save(f, format=fmt, **kwargs)
     return path
 
 

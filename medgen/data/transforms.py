@@ -1,18 +1,53 @@
-"""MONAI transform pipelines for 2D diffusion training: load, (window), resize, scale to [-1, 1]."""
+"""MONAI transform pipelines for 2D diffusion training: load, (window), resize (aspect kept), scale to [-1, 1]."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 from monai.transforms import (
+    CenterSpatialCrop,
     Compose,
+    DeleteItemsd,
     EnsureTyped,
+    MapTransform,
     RandFlipd,
     Resized,
     ScaleIntensityRanged,
+    SpatialPadd,
 )
 
-from medgen.data.loaders import LoadMedicalImaged
+from medgen.data.loaders import MAX_IMAGE_PIXELS, LoadMedicalImaged
+
+#: How a non-square image becomes square: ``crop`` scales the short side to the size and centre-crops the long
+#: one; ``pad`` scales the long side and pads the short one with black; ``stretch`` resizes each side alone.
+RESIZE_MODES = ("crop", "pad", "stretch")
+#: Item keys that say where an image is inside its file; only some sources have them, so they cannot collate.
+ADDRESS_KEYS = ("slice_axis", "slice_index", "npz_key", "npz_index")
+
+
+class CenterSquareCropd(MapTransform):
+    """Centre-crop ``(C, H, W)`` to a square of the shorter side: MONAI's ``CenterSpatialCrop`` with its size taken
+    from each image (MONAI's ``Resize`` scales by the longest side only, so a crop-then-resize needs this)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            side = int(min(d[key].shape[1:]))
+            d[key] = CenterSpatialCrop((side,) * (len(d[key].shape) - 1))(d[key])
+        return d
+
+
+def resize_steps(keys: str, size: tuple[int, ...], resize_mode: str = "crop") -> list:
+    """MONAI transforms that bring an image to ``size`` as ``resize_mode`` says (see ``RESIZE_MODES``)."""
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    if resize_mode == "stretch":
+        return [Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True)]
+    if resize_mode == "crop":
+        return [CenterSquareCropd(keys), Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True)]
+    return [Resized(keys, spatial_size=max(size), size_mode="longest", mode="bilinear", anti_aliasing=True),
+            SpatialPadd(keys, spatial_size=size, method="symmetric", mode="constant", value=0.0)]
 
 
 def diffusion_transforms(
@@ -22,19 +57,24 @@ def diffusion_transforms(
     preset: str | None = None,
     random_flip: bool = False,
     keys: str = "image",
+    resize_mode: str = "crop",
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Compose:
     """Training/validation pipeline: ``{"image": path, "label": int}`` to a ``(C, H, W)`` tensor in [-1, 1].
 
-    Everything up to the random flip is deterministic, so a ``CacheDataset`` caches the decoded, resized images
-    and an epoch does not decode JPEGs again.
+    Every item loses the NIfTI/npz addressing keys (``ADDRESS_KEYS``) and ends with ``channels``
+    channels and ``image_size`` pixels whatever the file was, so mixed sources collate. ``resize_mode``:
+    ``crop`` (default), ``pad`` or ``stretch`` (see ``RESIZE_MODES``). Everything up to the random flip is
+    deterministic, so a ``CacheDataset`` caches the decoded, resized images and an epoch does not decode again.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     steps = [
-        LoadMedicalImaged(keys, channels=channels, window=window, preset=preset),
-        Resized(keys, spatial_size=size, mode="bilinear", anti_aliasing=True),
+        LoadMedicalImaged(keys, channels=channels, window=window, preset=preset, max_pixels=max_pixels),
+        *resize_steps(keys, size, resize_mode),
         ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=-1.0, b_max=1.0, clip=True),
         EnsureTyped(keys, track_meta=False),
         EnsureTyped("label", dtype="long", track_meta=False, allow_missing_keys=True),
+        DeleteItemsd(list(ADDRESS_KEYS)),
     ]
     if random_flip:
         steps.append(RandFlipd(keys, prob=0.5, spatial_axis=1))

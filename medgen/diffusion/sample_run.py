@@ -7,12 +7,12 @@ guidance, checkpoint sha256, timestamp). A rerun into the same folder skips seed
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,24 +20,25 @@ from PIL import Image
 
 from medgen.data.image_io import atomic_save, make_grid, save_png
 from medgen.diffusion.pipeline import DiffusionPipeline
+from medgen.networks.weights_meta import check_against, read_meta, sha256_of
 
 logger = logging.getLogger(__name__)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = None,
+                 expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Load a state dict (or ``checkpoint[key]``) into ``network``, with a clear error when it is missing.
 
-
-def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = None) -> torch.nn.Module:
-    """Load a state dict (or ``checkpoint[key]``) into ``network``, with a clear error when it is missing."""
+    With ``expect`` (bundle keys -> the values the config will use: classes, image size, ...) the weights'
+    metadata (:mod:`medgen.networks.weights_meta`) is checked first: a value or a network argument that differs
+    from what the weights were trained with stops the run with one line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no trained weights at {path}: train the bundle first (medgen train BUNDLE) "
                                 "or pass --ckpt_path to a model.pt")
+    if expect is not None:
+        check_against(read_meta(path), expect, path, network)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if key is not None:
         state = state[key]
@@ -126,17 +127,33 @@ class SampleRunner:
                 done.add((rec["label"], rec["seed"]))
         return done
 
+    def check_same_weights(self, sha: str | None) -> None:
+        """Refuse to add to a samples folder that holds images of other weights (a rerun skips the seeds already
+        there, so the folder would mix two models)."""
+        path = self.output_dir / "samples.jsonl"
+        if sha is None or not path.is_file():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                other = json.loads(line).get("checkpoint_sha256")
+            except json.JSONDecodeError:
+                continue
+            if other and other != sha:
+                raise ValueError(f"{self.output_dir} holds samples of other weights (checkpoint sha256 "
+                                 f"{other[:12]}..., these are {sha[:12]}...): write to another folder (--out)")
+
     def run(self) -> Path:
         """Generate, write and return the path of ``samples.jsonl``."""
         classes = self.pipeline.classes
         pairs = plan_seeds(classes, self.class_names, self.per_class, self.seed, self.shard)
+        sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
+        self.check_same_weights(sha)
         done = self.done_seeds()
         todo = [p for p in pairs if p not in done]
         if done:
             logger.info("%d of %d images already in %s; making the other %d", len(pairs) - len(todo), len(pairs),
                         self.output_dir, len(todo))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
         meta_path = self.output_dir / "samples.jsonl"
         quality = {"generated": 0, "rejected": 0}
         with open(meta_path, "a") as meta:
@@ -145,6 +162,7 @@ class SampleRunner:
                     record = self._write_image(label, seed, image, sha)
                     if scores is not None:
                         record["realism_score"] = round(float(scores[i]), 5)
+                        record["quality_gate"] = quality.get("quality_gate")
                     meta.write(json.dumps(record) + "\n")
                 meta.flush()
                 os.fsync(meta.fileno())
@@ -152,7 +170,7 @@ class SampleRunner:
             quality["rejection_rate"] = quality["rejected"] / max(quality["generated"], 1)
             (self.output_dir / "quality.json").write_text(json.dumps(quality, indent=1))
             print(f"quality filter: {quality['rejected']} of {quality['generated']} generated images rejected "
-                  f"({quality['rejection_rate']:.1%})")
+                  f"({quality['rejection_rate']:.1%}); sampler {self.sampler}, {self.steps} steps")
         self.write_grids()
         logger.info("wrote %d images to %s", len(todo), self.output_dir)
         return meta_path
@@ -166,14 +184,18 @@ class SampleRunner:
             ):
                 yield batch_labels, batch_seeds, images, None
             return
-        from medgen.metrics.commands import quality_filtered_generate
+        from medgen.metrics.commands import load_gate, quality_filtered_generate
 
+        gate, extractor, info = load_gate(self.quality_gate, self.domain_weights)
+        quality.update(info)
+        quality.update(sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale)
         size = self.pipeline.batch_size if isinstance(self.pipeline.batch_size, int) else 16
         next_seed = min(seeds, default=self.seed)
         for start in range(0, len(labels), size):
             result = quality_filtered_generate(
-                self.pipeline, labels[start:start + size], self.quality_gate, domain_weights=self.domain_weights,
-                num_inference_steps=self.steps, guidance_scale=self.guidance_scale, first_seed=next_seed,
+                self.pipeline, labels[start:start + size], self.quality_gate, num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale, first_seed=next_seed, sampler=self.sampler,
+                gate_and_extractor=(gate, extractor),
             )
             next_seed = max(max(result["seeds"]), next_seed + result["generated"] - 1) + 1
             quality["generated"] += result["generated"]

@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
 from medgen.engine.checkpoints import ResumeFromLatest
+from medgen.fileio import append_line
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +109,8 @@ class ReplicaSyncCheck:
             dist.all_gather_object(digests, mine)
         in_sync = len(set(digests)) == 1
         if rank() == 0 and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "epoch": engine.state.epoch,
-                            "world_size": len(digests),
-                            "digests": digests,
-                            "in_sync": in_sync,
-                        }
-                    )
-                    + "\n"
-                )
+            record = {"epoch": engine.state.epoch, "world_size": len(digests), "digests": digests, "in_sync": in_sync}
+            append_line(self.path, json.dumps(record))
         if not in_sync:
             raise RuntimeError(
                 f"epoch {engine.state.epoch}: the DDP replicas' weights differ across ranks "

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from medgen.engine.checkpoints import save_state_dict_atomic
 from medgen.metrics.distribution import fid
 from medgen.metrics.features import FeatureExtractor
 from medgen.metrics.image_sets import to_common_form
@@ -74,8 +75,5 @@ class FIDHandler:
         if value < self.best_fid:
             self.best_fid, self.best_epoch = value, epoch
             if self.model is not None and self.save_path is not None:
-                self.save_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.save_path.with_suffix(self.save_path.suffix + ".tmp")
-                torch.save(self.model.state_dict(), tmp)
-                os.replace(tmp, self.save_path)
+                save_state_dict_atomic(self.model, self.save_path)
         return value

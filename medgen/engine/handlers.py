@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from ignite.handlers import TimeLimit as IgniteTimeLimit
 
 from medgen.data.image_io import save_class_grid
 from medgen.engine.checkpoints import save_state_dict_atomic
+from medgen.fileio import append_line, read_json_lines, remove_temp_files, write_text_atomic
+from medgen.networks.weights_meta import sidecar_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +30,41 @@ def _loss_of(output) -> float:
 class ModelExporter:
     """Write the (EMA) network's weights to ``path`` every ``interval`` epochs and when training completes.
 
-    This is the bundle's ``models/model.pt``: a plain state dict that ``inference.yaml`` loads. ``half=True``
-    stores it in fp16 (half the size; loading casts back to the network's dtype).
+    This is the run's ``model.pt``: a plain state dict that ``inference.yaml`` loads, with its metadata (``meta``,
+    the run's :class:`~medgen.networks.weights_meta.WeightsMeta`: classes, image size, network, data fingerprint)
+    in the sidecar ``model.json`` beside it. ``half=True`` stores it in fp16 (half the size; loading casts back to
+    the network's dtype). ``export_path`` (the bundle's ``models/model.pt``, only when asked for) also receives the
+    weights and their sidecar when training completes.
     """
 
-    def __init__(self, network: torch.nn.Module, path: str | Path, interval: int = 1, half: bool = False) -> None:
+    def __init__(self, network: torch.nn.Module, path: str | Path, interval: int = 1, half: bool = False,
+                 meta: object = None, export_path: str | Path | None = None) -> None:
         self.network = network
         self.path = Path(path)
         self.interval = max(1, int(interval))
         self.half = half
+        self.meta = getattr(meta, "meta", meta)
+        self.export_path = Path(export_path) if export_path else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
+        if self.export_path is not None:
+            engine.add_event_handler(Events.COMPLETED, self._export)
+
+    def _write(self, path: Path) -> None:
+        save_state_dict_atomic(self.network, path, dtype=torch.float16 if self.half else torch.float32)
+        if self.meta:
+            write_sidecar(path, self.meta)
 
     def __call__(self, engine: Engine) -> None:
-        save_state_dict_atomic(self.network, self.path, dtype=torch.float16 if self.half else torch.float32)
-        logger.info("epoch %d: weights written to %s", engine.state.epoch, self.path)
+        self._write(self.path)
+        logger.info("epoch %d: weights written to %s (metadata %s)", engine.state.epoch, self.path,
+                    sidecar_path(self.path).name if self.meta else "none")
+
+    def _export(self, engine: Engine) -> None:
+        self._write(self.export_path)
+        logger.info("epoch %d: weights exported to the bundle: %s", engine.state.epoch, self.export_path)
 
 
 class TimeLimit:
@@ -71,7 +90,13 @@ class TimeLimit:
 
 
 class LossHistory:
-    """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``."""
+    """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``.
+
+    Each line is appended and fsynced. When a run starts (after a resume), lines of epochs beyond the resumed one
+    (trained by a run that was killed before its next checkpoint) and a line cut short by a kill are dropped, so
+    the file holds one line per epoch of the weights. A non-finite loss stops training with one line before any
+    checkpoint or ``model.pt`` is written from the diverged weights.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -79,15 +104,27 @@ class LossHistory:
         self._n = 0
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _start(self, engine: Engine) -> None:
+        self._sum, self._n = 0.0, 0
+        if not self.path.is_file():
+            return
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        kept = [r for r in read_json_lines(self.path) if int(r.get("epoch", 0)) <= engine.state.epoch]
+        lines = "".join(json.dumps(r) + "\n" for r in kept)
+        if lines != text:
+            write_text_atomic(lines, self.path)
 
     def _accumulate(self, engine: Engine) -> None:
         loss = _loss_of(engine.state.output)
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training loss became {loss} at iteration {engine.state.iteration}; "
-                "lower the learning rate or turn off fp16"
+                f"training loss became {loss} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "training stopped and no checkpoint or model.pt written from these weights; lower the learning rate "
+                "or set --precision fp32, then rerun: it resumes from the last good checkpoint"
             )
         self._sum += loss
         self._n += 1
@@ -95,11 +132,8 @@ class LossHistory:
     def _write(self, engine: Engine) -> None:
         mean = self._sum / max(self._n, 1)
         engine.state.metrics["train_loss"] = mean
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration, "loss": mean}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+                                           "loss": mean}))
         self._sum, self._n = 0.0, 0
 
 
@@ -147,12 +181,17 @@ class SampleGridHandler:
         self.last_path: Path | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: remove_temp_files(self.out_dir))  # left by a kill
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self._final)
 
     def _final(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval:
+        # also when the run that reached this epoch was stopped before its grid was written
+        if engine.state.epoch % self.interval or not self._path(engine).is_file():
             self(engine)
+
+    def _path(self, engine: Engine) -> Path:
+        return self.out_dir / f"grid_epoch_{engine.state.epoch:04d}.png"
 
     def __call__(self, engine: Engine) -> None:
         pipeline = self.pipeline_fn()
@@ -160,5 +199,5 @@ class SampleGridHandler:
         rows = {}
         for label, name in enumerate(self.classes):
             rows[name] = list(pipeline.generate([label] * len(seeds), seeds, self.steps, self.guidance_scale))
-        self.last_path = save_class_grid(rows, self.out_dir / f"grid_epoch_{engine.state.epoch:04d}.png")
+        self.last_path = save_class_grid(rows, self._path(engine))
         logger.info("epoch %d: sample grid %s", engine.state.epoch, self.last_path)

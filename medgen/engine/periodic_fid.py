@@ -24,12 +24,14 @@ class PeriodicFID:
         model: the network whose weights are saved at the best FID.
         save_path: where the best weights go.
         features: ``domain`` (fast, trained once on the datalist) or ``inception`` (the published FID network).
+        resize_mode, window, preset: the training keys of the same names, so the real images are prepared as the
+            training images are.
     """
 
     def __init__(self, interval: int, datalist: dict | str, pipeline_fn: Callable[[], object], model,
                  save_path: str | Path, per_class: int = 16, image_size: int = 64, steps: int = 25,
                  features: str = "domain", domain_weights: str | None = None, datalist_path: str | None = None,
-                 seed: int = 10_000) -> None:
+                 seed: int = 10_000, resize_mode: str = "crop", window=None, preset: str | None = None) -> None:
         self.interval = int(interval)
         self.datalist = datalist
         self.datalist_path = datalist_path
@@ -42,6 +44,7 @@ class PeriodicFID:
         self.features = features
         self.domain_weights = domain_weights
         self.seed = seed
+        self.preparation = {"resize_mode": resize_mode, "window": window, "preset": preset}
         self.handler = None
 
     def attach(self, engine: Engine) -> None:
@@ -51,7 +54,8 @@ class PeriodicFID:
         from medgen.metrics.commands import build_extractors
         from medgen.metrics.image_sets import load_datalist_split
 
-        real = load_datalist_split(self.datalist, "validation", size=self.image_size, per_class=self.per_class)
+        real = load_datalist_split(self.datalist, "validation", size=self.image_size, per_class=self.per_class,
+                                   **self.preparation)
         extractor = next(iter(build_extractors(self.features, self.datalist_path, self.domain_weights,
                                                size=self.image_size).values()))
         labels = [int(v) for v in real.labels]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,17 +62,30 @@ def evaluate_command(
     samples_dir: str,
     datalist: str,
     out_dir: str,
-    size: int = 64,
+    size: int | None = None,
     features: str = "inception,domain",
     domain_weights: str | None = None,
     max_real_per_class: int | None = 500,
     utility_sizes: str | None = None,
     report: bool = True,
 ) -> int:
-    """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html (gate on ``audit``, not here)."""
-    from medgen.metrics.evaluate import evaluate
+    """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html (gate on ``audit``, not here).
 
+    ``size`` defaults to the image size recorded with the weights that made the samples (else 64); samples of
+    weights trained on other classes than the datalist's are refused.
+    """
+    from medgen.metrics.evaluate import evaluate
+    from medgen.networks.weights_meta import image_size_of, samples_meta
+
+    meta = samples_meta(samples_dir)
+    size = size or image_size_of(meta, 64)
     try:
+        if meta and meta.get("classes") and Path(datalist).suffix == ".json" and Path(datalist).is_file():
+            real = json.loads(Path(datalist).read_text()).get("classes")
+            if real and list(real) != list(meta["classes"]):
+                raise ValueError(f"the samples in {samples_dir} come from weights trained on classes "
+                                 f"{meta['classes']}, but {datalist} has classes {real}: give the datalist the "
+                                 "weights were trained on (datalist.json in their run folder)")
         extractors = build_extractors(features, datalist, domain_weights, size)
         m = evaluate(
             samples_dir,
@@ -108,14 +122,16 @@ def audit_command(
 ) -> int:
     """``medgen audit SAMPLES_DIR DATALIST OUT_DIR``: audit.json + closest_pairs.png; exit 1 if any image is flagged."""
     from medgen.metrics.evaluate import heldout_split
-    from medgen.metrics.image_sets import load_datalist_split, load_samples_dir, read_datalist
+    from medgen.metrics.image_sets import load_datalist_split, load_samples_dir, preparation_of, read_datalist
     from medgen.metrics.memorisation import closest_pairs_png, memorisation_audit
+    from medgen.networks.weights_meta import samples_meta
 
     try:
         data = read_datalist(datalist)
         gen = load_samples_dir(samples_dir, size=size, classes=data["classes"])
-        train = load_datalist_split(datalist, "training", size=size, per_class=max_train_per_class)
-        held = load_datalist_split(datalist, heldout_split(data), size=size)
+        prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training did
+        train = load_datalist_split(datalist, "training", size=size, per_class=max_train_per_class, **prep)
+        held = load_datalist_split(datalist, heldout_split(data), size=size, **prep)
         ex = next(iter(build_extractors(features, datalist, domain_weights, size).values()), None) if features else None
         f = [extract_features(ex, s) for s in (gen, train, held)] if ex else [None] * 3
         result = memorisation_audit(gen.images, train.images, held.images, *f, percentile=percentile)
@@ -168,6 +184,14 @@ def drift_command(
     return 1 if result["drift"] else 0
 
 
+def gate_weights_file(gate_path: str | os.PathLike) -> Path:
+    """Where ``fit-gate`` keeps the gate's domain classifier: beside the gate (``domain_classifier.pt`` for the
+    ``quality_gate.npz`` a bundle's ``models/`` holds for ``medgen serve``, else ``<gate>_domain.pt``)."""
+    gate_path = Path(gate_path)
+    name = "domain_classifier.pt" if gate_path.name == "quality_gate.npz" else f"{gate_path.stem}_domain.pt"
+    return gate_path.with_name(name)
+
+
 def fit_gate_command(
     datalist: str,
     out: str,
@@ -177,25 +201,82 @@ def fit_gate_command(
     percentile: float = 95.0,
     k: int = 5,
 ) -> int:
-    """``medgen fit-gate DATALIST OUT.npz``: fit the quality gate (manifold = training, threshold = held-out)."""
+    """``medgen fit-gate DATALIST OUT.npz``: fit the quality gate (manifold = training, threshold = held-out).
+
+    The domain classifier the features come from is copied beside the gate and recorded in it (with the datalist
+    and image size), so ``medgen sample --quality-filter OUT.npz`` needs nothing else.
+    """
     from medgen.metrics.evaluate import heldout_split
     from medgen.metrics.image_sets import load_datalist_split, read_datalist
     from medgen.metrics.quality_gate import QualityGate
 
     try:
         data = read_datalist(datalist)
-        ex = next(iter(build_extractors(features, datalist, domain_weights, size).values()))
+        if str(features).split(",")[0].strip() == "domain" and domain_weights is None:
+            from medgen.metrics.domain_model import ensure_domain_classifier
+
+            domain_weights = ensure_domain_classifier(datalist, size=size, log=True)
+        name, ex = next(iter(build_extractors(features, datalist, domain_weights, size).items()))
         train = load_datalist_split(datalist, "training", size=size)
         held = load_datalist_split(datalist, heldout_split(data), size=size)
         gate = QualityGate(k, percentile).fit(extract_features(ex, train), extract_features(ex, held))
     except BAD_INPUT as e:
         return _error(e)
+    gate.meta = {"features": name, "size": size, "k": k, "percentile": percentile,
+                 "datalist": str(Path(datalist).resolve())}
+    if name == "domain":
+        beside = gate_weights_file(out)
+        beside.parent.mkdir(parents=True, exist_ok=True)
+        if Path(domain_weights).resolve() != beside.resolve():
+            shutil.copyfile(domain_weights, beside)
+        gate.meta.update(domain_weights=beside.name, domain_weights_cached=str(Path(domain_weights).resolve()))
     gate.save(out)
-    Path(str(out) + ".json").write_text(
-        json.dumps({"features": ex.name, "size": size, "threshold": gate.threshold, "k": k, "percentile": percentile})
-    )
-    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}); wrote {out}")
+    Path(str(out) + ".json").write_text(json.dumps({**gate.meta, "threshold": gate.threshold}))
+    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}, {name} features); "
+          f"wrote {out}" + (f" and {gate_weights_file(out)}" if name == "domain" else ""))
     return 0
+
+
+def load_gate(gate_path: str | os.PathLike, domain_weights: str | os.PathLike | None = None) -> tuple:
+    """``(gate, extractor, info)`` for ``medgen sample --quality-filter GATE``.
+
+    The domain classifier is, in this order: ``domain_weights``; the one ``fit-gate`` wrote beside the gate; the
+    cached one the gate records; one trained now on the datalist the gate records (cached for next time).
+    ``info`` says which features and weights were used, for ``quality.json``.
+    """
+    from medgen.metrics.quality_gate import QualityGate
+
+    gate_path = Path(gate_path)
+    if not gate_path.is_file():
+        raise FileNotFoundError(f"no quality gate at {gate_path}: fit one with `medgen fit-gate DATALIST {gate_path}`")
+    gate = QualityGate.load(gate_path)
+    meta = dict(gate.meta)
+    sidecar = Path(str(gate_path) + ".json")
+    if not meta and sidecar.is_file():  # a gate fitted before the gate recorded its own metadata
+        meta = json.loads(sidecar.read_text())
+    features = meta.get("features", "domain")
+    info = {"quality_gate": str(gate_path.resolve()), "threshold": gate.threshold, "features": features}
+    if features == "inception":
+        return gate, InceptionFeatures(), info
+    candidates = [domain_weights]
+    if meta.get("domain_weights"):
+        candidates.append(gate_path.parent / meta["domain_weights"])
+    candidates += [gate_weights_file(gate_path), meta.get("domain_weights_cached")]
+    weights = next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+    if domain_weights and (weights is None or Path(domain_weights) != weights):
+        raise FileNotFoundError(f"no domain classifier at {domain_weights} (--domain-weights)")
+    if weights is None:
+        datalist = meta.get("datalist")
+        if not datalist or not Path(datalist).is_file():
+            raise ValueError(f"the quality gate {gate_path} has no domain classifier beside it and records no "
+                             "datalist to train one on: pass --domain-weights (the classifier it was fitted with) "
+                             "or fit it again with `medgen fit-gate DATALIST GATE`")
+        from medgen.metrics.domain_model import ensure_domain_classifier
+
+        print(f"quality filter: training the gate's domain classifier on {datalist} (once; cached)")
+        weights = ensure_domain_classifier(datalist, size=int(meta.get("size", 64)), log=True)
+    info["domain_weights"] = str(Path(weights).resolve())
+    return gate, DomainFeatures(weights), info
 
 
 def quality_filtered_generate(
@@ -208,18 +289,23 @@ def quality_filtered_generate(
     guidance_scale: float = 1.0,
     first_seed: int = 0,
     max_rounds: int = 20,
+    sampler: str | None = None,
+    gate_and_extractor: tuple | None = None,
 ) -> dict:
     """For ``medgen sample --quality-filter``: ``pipeline.generate`` until all ``labels`` pass the gate.
 
-    Returns ``images`` ([-1, 1]), ``seeds``, ``scores`` (write each as ``"realism_score"`` in samples.jsonl) and
-    ``rejection_rate`` (print it; expected under 10%).
+    Every image is made with ``sampler`` (the pipeline's default when None) and ``num_inference_steps``, retries
+    included. ``gate_and_extractor`` (from :func:`load_gate`) saves loading them per batch; ``features`` is read
+    from the gate itself. Returns ``images`` ([-1, 1]), ``seeds``, ``scores`` (write each as ``"realism_score"``
+    in samples.jsonl) and ``rejection_rate`` (print it; expected under 10%).
     """
-    from medgen.metrics.quality_gate import QualityGate, generate_until_pass
+    from medgen.metrics.quality_gate import generate_until_pass
 
-    gate = QualityGate.load(gate_path)
-    ex = next(iter(build_extractors(features, None, domain_weights).values()))
+    gate, ex = gate_and_extractor or load_gate(gate_path, domain_weights)[:2]
+    extra = {"sampler": sampler} if sampler else {}
 
     def generate(lab: Sequence[int], seeds: Sequence[int]):
-        return pipeline.generate(lab, seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        return pipeline.generate(lab, seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 **extra)
 
     return generate_until_pass(generate, labels, gate, ex, first_seed=first_seed, max_rounds=max_rounds)

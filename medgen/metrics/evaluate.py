@@ -21,9 +21,16 @@ from medgen.metrics.error_analysis import mode_collapse, realism_ranking, spectr
 from medgen.metrics.errors import TooFewImagesError
 from medgen.metrics.features import FeatureExtractor, extract_features
 from medgen.metrics.histograms import histogram_tests
-from medgen.metrics.image_sets import ImageSet, load_datalist_split, load_samples_dir, read_datalist
+from medgen.metrics.image_sets import (
+    ImageSet,
+    load_datalist_split,
+    load_samples_dir,
+    preparation_of,
+    read_datalist,
+)
 from medgen.metrics.memorisation import memorisation_audit
 from medgen.metrics.similarity import real_vs_synthetic_table
+from medgen.networks.weights_meta import samples_meta
 
 
 def _guard(fn, *args, **kw) -> dict:
@@ -100,8 +107,11 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_datalist(datalist)
     generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
-    reference = load_datalist_split(datalist, "training", size=size, per_class=max_real_per_class, seed=seed)
-    heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=max_real_per_class, seed=seed)
+    prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training prepared them
+    reference = load_datalist_split(datalist, "training", size=size, per_class=max_real_per_class, seed=seed, **prep)
+    heldout = load_datalist_split(
+        datalist, heldout_split(data), size=size, per_class=max_real_per_class, seed=seed, **prep
+    )
     feats = {n: (extract_features(e, reference), extract_features(e, generated)) for n, e in extractors.items()}
     held_feats = {n: extract_features(e, heldout) for n, e in extractors.items()}
     metrics: dict = {
@@ -113,6 +123,8 @@ def evaluate(
         "n_reference": len(reference),
         "n_heldout": len(heldout),
         "n_generated": len(generated),
+        "real_preparation": prep,
+        "real_skipped": dict(reference.skipped + heldout.skipped),  # items that failed to load, by reason
     }
     metrics["generated"] = score_sets(reference, generated, extractors, kid_subsets, num_pairs=num_pairs, feats=feats)
     floor_feats = {n: (feats[n][0], held_feats[n]) for n in extractors}
@@ -147,7 +159,7 @@ def evaluate(
     if utility_sizes:
         from medgen.metrics.utility import utility_experiment
 
-        train_all = load_datalist_split(datalist, "training", size=size)
+        train_all = load_datalist_split(datalist, "training", size=size, **prep)
         metrics["utility"] = utility_experiment(
             train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
         )

@@ -1,15 +1,22 @@
 """Image sets for evaluation: datalist items, image folders and samples folders as N x 1 x H x W float32 in [0, 1].
 
-A small, self-contained loader (PIL + torch antialiased resize) so that the metrics do not depend on the training
-data pipeline. Every set carries a fingerprint (file list + mtimes + size) that keys the on-disk feature cache.
+Real images (datalist items, image folders) are read exactly as training reads them: the training pipeline
+:func:`medgen.data.transforms.diffusion_transforms` (``LoadMedicalImage``: PIL modes, EXIF, 16-bit, DICOM windowing,
+NIfTI slices, npz/npy items; the same ``resize_mode``), without the random flip and mapped back to [0, 1]. An item
+that fails to load is skipped with a one-line warning naming the file and counted by reason (``ImageSet.skipped``),
+as training's ``SkipFailedCacheDataset`` does. Samples folders (8-bit PNGs that ``medgen sample`` writes) are read
+with PIL. Every set carries a fingerprint (file list + mtimes + size + preprocessing) that keys the on-disk feature
+cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +28,11 @@ from PIL import Image
 
 from medgen.metrics.errors import ImageSetError
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Changes whenever real images are prepared differently, so features cached for the old preparation are not reused.
+REAL_PREPARATION = "training-pipeline-1"
 
 
 @dataclass
@@ -34,6 +45,9 @@ class ImageSet:
     ids: list[str] = field(default_factory=list)
     fingerprint: str = ""
     records: list[dict] = field(default_factory=list)
+    #: items that failed to load and were left out, by reason; ``failures`` holds ``(path, message)``
+    skipped: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = to_common_form(self.images)
@@ -105,7 +119,7 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One image file as 1 x size x size float32 grey in [0, 1]."""
+    """One 8-bit (or 16-bit) image file, e.g. a generated sample, as 1 x size x size float32 grey in [0, 1]."""
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L" if im.mode != "I;16" else "I"), dtype=np.float32)
@@ -113,6 +127,36 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise ImageSetError(f"cannot read image {path}: {e}") from e
     arr = arr / (65535.0 if arr.max() > 255 else 255.0)
     return resize(arr[None, None], size)[0]
+
+
+def real_image_loader(
+    size: int, resize_mode: str = "crop", window: Sequence[float] | None = None, preset: str | None = None
+) -> Callable[[dict], np.ndarray]:
+    """A function from a datalist item to its image as training prepares it, as 1 x size x size float32 in [0, 1].
+
+    It is the training pipeline itself (:func:`medgen.data.transforms.diffusion_transforms`, grey, no flip), its
+    [-1, 1] output mapped back to [0, 1]; errors are those of training (``ImageLoadError`` naming the file).
+    """
+    from medgen.data.transforms import diffusion_transforms
+
+    pipeline = diffusion_transforms(
+        image_size=size, channels=1, window=window, preset=preset, random_flip=False, resize_mode=resize_mode
+    )
+
+    def load(item: dict) -> np.ndarray:
+        image = pipeline(dict(item))["image"]
+        return ((np.asarray(image, dtype=np.float32) + 1.0) / 2.0).clip(0.0, 1.0)
+
+    return load
+
+
+def preparation_of(meta: dict | None) -> dict:
+    """``resize_mode``/``window``/``preset`` for :func:`load_items` from the metadata of the weights that made a
+    samples folder (their training keys ``resize_mode``, ``window``, ``window_preset``), else training's defaults."""
+    from medgen.networks.weights_meta import meta_value
+
+    return {"resize_mode": meta_value(meta, "resize_mode", "crop"), "window": meta_value(meta, "window", None),
+            "preset": meta_value(meta, "window_preset", None)}
 
 
 def _stat_key(path: str, extra: str = "") -> str:
@@ -123,35 +167,81 @@ def _stat_key(path: str, extra: str = "") -> str:
     return f"{os.path.abspath(path)}|{extra}|{mtime}"
 
 
-def _fingerprint(keys: Sequence[str], size: int) -> str:
-    h = hashlib.sha256(f"size={size}\n".encode())
+def _fingerprint(keys: Sequence[str], size: int, preparation: str = "") -> str:
+    h = hashlib.sha256(f"size={size}\n".encode() + (f"prep={preparation}\n".encode() if preparation else b""))
     for k in keys:
         h.update(k.encode() + b"\n")
     return h.hexdigest()[:32]
 
 
-def load_items(items: Sequence[dict], classes: Sequence[str], size: int = 64, root: str | None = None) -> ImageSet:
-    """Load MONAI datalist items (``{"image": path, "label": int}``; npz items add ``npz_key`` and ``npz_index``)."""
+def _address(item: dict) -> str:
+    """Where inside its file an item's image is (npz key and index, NIfTI slice), '' for a whole file."""
+    if "npz_key" in item:
+        return f"{item['npz_key']}:{item.get('npz_index')}"
+    if item.get("slice_index") is not None:
+        return f"slice{item.get('slice_axis', 2)}:{item['slice_index']}"
+    return ""
+
+
+def load_items(
+    items: Sequence[dict],
+    classes: Sequence[str],
+    size: int = 64,
+    root: str | None = None,
+    resize_mode: str = "crop",
+    window: Sequence[float] | None = None,
+    preset: str | None = None,
+) -> ImageSet:
+    """Load MONAI datalist items (``{"image": path, "label": int}``, plus ``npz_key``/``npz_index`` or
+    ``slice_axis``/``slice_index`` where the file holds several images) as training prepares them (see
+    :func:`real_image_loader`). An item that fails to load is skipped with one warning line naming the file and
+    counted in ``skipped``; when none loads, :class:`ImageSetError` gives the counts by reason."""
+    from medgen.data.dataset import describe_failure
+
+    load = real_image_loader(size, resize_mode, window, preset)
     images, labels, ids, keys = [], [], [], []
-    npz_cache: dict[str, np.lib.npyio.NpzFile] = {}
+    skipped: Counter = Counter()
+    failures: list[tuple[str, str]] = []
     for item in items:
+        item = dict(item)
         path = str(item["image"])
         if root and not os.path.isabs(path):
             path = os.path.join(root, path)
-        if "npz_key" in item:
-            npz = npz_cache.setdefault(path, np.load(path))
-            arr = np.asarray(npz[item["npz_key"]][int(item["npz_index"])])
-            img = to_common_form(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[None], size)[0]
-            extra = f"{item['npz_key']}:{item['npz_index']}"
-        else:
-            img, extra = load_image(path, size), ""
+        item["image"] = path
+        try:
+            img = load(item)
+            key = _stat_key(path, _address(item))
+        except Exception as err:  # any failure of one file leaves that file out, as in training
+            reason, message = describe_failure(err, item)
+            skipped[reason] += 1
+            failures.append((path, message))
+            logger.warning("skipped %s", message)
+            continue
+        extra = _address(item)
         images.append(img)
         labels.append(int(item.get("label", 0)))
         ids.append(f"{path}:{extra}" if extra else path)
-        keys.append(_stat_key(path, extra))
+        keys.append(key)
+    counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
     if not images:
-        raise ImageSetError("no images in the given datalist items.")
-    return ImageSet(np.stack(images), np.asarray(labels), list(classes), ids, _fingerprint(keys, size))
+        if not items:
+            raise ImageSetError("no images in the given datalist items.")
+        first = "; ".join(message for _, message in failures[:3])
+        raise ImageSetError(f"none of the {len(items)} datalist items could be loaded ({counts}); first: {first}")
+    if failures:
+        logger.warning("left out %d of %d items that failed to load (%s)", len(failures), len(items), counts)
+    preparation = f"{REAL_PREPARATION}|{resize_mode}|{window}|{preset}"
+    return ImageSet(np.stack(images), np.asarray(labels), list(classes), ids, _fingerprint(keys, size, preparation),
+                    skipped=skipped, failures=failures)
+
+
+def _load_sample_files(paths: Sequence[str], labels: Sequence[int], classes: Sequence[str], size: int) -> ImageSet:
+    """Generated samples (8-bit PNGs of ``medgen sample``) read with PIL; a missing or broken one is an error."""
+    images = [load_image(p, size) for p in paths]
+    if not images:
+        raise ImageSetError("no images in the given samples.")
+    keys = [_stat_key(p) for p in paths]
+    return ImageSet(np.stack(images), np.asarray(labels), list(classes), list(paths), _fingerprint(keys, size))
 
 
 def read_datalist(path: str | os.PathLike) -> dict:
@@ -173,8 +263,13 @@ def load_datalist_split(
     size: int = 64,
     per_class: int | None = None,
     seed: int = 0,
+    resize_mode: str = "crop",
+    window: Sequence[float] | None = None,
+    preset: str | None = None,
 ) -> ImageSet:
-    """Load one split (or several, concatenated) of a datalist; ``per_class`` draws at most that many per class."""
+    """Load one split (or several, concatenated) of a datalist; ``per_class`` draws at most that many per class.
+
+    ``resize_mode``, ``window`` and ``preset`` are training's keys of the same names (defaults as the bundles')."""
     data = datalist if isinstance(datalist, dict) else read_datalist(datalist)
     root = None if isinstance(datalist, dict) else os.path.dirname(os.path.abspath(datalist))
     splits = [split] if isinstance(split, str) else list(split)
@@ -190,12 +285,11 @@ def load_datalist_split(
             idx = [j for j, i in enumerate(items) if int(i.get("label", 0)) == label]
             chosen += sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
         items = [items[j] for j in sorted(chosen)]
-    return load_items(items, data["classes"], size=size, root=root)
+    return load_items(items, data["classes"], size=size, root=root, resize_mode=resize_mode, window=window,
+                      preset=preset)
 
 
-def load_folder(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None) -> ImageSet:
-    """Load a folder of images; sub-folder names are the classes (images directly inside get class 0)."""
-    folder = Path(folder)
+def _folder_items(folder: Path, classes: Sequence[str] | None) -> tuple[list[dict], list[str]]:
     if not folder.is_dir():
         raise ImageSetError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
@@ -209,32 +303,44 @@ def load_folder(folder: str | os.PathLike, size: int = 64, classes: Sequence[str
         if name not in classes:
             raise ImageSetError(f"{p}: folder {name!r} is not one of the classes {classes}")
         items.append({"image": str(p), "label": classes.index(name)})
-    return load_items(items, classes, size=size)
+    return items, classes
+
+
+def load_folder(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None, **prep) -> ImageSet:
+    """Load a folder of real images as training would; sub-folder names are the classes (images directly inside
+    get class 0). ``prep``: ``resize_mode``, ``window``, ``preset`` as in :func:`load_items`."""
+    items, classes = _folder_items(Path(folder), classes)
+    return load_items(items, classes, size=size, **prep)
 
 
 def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None) -> ImageSet:
-    """Load a samples folder (``samples.jsonl`` + 8-bit PNGs); without ``samples.jsonl`` falls back to the folder."""
+    """Load a samples folder (``samples.jsonl`` + 8-bit PNGs); without ``samples.jsonl``, the folder's images."""
     folder = Path(folder)
     meta = folder / "samples.jsonl"
     if not meta.is_file():
-        return load_folder(folder, size, classes)
+        items, classes = _folder_items(folder, classes)
+        return _load_sample_files([i["image"] for i in items], [i["label"] for i in items], classes, size)
     records = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
     if not records:
         raise ImageSetError(f"{meta} lists no samples.")
     if classes is None:
         by_label = {int(r["label"]): r.get("class", str(r["label"])) for r in records}
         classes = [by_label.get(i, str(i)) for i in range(max(by_label) + 1)]
-    items = [{"image": str(folder / r["file"]), "label": int(r["label"])} for r in records]
-    out = load_items(items, classes, size=size)
+    out = _load_sample_files([str(folder / r["file"]) for r in records], [int(r["label"]) for r in records],
+                             classes, size)
     out.records = records
     return out
 
 
 def load_image_set(source: str | os.PathLike, size: int = 64, split: str = "test", **kw) -> ImageSet:
-    """A datalist JSON (its ``split``), a samples folder or an image folder, whichever ``source`` is."""
+    """A datalist JSON (its ``split``), a samples folder (with ``samples.jsonl``) or a folder of real images
+    (read as training would, see :func:`load_folder`), whichever ``source`` is. ``kw``: ``per_class``, ``seed``
+    (datalists), ``resize_mode``, ``window``, ``preset`` (real images)."""
     if str(source).endswith(".json"):
         return load_datalist_split(source, split, size=size, **kw)
-    return load_samples_dir(source, size=size)
+    if (Path(source) / "samples.jsonl").is_file():
+        return load_samples_dir(source, size=size)
+    return load_folder(source, size=size, **{k: v for k, v in kw.items() if k in ("resize_mode", "window", "preset")})
 
 
 def write_samples_dir(

@@ -7,6 +7,7 @@ only one real set is given, of its leave-one-out scores), so about ``100 - perce
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ class QualityGate:
         self.k, self.percentile = k, percentile
         self.reference: np.ndarray | None = None
         self.threshold: float | None = None
+        self.meta: dict = {}  # how the gate was fitted: features, size, domain classifier, datalist (fit-gate)
 
     def fit(self, real_feats: np.ndarray, heldout_feats: np.ndarray | None = None) -> QualityGate:
         """Keep ``real_feats`` as the manifold; fit the threshold on ``heldout_feats`` (else leave-one-out)."""
@@ -51,10 +53,13 @@ class QualityGate:
         return self.score(feats) <= self.threshold
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the gate (with :attr:`meta` as JSON) to ``path``."""
         self._check()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, reference=self.reference, threshold=self.threshold, k=self.k, percentile=self.percentile)
+        with open(path, "wb") as f:  # np.savez adds .npz to a bare name; a file object keeps the name given
+            np.savez(f, reference=self.reference, threshold=self.threshold, k=self.k, percentile=self.percentile,
+                     meta=json.dumps(self.meta))
         return path
 
     @classmethod
@@ -62,6 +67,7 @@ class QualityGate:
         with np.load(path) as z:
             gate = cls(int(z["k"]), float(z["percentile"]))
             gate.reference, gate.threshold = z["reference"], float(z["threshold"])
+            gate.meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
         return gate
 
 

@@ -56,6 +56,10 @@ class ScoreNetwork(nn.Module):
             )
         if sigma_data < 0:
             raise ValueError(f"sigma_data must be >= 0 (0 turns input scaling off), got {sigma_data}")
+        # the constructor's arguments, recorded with the weights (medgen.networks.weights_meta)
+        self.init_args = {"sigma_data": sigma_data, "noise_embedding_scale": noise_embedding_scale, "skip": skip,
+                          **{k: v for k, v in getattr(unet, "init_args", {}).items()
+                             if k not in ("out_channels", "resblock_updown")}}
         self.unet = unet
         self.sigma_data = float(sigma_data)
         self.noise_embedding_scale = float(noise_embedding_scale)

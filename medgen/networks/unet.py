@@ -49,6 +49,13 @@ class ConditionalDiffusionUNet(DiffusionModelUNet):
             use_flash_attention=use_flash_attention,
         )
         self.num_classes = num_classes
+        # the constructor's arguments, recorded with the weights (medgen.networks.weights_meta)
+        self.init_args = {
+            "spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
+            "num_classes": num_classes, "channels": list(channels), "attention_levels": list(attention_levels),
+            "num_res_blocks": num_res_blocks, "num_head_channels": num_head_channels,
+            "norm_num_groups": norm_num_groups, "resblock_updown": resblock_updown,
+        }
 
     @property
     def null_class(self) -> int:

@@ -1,5 +1,9 @@
 """The bundles a server offers: their classes and sizes read from ``configs/inference.yaml`` at start-up, and one
-:class:`~medgen.diffusion.DiffusionPipeline` per bundle built from that same config on first use and kept loaded."""
+:class:`~medgen.diffusion.DiffusionPipeline` per bundle built from that same config on first use and kept loaded.
+
+The config takes classes, image size and network from the served weights' own metadata (``model.json`` beside a
+``model.pt``, see :mod:`medgen.networks.weights_meta`), so a bundle served with ``--ckpt`` of another run offers that
+run's classes and size; weights without metadata fall back to the config's values."""
 
 from __future__ import annotations
 

@@ -113,11 +113,10 @@ def test_metadata_is_valid_against_the_model_zoo_schema():
 
 
 # ---- the bundle, end to end on real images --------------------------------------------------------------------
-def bundle(run_id: str, config: str, *args: str) -> subprocess.CompletedProcess:
+def bundle(run_id: str, config: str, *args: str, runs_dir: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **({"MEDGEN_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -133,16 +132,12 @@ def brain_mri(shared_data: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_path):
-    out = tmp_path / "train"
+    shipped = {p.name: p.stat().st_mtime_ns for p in (CONFIGS.parent / "models").iterdir()}
     bundle(
         "training",
         TRAIN,
         "--dataset_dir",
         str(brain_mri),
-        "--output_dir",
-        str(out),
-        "--model_path",
-        str(out / "model.pt"),
         "--max_items_per_class",
         "4",
         "--batch_size",
@@ -156,7 +151,15 @@ def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_pat
         "--num_workers",
         "0",
         *TINY,
+        runs_dir=tmp_path / "runs",
     )
+    # the run got its own folder under MEDGEN_RUNS_DIR; the bundle's models/ is untouched
+    (out,) = (tmp_path / "runs" / "brain_mri_score").iterdir()
+    assert {p.name: p.stat().st_mtime_ns for p in (CONFIGS.parent / "models").iterdir()} == shipped
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["notumor", "tumor"] and meta["image_size"] == 32
+    assert meta["sigmas"]["sigma_max"] == 40 and meta["config"]["norm_num_groups"] == 8
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["classes"] == ["notumor", "tumor"]
     datalist = json.loads((out / "datalist.json").read_text())
     assert datalist["classes"] == ["notumor", "tumor"] and len(datalist["training"]) == 8
     assert sorted(it["label"] for it in datalist["training"]) == [0] * 4 + [1] * 4
@@ -180,8 +183,7 @@ def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_pat
         "3",
         "--seed",
         "3",
-        *TINY,
-    )
+    )  # no size, noise-level or network overrides: the weights' model.json supplies them
     records = [json.loads(x) for x in (samples / "samples.jsonl").read_text().splitlines()]
     assert [(r["class"], r["seed"], r["sampler"], r["steps"]) for r in records] == [
         ("notumor", 3, "pc", 3),
@@ -207,7 +209,6 @@ def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_pat
         "2",
         "--num_eval_levels",
         "3",
-        *TINY,
     )
     loss = json.loads((evaluation / "dsm_loss_per_sigma.json").read_text())
     assert loss["num_images"] == 4 and len(loss["rows"]) == 3

@@ -36,7 +36,7 @@ def bundle_cmd(run_id: str, config: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
 
 
-def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -165,7 +165,7 @@ def test_resume_after_interrupted_run(kermany, tmp_path):
     cmd = bundle_cmd("training", TRAIN, *train_args(kermany, out, 6))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "checkpoints" / "checkpoint_epoch=1.pt"
-    deadline = time.time() + 240
+    deadline = time.time() + 900
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)  # a crash: no clean shutdown
@@ -207,7 +207,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
             env=env,
         )
         assert proc.returncode != 0
@@ -216,10 +216,10 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
 
 def test_init_weights_fine_tunes_from_a_trained_model(kermany, trained, tmp_path):
     out = tmp_path / "finetune"
-    # learning rate 0: the weights written after an epoch are exactly the ones we started from
+    # a negligible learning rate (0 is refused): the weights written after an epoch are the ones we started from
     run(bundle_cmd("training", TRAIN, *train_args(kermany, out, 1, "--init_weights", str(trained / "model.pt"),
-                                                   "--learning_rate", "0.0", "--sample_interval", "5")))
+                                                   "--learning_rate", "1e-9", "--sample_interval", "5")))
     start = torch.load(trained / "model.pt", map_location="cpu", weights_only=True)
     after = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert start.keys() == after.keys()
-    assert all(torch.equal(start[k], after[k]) for k in start)
+    assert all(torch.allclose(start[k].float(), after[k].float(), atol=1e-4) for k in start)

@@ -95,7 +95,8 @@ def nifti_tree(tmp_path):
 def test_nifti_slices_by_foreground_and_by_range(nifti_tree):
     path = nifti_tree / "healthy" / "vol.nii.gz"
     assert nifti_slice_indices(path, axis=2, min_foreground=0.1) == [3, 4, 5, 6]
-    assert nifti_slice_indices(path, axis=2, index_range=(1, 4)) == [1, 2, 3]
+    assert nifti_slice_indices(path, axis=2, index_range=(1, 4)) == [3]  # 1, 2 are constant (all 0): left out
+    assert nifti_slice_indices(path, axis=2, index_range=(3, 6)) == [3, 4, 5]
     datalist, _ = build_datalist(nifti_tree, val_fraction=0, test_fraction=0, nifti={"axis": 2})
     assert len(datalist["training"]) == 8
     item = datalist["training"][0]

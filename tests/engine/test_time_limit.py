@@ -49,13 +49,18 @@ def test_negative_is_an_error():
 def test_resume_takes_the_newest_checkpoint_including_the_final_one(tmp_path):
     import os
 
+    import torch
+
     from medgen.engine import latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
-    for i, name in enumerate(["checkpoint_epoch=10.pt", "checkpoint_epoch=20.pt", "checkpoint_final.pt"]):
-        (tmp_path / name).write_bytes(b"x")
-        os.utime(tmp_path / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    # epoch checkpoints every 10 epochs (2 iterations each); the final one written by a time limit in epoch 21
+    for i, (name, iteration) in enumerate([("checkpoint_epoch=10.pt", 20), ("checkpoint_epoch=20.pt", 40),
+                                           ("checkpoint_final.pt", 41)]):
+        torch.save({"trainer": {"epoch_length": 2, "max_epochs": 100, "iteration": iteration}}, tmp_path / name)
+        os.utime(tmp_path / name, ns=(10**18 - i * 10**9, 10**18 - i * 10**9))  # file times say nothing
     (tmp_path / "notes.pt").write_bytes(b"x")
     assert latest_checkpoint(tmp_path).name == "checkpoint_final.pt"  # a run stopped by its time limit
-    os.utime(tmp_path / "checkpoint_epoch=20.pt", ns=(2 * 10**18, 2 * 10**18))
-    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=20.pt"
+    later = {"trainer": {"epoch_length": 2, "max_epochs": 100, "iteration": 60}}
+    torch.save(later, tmp_path / "checkpoint_epoch=30.pt")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch=30.pt"

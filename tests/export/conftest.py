@@ -116,7 +116,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     with open(o.log, "w") as log:
         proc = subprocess.Popen([ORTHANC, str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, cwd=work)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if requests.get(o.url + "/system", auth=o.auth, timeout=1).ok:

@@ -48,15 +48,16 @@ def test_samples_folder_round_trip(tmp_path, rng):
 
 def test_images_of_different_sizes_and_modes_come_out_in_one_form(tmp_path):
     (tmp_path / "A").mkdir()
-    Image.new("RGB", (50, 40), (200, 10, 10)).save(tmp_path / "A" / "a.png")
-    Image.new("L", (64, 64), 128).save(tmp_path / "A" / "b.jpg")
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))  # not constant: constant images are left out
+    Image.fromarray(np.stack([ramp[:40, :50]] * 3, -1), "RGB").save(tmp_path / "A" / "a.png")
+    Image.fromarray(ramp, "L").save(tmp_path / "A" / "b.jpg")
     s = load_folder(tmp_path, size=32)
     assert s.images.shape == (2, 1, 32, 32) and s.classes == ["A"]
 
 
 def test_fingerprint_changes_when_a_file_changes(tmp_path):
     (tmp_path / "A").mkdir()
-    Image.new("L", (8, 8), 0).save(tmp_path / "A" / "a.png")
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "A" / "a.png")  # not constant
     first = load_folder(tmp_path, size=8).fingerprint
     import os
 

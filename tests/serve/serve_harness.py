@@ -48,7 +48,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log = data_dir / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 180.0) -> Server:
+    def start(self, timeout: float = 600.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
@@ -112,7 +112,7 @@ def make_key(data_dir: Path, name: str, max_jobs: int = 4) -> str:
     return create_key(SQLiteJobStore(data_dir / "serve.db"), name, max_jobs)
 
 
-def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 180.0) -> dict:
+def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 900.0) -> dict:
     """Poll a job until its status is one of ``states``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -161,7 +161,7 @@ def test_cancel_a_running_job_and_a_queued_one(server: Server, keys: dict[str, s
         assert client.delete(f"/api/v1/jobs/{queued}").json()["status"] == "cancelled"
         response = client.delete(f"/api/v1/jobs/{running}")
         assert response.status_code == 202 and response.json()["cancel_requested"]
-        info = wait_for(client, running, ("cancelled", "failed", "succeeded"), timeout=60)
+        info = wait_for(client, running, ("cancelled", "failed", "succeeded"), timeout=300)
         assert info["status"] == "cancelled" and info["progress"] < 100
         assert client.get(f"/api/v1/jobs/{running}/result").status_code == 409
         assert client.delete(f"/api/v1/jobs/{running}").status_code == 409
@@ -251,7 +251,7 @@ def test_create_key_command_prints_a_key_that_is_stored_only_hashed(server: Serv
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=True,
     )
     key = out.stdout.strip()
