@@ -45,6 +45,7 @@ class ModelExporter:
         self.half = half
         self.meta = getattr(meta, "meta", meta)
         self.export_path = Path(export_path) if export_path else None
+        self._written_at: int | None = None  # iteration of the last write: COMPLETED after it has nothing new
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
@@ -58,7 +59,10 @@ class ModelExporter:
             write_sidecar(path, self.meta)
 
     def __call__(self, engine: Engine) -> None:
+        if self._written_at == engine.state.iteration and self.path.is_file():
+            return
         self._write(self.path)
+        self._written_at = engine.state.iteration
         logger.info("epoch %d: weights written to %s (metadata %s)", engine.state.epoch, self.path,
                     sidecar_path(self.path).name if self.meta else "none")
 
