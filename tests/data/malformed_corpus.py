@@ -14,10 +14,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from synthetic_dicom import dicom_file  # noqa: F401  (re-exported: the corpus and its tests build DICOMs with it)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 KEEP = None
@@ -59,31 +57,6 @@ def bomb_png(path: Path, side: int = 20_000) -> None:
     idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
-def dicom_file(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2",
-               slope: str | None = None, truncate: bool = False) -> None:
-    """A Secondary Capture DICOM of 16-bit ``pixels`` (None: no PixelData) with optional RescaleSlope."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "OT", "CORPUS"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    shape = pixels.shape if pixels is not None else (64, 64)
-    ds.Rows, ds.Columns = shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if slope is not None:
-        ds.add_new((0x0028, 0x1053), "DS", slope)
-        ds.add_new((0x0028, 0x1052), "DS", "0")
-    if pixels is not None:
-        data = pixels.astype(np.uint16).tobytes()
-        ds.PixelData = data[: len(data) // 3] if truncate else data
-    with pydicom.config.disable_value_validation():
-        ds.save_as(path, enforce_file_format=True)
 
 
 def _save(image: Image.Image, path: Path, **kw) -> None:

@@ -11,12 +11,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from monai.bundle import ConfigParser
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from synthetic_dicom import dicom_file
 
 from medgen.data.dataset import SkipFailedCacheDataset
 from medgen.metrics.errors import ImageSetError
@@ -31,24 +29,6 @@ def training_preprocessing(resize_mode: str):
     parser.read_config(str(REPO / "bundles" / "cxr_ddpm" / "configs" / "train.yaml"))
     parser.update({"image_size": SIZE, "resize_mode": resize_mode})
     return parser.get_parsed_content("train#preprocessing")
-
-
-def write_dicom(path: Path, pixels: np.ndarray) -> None:
-    """A Secondary Capture MONOCHROME2 DICOM of 16-bit ``pixels`` (no window: read by its own range)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "TEST"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    with pydicom.config.disable_value_validation():
-        ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def mixed_datalist(kermany_root, tmp_path_factory) -> tuple[Path, dict[str, Path
     palette.convert("RGB").save(files["palette_rgb"])
     with Image.open(sources[2]) as im:
         pixels = np.asarray(im.convert("L"), dtype=np.uint16)[:, 16:] * 16  # 224 x 208, 12-bit
-    write_dicom(files["dicom"], pixels)
+    dicom_file(files["dicom"], pixels, modality="CR")
     stack = np.stack([np.asarray(grey), np.asarray(grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
     np.savez(files["npz"], train_images=stack)
     files["corrupt"].write_bytes(sources[0].read_bytes()[:3000])
