@@ -1,237 +1,285 @@
-"""Quality at equal seeds: FID and KID against real X-rays of MONAI DDIM-50 fp32 (b) and medgen's samplers (c).
+"""The quality protocol for a bundle's weights: FID / KID / precision / recall per class next to the real-data floor.
 
-    python -m benchmarks.quality                          # 128 images per class, on this machine
-    python -m benchmarks.quality --per-class 500 --device cuda --save-sets DIR --no-fid   # generate on a GPU
-    python -m benchmarks.quality --sets DIR               # FID of sets generated elsewhere
+    python -m benchmarks.quality --bundle cxr_ddpm                    # the shipped weights, the bundle's sampler
+    python -m benchmarks.quality --bundle cxr_ddpm --weights runs/cxr_ddpm/X/model.pt --sampler dpmpp2m --steps 15
+    python -m benchmarks.quality --bundle cxr_ddpm --sweep --per-class 100   # FID ratio vs steps and guidance
+    python -m benchmarks.quality --bundle cxr_ddpm --check            # do the weights match the JSON cards quote?
 
-Every set is made from the same seeds and class labels (image i: seed ``--seed + i``, class ``i % 2``), so the sets
-differ only by sampler, steps and compute path. Each is compared with the same real images (the bundle's transforms,
-``--real-per-class`` per class from the training split) through TF-FID Inception features; KID is reported beside
-FID because it is unbiased at these sizes. Speed is compared at equal quality when a set's FID is within 5% of (b)'s.
+What is compared with what is :mod:`medgen.metrics.protocol` (N generated per class = the held-out count, capped at
+500; the floor is held-out real vs the training reference at the same N). Images are generated through the bundle's
+own ``inference.yaml`` (the same code as ``medgen sample``) into a samples folder that a rerun resumes and that
+``medgen evaluate`` reads too. Class k uses seeds ``seed + 100000 k + i``. The JSON (``benchmarks/results/
+quality_<bundle>.json``) records the weights' sha256, sampler, steps, guidance, seeds and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.networks.schedulers import DDIMScheduler
 
-from benchmarks.common import CLASSES, REPO, bundle_network, machine, table, weights_digest, write_json
-from benchmarks.sampling import LabelledNetwork, monai_sample, pipelines
+from benchmarks.common import REPO, RESULTS, machine, table, write_json
 
-DATA = REPO.parent / "shared" / "data" / "chest_xray_kermany_224"
+CLASS_SEED_STRIDE = 100_000
 
 
-def sample_sets(
-    net: torch.nn.Module,
-    per_class: int,
-    seed: int,
-    steps: list[int],
-    solver: str,
-    device: str,
-    batch: int,
-    size: int = 64,
-) -> dict[str, dict[str, Any]]:
-    """(b) MONAI DDIM-50 fp32, (c) medgen DDIM-50 and ``solver`` at each of ``steps`` on the fast path."""
-    count = 2 * per_class
-    seeds = list(range(seed, seed + count))
-    labels = [i % 2 for i in range(count)]
-    fast, plain = pipelines(net, size, batch, device)
-
-    def monai_ddim(lo: int, hi: int) -> torch.Tensor:
-        model = LabelledNetwork(plain.network, torch.tensor(labels[lo:hi], device=device))
-        return monai_sample(model, plain.initial_noise(seeds[lo:hi]), DDIMScheduler(), 50).clamp(-1, 1)
-
-    runs: dict[str, tuple[str, int, str, Any]] = {
-        "(b) MONAI DDIM-50": ("ddim", 50, plain.compute_path, monai_ddim),
-        "(c) medgen DDIM-50": (
-            "ddim",
-            50,
-            fast.compute_path,
-            lambda lo, hi: fast.generate_batch(labels[lo:hi], seeds[lo:hi], 50, sampler="ddim"),
-        ),
-    }
-    for n in steps:
-        runs[f"(c) medgen {solver}-{n}"] = (
-            solver,
-            n,
-            fast.compute_path,
-            lambda lo, hi, n=n: fast.generate_batch(labels[lo:hi], seeds[lo:hi], n, sampler=solver),
-        )
-    sets = {}
-    for name, (sampler, n, path, fn) in runs.items():
-        start = time.perf_counter()
-        images = torch.cat([fn(lo, min(lo + batch, count)).float().cpu() for lo in range(0, count, batch)])
-        seconds = time.perf_counter() - start
-        sets[name] = {
-            "sampler": sampler,
-            "steps": n,
-            "compute": path,
-            "images": to_uint8(images),
-            "labels": np.asarray(labels),
-            "seconds": seconds,
-        }
-        print(f"{name}: {count} images in {seconds:.1f} s on {path}", flush=True)
-    return sets
+def data_root() -> str:
+    return os.environ.get("MEDGEN_DATA_DIR") or str(REPO.parent / "shared" / "data")
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] -> uint8 (N, H, W): how the pipeline writes PNGs."""
-    return ((images[:, 0] + 1) / 2 * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+def bundle_datalist(bundle: Path, dataset_dir: str | None) -> dict:
+    """The datalist the bundle's training builds (same classes, class map, split and seed), without a run folder."""
+    from monai.bundle import ConfigParser
+
+    from medgen.bundles import config_file
+
+    os.environ.setdefault("MEDGEN_DATA_DIR", data_root())
+    parser = ConfigParser()
+    parser.read_config(str(config_file(bundle, "train")))
+    scratch = tempfile.mkdtemp(prefix="medgen-quality-")
+    overrides: dict[str, Any] = {"output_dir": scratch, "resume": False, "bundle_root": str(bundle)}
+    if dataset_dir:
+        overrides["dataset_dir"] = dataset_dir
+    parser.update(overrides)
+    return parser.get_parsed_content("datalist")
 
 
-def save_sets(sets: dict[str, dict[str, Any]], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (name, s) in enumerate(sets.items()):
-        np.savez_compressed(
-            folder / f"set{i}.npz",
-            name=name,
-            **{k: v for k, v in s.items() if k != "images"},
-            images=s["images"],
-        )
+def sampler_overrides(bundle: Path, sampler: str | None, steps: int | None, guidance: float | None) -> dict:
+    """Only the sampling keys this bundle's inference.yaml has (the score bundle has no ``dpmpp2m``)."""
+    from medgen.bundles import read_config
+
+    keys = read_config(bundle, "inference")
+    given = {"sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance}
+    out = {k: v for k, v in given.items() if v is not None}
+    unknown = [k for k in out if k not in keys]
+    if unknown:
+        raise SystemExit(f"benchmarks.quality: error: bundle {bundle.name} has no sampling key(s) {unknown}")
+    if sampler is not None and steps is None:
+        from medgen.diffusion.solvers import DEFAULT_STEPS
+
+        if sampler in DEFAULT_STEPS:
+            out["num_inference_steps"] = DEFAULT_STEPS[sampler]
+    return out
 
 
-def load_sets(folder: Path) -> dict[str, dict[str, Any]]:
-    sets = {}
-    for path in sorted(folder.glob("set*.npz"), key=lambda p: int(p.stem[3:])):
-        with np.load(path) as z:
-            sets[str(z["name"])] = {
-                "sampler": str(z["sampler"]),
-                "steps": int(z["steps"]),
-                "compute": str(z["compute"]),
-                "images": z["images"],
-                "labels": z["labels"],
-                "seconds": float(z["seconds"]),
-            }
-    return sets
+def generate(bundle: Path, weights: Path, counts: dict[str, int], sampling: dict, seed: int, out_dir: Path,
+             batch_size: int | str | None) -> dict[str, list[int]]:
+    """``counts[c]`` images of each class into ``out_dir`` with the bundle's inference config; returns the seeds."""
+    from medgen.bundles import config_file, run_bundle
+    from medgen.config import check_run
+
+    seeds = {}
+    for k, (name, n) in enumerate(counts.items()):
+        overrides = {"ckpt_path": str(weights), "output_dir": str(out_dir), "per_class": n, "class_names": [name],
+                     "seed": seed + CLASS_SEED_STRIDE * k, **sampling}
+        if batch_size is not None:
+            overrides["batch_size"] = batch_size
+        check_run(config_file(bundle, "inference"), overrides)
+        run_bundle(bundle, "inference", "inference", overrides)
+        seeds[name] = [seed + CLASS_SEED_STRIDE * k, seed + CLASS_SEED_STRIDE * k + n - 1]
+    return seeds
 
 
-def real_images(per_class: int, size: int = 64) -> np.ndarray:
-    """Training X-rays through the bundle's transforms, uint8 like the generated sets."""
-    from medgen.data.transforms import diffusion_transforms
+def check_sampling(bundle: Path, weights: Path, sampling: dict) -> None:
+    """The bundle's own check of sampling values (steps, guidance, sampler): one line, before any work."""
+    from medgen.bundles import config_file, read_config
+    from medgen.config import check_run
+    from medgen.networks.weights_meta import meta_value, read_meta
 
-    transform = diffusion_transforms(size)
-    out = []
-    for name in CLASSES:
-        paths = sorted((DATA / "train" / name).glob("*.jpeg"))
-        if len(paths) < per_class:
-            raise SystemExit(f"{DATA / 'train' / name}: {len(paths)} images, {per_class} needed")
-        step = len(paths) / per_class  # spread over the folder, not the first patients only
-        for i in range(per_class):
-            out.append(torch.as_tensor(transform({"image": str(paths[int(i * step)])})["image"]))
-    return to_uint8(torch.stack(out))
+    aliases = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "sampler": "--sampler"}
+    # the weights' own schedule length, so steps beyond it are refused here rather than deep in the sampler
+    timesteps = {"num_train_timesteps": meta_value(read_meta(weights), "num_train_timesteps", 1000)}
+    if "num_train_timesteps" not in read_config(bundle, "inference"):
+        timesteps = {}
+    check_run(config_file(bundle, "inference"), {"ckpt_path": str(weights), **timesteps, **sampling}, aliases)
 
 
-def cached_features(images: np.ndarray, features: Any) -> np.ndarray:
-    """Features of the real images, kept in medgen's feature cache (keyed by the pixels) across runs."""
-    import hashlib
+def effective_sampling(bundle: Path, sampling: dict) -> dict:
+    from medgen.bundles import read_config
 
-    from medgen.metrics.features import cache_dir
-
-    path = cache_dir() / "features" / f"benchmark_real_{hashlib.sha1(images.tobytes()).hexdigest()[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    feats = features(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, feats)
-    return feats
+    cfg = read_config(bundle, "inference")
+    keys = ("sampler", "num_inference_steps", "guidance_scale", "n_steps_each")
+    return {k: sampling.get(k, cfg.get(k)) for k in keys if k in cfg or k in sampling}
 
 
-def score(sets: dict[str, dict[str, Any]], real: np.ndarray) -> list[dict[str, Any]]:
-    from medgen.metrics.distribution import fid, kid
-    from medgen.metrics.features import InceptionFeatures
+class RealSets:
+    """Reference and held-out real features, prepared as the weights' training prepared them (computed once)."""
 
-    extractor = InceptionFeatures()
+    def __init__(self, datalist: dict, size: int, preparation: dict, seed: int = 0) -> None:
+        from medgen.metrics.features import extract_features, get_extractor
+        from medgen.metrics.image_sets import load_datalist_split
+        from medgen.metrics.protocol import HELDOUT_CAP, REFERENCE_CAP, heldout_split
 
-    def features(images: np.ndarray) -> np.ndarray:
-        return extractor(images[:, None].astype(np.float32) / 255.0)
+        self.extractor = get_extractor("inception")
+        t0 = time.perf_counter()
+        reference = load_datalist_split(datalist, "training", size=size, per_class=REFERENCE_CAP, seed=seed,
+                                        **preparation)
+        heldout = load_datalist_split(datalist, heldout_split(datalist), size=size, per_class=HELDOUT_CAP, seed=seed,
+                                      **preparation)
+        self.reference = (extract_features(self.extractor, reference), reference.labels)
+        self.heldout = (extract_features(self.extractor, heldout), heldout.labels)
+        self.seconds = time.perf_counter() - t0
+        self.size = size
 
-    ref = cached_features(real, features)
-    rows = []
-    for name, s in sets.items():
-        feats = features(s["images"])
-        k = kid(ref, feats, subsets=50, subset_size=min(len(feats), len(ref)) // 2)
-        rows.append(
-            {
-                "method": name,
-                "steps": s["steps"],
-                "compute": s["compute"],
-                "images": len(s["images"]),
-                "FID": fid(ref, feats),
-                "KID": k["mean"],
-                "KID std": k["std"],
-                "generation s": s["seconds"],
-            }
-        )
-    b = rows[0]["FID"]
-    for row in rows:
-        row["FID / FID(b)"] = row["FID"] / b
-        row["equal quality (within 5%)"] = "yes" if row["FID"] <= 1.05 * b else "no"
-    return rows
+    def score(self, samples_dir: Path, classes: list[str], seed: int = 0) -> dict:
+        from medgen.metrics.features import extract_features
+        from medgen.metrics.image_sets import load_samples_dir
+        from medgen.metrics.protocol import score_protocol
+
+        generated = load_samples_dir(samples_dir, size=self.size, classes=classes)
+        feats = extract_features(self.extractor, generated, use_cache=False)
+        return score_protocol(classes, self.reference, (feats, generated.labels), self.heldout, seed=seed)
+
+
+def samples_folder(root: Path, bundle: str, sha: str, sampling: dict, seed: int) -> Path:
+    tag = "-".join(f"{v}" for v in sampling.values())
+    return root / bundle / f"{sha[:12]}-{tag}-s{seed}"
+
+
+def check_quoted(bundle: Path, weights: Path, json_path: Path) -> int:
+    """Exit 0 when the weights are those the protocol JSON (the figures model cards quote) was measured on."""
+    import json
+
+    from medgen.networks.weights_meta import sha256_of
+
+    if not json_path.is_file():
+        raise SystemExit(f"benchmarks.quality: error: no protocol results at {json_path}: run "
+                         f"python -m benchmarks.quality --bundle {bundle.name} first")
+    quoted = json.loads(json_path.read_text()).get("weights_sha256")
+    actual = sha256_of(weights)
+    if quoted != actual:
+        raise SystemExit(f"benchmarks.quality: error: {weights} has sha256 {actual[:16]}..., but {json_path} was "
+                         f"measured on {str(quoted)[:16]}...: the figures quoted from it are not these weights'; "
+                         f"rerun python -m benchmarks.quality --bundle {bundle.name}")
+    print(f"{weights}: sha256 {actual[:16]}... matches {json_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=128, help="generated images per class and set")
-    parser.add_argument("--real-per-class", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=10000)
-    parser.add_argument("--solver", default="dpmpp2m")
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 15, 20, 25])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--ckpt", help="weights (default: the bundle's models/model.pt)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--save-sets", help="write the generated sets (uint8 npz) to this folder")
-    parser.add_argument("--sets", help="score sets written by --save-sets instead of generating")
-    parser.add_argument("--no-fid", action="store_true", help="generate only")
-    parser.add_argument("--out", help="results folder (default benchmarks/results)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = machine()
-    if args.sets:
-        sets, weights = load_sets(Path(args.sets)), f"sets from {args.sets}"
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="cxr_ddpm", help="bundle name or folder")
+    ap.add_argument("--weights", help="model.pt or checkpoint (default: the bundle's models/model.pt)")
+    ap.add_argument("--dataset-dir", help="the real data (default: the bundle's, under MEDGEN_DATA_DIR)")
+    ap.add_argument("--sampler", help="sampler (default: the bundle's inference.yaml)")
+    ap.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (1.0 = none)")
+    ap.add_argument("--per-class", type=int, help="fewer generated images per class than the protocol's N "
+                                                  "(a cheaper run; the floor is measured at the same N)")
+    ap.add_argument("--seed", type=int, default=20_000, help="first seed (class k: seed + 100000 k + i)")
+    ap.add_argument("--batch-size", help="sampling batch size, or auto")
+    ap.add_argument("--samples-root", help="where the samples folders go (default: $MEDGEN_RUNS_DIR or ./runs, "
+                                           "under quality/)")
+    ap.add_argument("--sweep", action="store_true", help="FID ratio vs steps and guidance scale for --samplers")
+    ap.add_argument("--samplers", nargs="+", default=["dpmpp2m", "ddim"])
+    ap.add_argument("--sweep-steps", type=int, nargs="+", default=[10, 15, 20, 50])
+    ap.add_argument("--sweep-guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    ap.add_argument("--sweep-grid", choices=["full", "slices"], default="slices",
+                    help="slices: guidance at --slice-steps, then steps at the best guidance (cheaper); full: all")
+    ap.add_argument("--slice-steps", type=int, default=15)
+    ap.add_argument("--check", action="store_true", help="only check the weights' sha256 against --json")
+    ap.add_argument("--json", help="results file (default: benchmarks/results/quality_<bundle>.json)")
+    args = ap.parse_args(argv)
+
+    from medgen.bundles import find_bundle
+    from medgen.metrics.protocol import ProtocolError, check_per_class, protocol_counts, ratio_rows
+    from medgen.networks.weights_meta import image_size_of, read_meta, sha256_of
+
+    try:
+        bundle = find_bundle(args.bundle)
+    except FileNotFoundError as err:
+        raise SystemExit(f"benchmarks.quality: error: {err}") from None
+    weights = Path(args.weights).resolve() if args.weights else bundle / "models" / "model.pt"
+    name = "quality_sweep" if args.sweep else "quality"
+    json_path = Path(args.json) if args.json else RESULTS / f"{name}_{bundle.name}.json"
+    if not weights.is_file():
+        raise SystemExit(f"benchmarks.quality: error: no weights at {weights}: train the bundle "
+                         f"(medgen train {bundle.name}) and pass --weights PATH")
+    if args.check:
+        return check_quoted(bundle, weights, json_path)
+    meta = read_meta(weights)
+    datalist = bundle_datalist(bundle, args.dataset_dir)
+    classes = list(datalist["classes"])
+    try:
+        counts = check_per_class(protocol_counts(datalist), args.per_class)
+    except ProtocolError as err:
+        raise SystemExit(f"benchmarks.quality: error: {err}") from None
+    from medgen.metrics.image_sets import preparation_of
+
+    size = image_size_of(meta, 64)
+    sha = sha256_of(weights)
+    root = Path(args.samples_root or os.environ.get("MEDGEN_RUNS_DIR") or "runs") / "quality"
+    print(f"bundle {bundle.name}  weights {weights} (sha256 {sha[:16]}...)  {size}px  generated per class {counts}")
+    base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance)
+    settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g) for s in args.samplers
+                                              for n in args.sweep_steps for g in args.sweep_guidance]
+    for sampling in settings:  # every value checked before any work
+        check_sampling(bundle, weights, sampling)
+    real = RealSets(datalist, size, preparation_of(meta))
+    print(f"real features: reference {len(real.reference[0])} training images, held-out {len(real.heldout[0])} "
+          f"({real.seconds:.0f} s, cached after the first run)")
+
+    def one(sampling: dict) -> dict:
+        sampling = {**effective_sampling(bundle, sampling), **sampling}
+        folder = samples_folder(root, bundle.name, sha, sampling, args.seed)
+        t0 = time.perf_counter()
+        seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size)
+        gen_s = time.perf_counter() - t0
+        result = real.score(folder, classes)
+        return {"sampling": sampling, "seeds": seeds, "samples_dir": str(folder),
+                "generation_seconds": round(gen_s, 1), **result}
+
+    payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,
+                               "image_size": size, "counts": counts, "machine": machine(),
+                               "datalist_source": str(datalist.get("source")), "seed": args.seed}
+    if not args.sweep:
+        run = one(base)
+        payload.update(run)
+        print(f"\nsampler {run['sampling']}  ({run['generation_seconds']:.0f} s to generate)")
+        print(table(ratio_rows(run), ["class", "N", "FID", "floor FID", "FID / floor", "KID", "floor KID",
+                                      "precision", "recall"]))
     else:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        net, weights = bundle_network(args.ckpt)
-        sets = sample_sets(net, args.per_class, args.seed, args.steps, args.solver, device, args.batch)
-        if args.save_sets:
-            save_sets(sets, Path(args.save_sets))
-    result: dict[str, Any] = {
-        "machine": info,
-        "weights": weights,
-        "weights_sha256": weights_digest(weights) if not args.sets else None,
-        "sets": {k: {kk: vv for kk, vv in v.items() if kk not in ("images", "labels")} for k, v in sets.items()},
-    }
-    if not args.no_fid:
-        rows = score(sets, real_images(args.real_per_class))
-        result["rows"], result["real_per_class"] = rows, args.real_per_class
-        print(f"\nFID / KID against {2 * args.real_per_class} real training X-rays (TF-FID Inception), same seeds")
-        print(
-            table(
-                rows,
-                [
-                    "method",
-                    "steps",
-                    "compute",
-                    "images",
-                    "FID",
-                    "FID / FID(b)",
-                    "KID",
-                    "KID std",
-                    "equal quality (within 5%)",
-                ],
-            )
-        )
-    path = write_json("quality", result, args.out)
-    print(f"\nwritten {path}")
+        payload["runs"] = sweep(args, bundle, one)
+        rows = [{"sampler": r["sampling"].get("sampler"), "steps": r["sampling"].get("num_inference_steps"),
+                 "guidance": r["sampling"].get("guidance_scale"),
+                 **{f"{c} FID/floor": r["classes"][c]["fid_ratio"] for c in classes},
+                 "overall FID/floor": r["overall"]["fid_ratio"], "KID": r["overall"]["generated"].get("kid"),
+                 "s": r["generation_seconds"]} for r in payload["runs"]]
+        payload["best_at_most_20_steps"] = best_setting(payload["runs"], 20)
+        print(table(rows, list(rows[0])))
+        print(f"best at <= 20 steps: {payload['best_at_most_20_steps']}")
+    print(f"\nwrote {write_json(json_path.stem, payload, json_path.parent)}")
     return 0
+
+
+def sweep(args: argparse.Namespace, bundle: Path, one) -> list[dict]:
+    """Every (sampler, steps, guidance), or the cheaper slices: guidance at ``--slice-steps``, then steps at the
+    best guidance of that sampler."""
+    runs = []
+    for sampler in args.samplers:
+        if args.sweep_grid == "full":
+            for steps in args.sweep_steps:
+                for g in args.sweep_guidance:
+                    runs.append(one(sampler_overrides(bundle, sampler, steps, g)))
+            continue
+        by_guidance = [one(sampler_overrides(bundle, sampler, args.slice_steps, g)) for g in args.sweep_guidance]
+        runs += by_guidance
+        best_g = min(by_guidance, key=lambda r: r["overall"]["fid_ratio"] or np.inf)["sampling"]["guidance_scale"]
+        runs += [one(sampler_overrides(bundle, sampler, s, best_g)) for s in args.sweep_steps if s != args.slice_steps]
+    return runs
+
+
+def best_setting(runs: list[dict], max_steps: int) -> dict | None:
+    ok = [r for r in runs if (r["sampling"].get("num_inference_steps") or 0) <= max_steps]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: r["overall"]["fid_ratio"] or np.inf)
+    return {**best["sampling"], "overall_fid_ratio": best["overall"]["fid_ratio"]}
 
 
 if __name__ == "__main__":

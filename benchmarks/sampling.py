@@ -247,11 +247,11 @@ def kernel_time_share(fn: Any, repeats: int = 3) -> float:
 
 
 def equal_seed_fid(weights: str, out_dir: Path | None, rows: list[dict[str, Any]] | None = None) -> dict | None:
-    """The FID rows of ``benchmarks.quality`` for the same weights (matched by sha256), with this run's speed-up
+    """The FID rows of ``benchmarks.sampler_quality`` for the same weights (matched by sha256), with this run's speed-up
     of each method over (b); None when that benchmark has not been run on these weights."""
     from benchmarks.common import RESULTS, weights_digest
 
-    path = (out_dir or RESULTS) / "quality.json"
+    path = (out_dir or RESULTS) / "sampler_quality.json"
     if not path.is_file():
         return None
     quality = json.loads(path.read_text())
@@ -653,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             row["equal quality"] = row.get("equal quality (within 5%)")
         result["fid_at_equal_seeds"] = quality
         print(
-            f"\nFID at equal seeds (python -m benchmarks.quality, same weights): {quality['images']} images per set "
+            f"\nFID at equal seeds (python -m benchmarks.sampler_quality, same weights): {quality['images']} images "
+            f"per set "
             f"against {quality['real']} real X-rays; speed from the table above at {args.sizes[0]} px"
         )
         print(table(quality["rows"], ["method", "FID", "FID / FID(b)", "KID", "x vs (b)", "equal quality"]))

@@ -116,7 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     return evaluate_command(args.samples_dir, args.datalist, args.out, size=args.size, features=args.features,
                             domain_weights=args.domain_weights, max_real_per_class=args.max_real_per_class,
-                            utility_sizes=args.utility_sizes, report=not args.no_report)
+                            utility_sizes=args.utility_sizes, report=not args.no_report,
+                            utility_json=args.utility_json, redact_paths=args.redact_paths)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -124,7 +125,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     return audit_command(args.samples_dir, args.datalist, args.out, size=args.size, percentile=args.percentile,
                          features=args.features, domain_weights=args.domain_weights,
-                         max_train_per_class=args.max_train_per_class, pairs=args.pairs)
+                         max_train_per_class=args.max_train_per_class, pairs=args.pairs,
+                         redact_paths=args.redact_paths)
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
@@ -249,9 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     features_args(ev, "inception,domain")
     ev.set_defaults(size=None)  # the image size recorded with the weights that made the samples, else 64
-    ev.add_argument("--max-real-per-class", type=int, default=500)
+    ev.add_argument("--max-real-per-class", type=int, default=None,
+                    help="real images per class (default: the quality protocol's caps, 1000 reference, 500 held-out)")
     ev.add_argument("--utility-sizes", help="train classifiers at these real sizes per class, e.g. 50,200,all (slow)")
+    ev.add_argument("--utility-json", help="show this utility result (python -m benchmarks.utility) in the report "
+                    "(default: utility.json in the samples folder, when there)")
     ev.add_argument("--no-report", action="store_true")
+    ev.add_argument("--redact-paths", action="store_true", help="name training files by their place in the "
+                    "datalist and leave real training pixels out of report.html (PHI)")
     ev.set_defaults(func=cmd_evaluate, takes_extra=False)
 
     audit = verbs.add_parser("audit", help="memorisation audit; exit 1 when any image is too close to a training image")
@@ -263,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threshold: this percentile of held-out-to-train distances")
     audit.add_argument("--max-train-per-class", type=int)
     audit.add_argument("--pairs", type=int, default=8, help="closest pairs shown side by side")
+    audit.add_argument("--redact-paths", action="store_true", help="name training files by their place in the "
+                       "datalist ('training[17]') in audit.json and do not write closest_pairs.png (real pixels)")
     audit.set_defaults(func=cmd_audit, takes_extra=False)
 
     drift = verbs.add_parser("drift", help="MMD drift test between two image sets; exit 1 when they differ")
@@ -328,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from medgen.serve.commands import add_serve_arguments
 
-    serve = verbs.add_parser("serve", help="REST API, job worker and web page; `serve create-key NAME` makes a key")
+    serve = verbs.add_parser("serve", help="REST API, job worker and web page; `serve create-key|list-keys|revoke-key` "
+                                            "manage keys")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve, takes_extra=False)
     return parser

@@ -11,8 +11,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 
 def dicom_file(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2",
-               slope: str | None = None, truncate: bool = False, modality: str = "OT") -> None:
-    """A Secondary Capture DICOM of 16-bit ``pixels`` (None: no PixelData) with optional RescaleSlope."""
+               slope: str | None = None, truncate: bool = False, modality: str = "OT",
+               header: dict[str, str] | None = None) -> None:
+    """A Secondary Capture DICOM of 16-bit ``pixels`` (None: no PixelData) with optional RescaleSlope; ``header``
+    sets further elements by keyword (e.g. ``{"PatientName": "DOE^JANE"}``)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -28,6 +30,8 @@ def dicom_file(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCH
     if slope is not None:
         ds.add_new((0x0028, 0x1053), "DS", slope)
         ds.add_new((0x0028, 0x1052), "DS", "0")
+    for keyword, value in (header or {}).items():
+        setattr(ds, keyword, value)
     if pixels is not None:
         data = pixels.astype(np.uint16).tobytes()
         ds.PixelData = data[: len(data) // 3] if truncate else data

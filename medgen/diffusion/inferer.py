@@ -13,7 +13,8 @@ class ConditionalDiffusionInferer(DiffusionInferer):
     """``DiffusionInferer`` that passes ``class_labels`` to the network (MONAI's does not) and runs the forward
     pass under bf16/fp16 autocast when ``precision`` asks for it (``auto``: where the hardware supports bf16).
 
-    The prediction is returned in fp32 so the loss is computed at full precision.
+    The prediction is returned in fp32 so the loss is computed at full precision. ``input_scale`` and ``loss_scale``
+    come from :class:`~medgen.diffusion.ConditionalDiffusionPrepareBatch` when the training objective has them.
     """
 
     def __init__(self, scheduler: Scheduler, precision: str = "auto") -> None:
@@ -30,9 +31,14 @@ class ConditionalDiffusionInferer(DiffusionInferer):
         condition: torch.Tensor | None = None,
         mode: str = "crossattn",
         seg: torch.Tensor | None = None,
+        input_scale: torch.Tensor | None = None,
+        loss_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        if input_scale is not None:  # preconditioning: the network sees c_in * x_hat
+            noisy = noisy * input_scale
         dtype = resolve_dtype(inputs.device, self.precision)
         with autocast(inputs.device, dtype):
             prediction = diffusion_model(x=noisy, timesteps=timesteps, context=condition, class_labels=class_labels)
-        return prediction.float()
+        prediction = prediction.float()
+        return prediction if loss_scale is None else prediction * loss_scale  # the target is scaled alike

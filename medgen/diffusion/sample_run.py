@@ -20,32 +20,137 @@ from PIL import Image
 
 from medgen.data.image_io import atomic_save, make_grid, save_png
 from medgen.diffusion.pipeline import DiffusionPipeline
-from medgen.networks.weights_meta import check_against, read_meta, sha256_of
+from medgen.networks.weights_meta import (
+    MissingWeightsError,
+    WeightsFileError,
+    check_against,
+    read_meta,
+    sha256_of,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = None,
-                 expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """Load a state dict (or ``checkpoint[key]``) into ``network``, with a clear error when it is missing.
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy (pre-1.6) torch.save format starts with a pickle protocol byte
 
-    With ``expect`` (bundle keys -> the values the config will use: classes, image size, ...) the weights'
-    metadata (:mod:`medgen.networks.weights_meta`) is checked first: a value or a network argument that differs
-    from what the weights were trained with stops the run with one line.
+
+def check_weights_file(path: str | Path) -> Path:
+    """``path`` if it is a readable PyTorch file, else :class:`WeightsFileError` naming the file and the problem.
+
+    Cheap: a zip file's records are checked against their CRC-32 and its pickle read with the tensors mapped, not
+    loaded (:func:`medgen.engine.checkpoints.inspect_checkpoint`, the check that resume uses).
     """
+    from medgen.engine.checkpoints import inspect_checkpoint
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no trained weights at {path}: train the bundle first (medgen train BUNDLE) "
-                                "or pass --ckpt_path to a model.pt")
+        raise MissingWeightsError(path, "missing", "no such file",
+                                  "train the bundle first (medgen train BUNDLE) or pass --ckpt_path to a model.pt")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_PICKLE_MAGIC):
+        return path  # legacy format: torch.load in load_weights reports what is wrong with it
+    if head != _ZIP_MAGIC:
+        raise WeightsFileError(path, "not a PyTorch weights file",
+                               f"{path.stat().st_size} bytes starting {head!r}, not a zip archive",
+                               "give the model.pt or checkpoint that training wrote")
+    _, problem = inspect_checkpoint(path)
+    if problem is None:
+        return path
+    if problem.startswith("truncated or not a PyTorch checkpoint"):  # a zip file without its end record
+        problem = f"{path.stat().st_size} bytes; the end of its zip archive is missing"
+    damaged = "missing" in problem or "CRC" in problem or "central directory" in problem
+    raise WeightsFileError(path, "truncated or damaged" if damaged else "not a PyTorch weights file", problem,
+                           "copy the file again (compare its sha256 with model.json) or retrain"
+                           if damaged else "give the model.pt or checkpoint that training wrote")
+
+
+def _state_dict_of(state: Any, path: Path, key: str | None) -> Mapping[str, torch.Tensor]:
+    """The network's state dict in a loaded file: ``state[key]``, else the EMA or model entry of a checkpoint."""
+    if not isinstance(state, Mapping):
+        raise WeightsFileError(path, "not a PyTorch weights file", f"it holds a {type(state).__name__}, not a "
+                               "state dict", "give the model.pt or checkpoint that training wrote")
+    if key is not None:
+        if key not in state:
+            raise WeightsFileError(path, "weights of another network", f"no entry {key!r}; entries: "
+                                   f"{', '.join(map(str, list(state)[:8]))}", "give a checkpoint that has it")
+        return state[key]
+    for entry in ("ema", "model"):
+        if isinstance(state.get(entry), Mapping):
+            return state[entry]
+    return state
+
+
+def _mismatch(network: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
+    """What keeps ``state`` from loading strictly into ``network`` (missing/unexpected keys, shapes), or None."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in own.items()
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = [f"{len(missing)} missing keys: {few(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected keys: {few(unexpected)}" if unexpected else "",
+             f"{len(shapes)} shape mismatches (file vs network): {few(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - whatever torch says, the file is not loadable weights
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise WeightsFileError(path, "not a PyTorch weights file", first,
+                               "give the model.pt or checkpoint that training wrote") from err
+
+
+def verify_weights(network: torch.nn.Module, path: str | Path, key: str | None = None,
+                   expect: Mapping[str, Any] | None = None, mmap: bool = True) -> Mapping[str, torch.Tensor]:
+    """The state dict in ``path`` for ``network``, checked as :func:`load_weights` checks it, not loaded into it.
+
+    With ``mmap`` (zip files) the tensors are mapped, not read, so the check is cheap.
+    """
+    path = check_weights_file(path)
     if expect is not None:
         check_against(read_meta(path), expect, path, network)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if key is not None:
-        state = state[key]
-    elif "ema" in state and isinstance(state["ema"], dict):
-        state = state["ema"]
-    network.load_state_dict(state)
+    with open(path, "rb") as f:
+        zipped = f.read(4) == _ZIP_MAGIC
+    state = _state_dict_of(_torch_load(path, mmap and zipped), path, key)
+    problem = _mismatch(network, state)
+    if problem:
+        raise WeightsFileError(path, "weights of another network", problem,
+                               "use the bundle and settings they were trained with (their model.json) or "
+                               "other weights")
+    return state
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = None,
+                 expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """Load a state dict (or ``checkpoint[key]``, else a checkpoint's EMA or model) into ``network`` strictly.
+
+    A missing, truncated or damaged file, a file that is not PyTorch's, or weights of another network raise
+    :class:`WeightsFileError` (a ``ValueError``) with one line naming the file and the problem; ``medgen sample``
+    prints it and exits 2. With ``expect`` (bundle keys -> the values the config will use: classes, image size,
+    ...) the weights' metadata (:mod:`medgen.networks.weights_meta`) is checked first: a value or a network
+    argument that differs from what the weights were trained with stops the run with one line.
+    """
+    network.load_state_dict(verify_weights(network, path, key, expect, mmap=False))
     return network
+
+
+def check_weights_or_exit(network: torch.nn.Module, path: str | Path, expect: Mapping[str, Any] | None = None) -> None:
+    """For a bundle's run list, before the network is loaded: unusable weights end the run with one line
+    (``SystemExit``), not a traceback through MONAI's config parser."""
+    from medgen.config import fail
+
+    try:
+        verify_weights(network, path, expect=expect)
+    except WeightsFileError as err:
+        fail(str(err))
 
 
 def plan_seeds(classes: Sequence[str], selected: Sequence[str] | None, per_class: int, seed: int,

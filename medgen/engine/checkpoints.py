@@ -159,7 +159,8 @@ class ResumeFromLatest:
             logger.info("no checkpoint in %s: training from scratch", self.ckpt_dir)
         else:
             configured = _learning_rates(self.load_dict)
-            CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location)(engine)
+            load_dict = _present_in(path, self.load_dict)
+            CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=self.map_location)(engine)
             _restore_learning_rates(self.load_dict, configured)  # this run's --learning_rate, not the saved one
             self.resumed_from = path
             logger.info("resumed from %s at epoch %d", path, engine.state.epoch)
@@ -167,21 +168,44 @@ class ResumeFromLatest:
             write_run_record(self.run_dir, self.meta, self.summary, resumed_from=self.resumed_from)
 
 
+#: entries a checkpoint written before they existed may lack: resumed without them (the schedule starts over)
+OPTIONAL_ENTRIES = ("lr_scheduler",)
+
+
+def _present_in(path: Path, load_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``load_dict`` less the optional entries the checkpoint at ``path`` does not have."""
+    missing = [k for k in OPTIONAL_ENTRIES if k in load_dict]
+    if missing:
+        keys = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        missing = [k for k in missing if k not in keys]
+        for key in missing:
+            logger.info("%s has no %s: it starts anew", path, key)
+    return {k: v for k, v in load_dict.items() if k not in missing}
+
+
 def _learning_rates(load_dict: Mapping[str, Any]) -> dict[str, list[float]]:
-    """The learning rate of each param group of each optimizer in ``load_dict``, as this run configured it."""
-    return {key: [group["lr"] for group in obj.param_groups] for key, obj in load_dict.items()
-            if isinstance(obj, torch.optim.Optimizer)}
+    """The base learning rate of each param group of each optimizer in ``load_dict``, as this run configured it
+    (before a learning-rate schedule scales it)."""
+    return {key: [group.get("initial_lr", group["lr"]) for group in obj.param_groups]
+            for key, obj in load_dict.items() if isinstance(obj, torch.optim.Optimizer)}
 
 
 def _restore_learning_rates(load_dict: Mapping[str, Any], rates: Mapping[str, list[float]]) -> None:
     """Put the configured learning rates back after ``CheckpointLoader`` restored the saved ``param_groups``: a
-    resumed run with ``--learning_rate`` (e.g. lowered after a divergence) trains at that rate."""
+    resumed run with ``--learning_rate`` (e.g. lowered after a divergence) trains at that rate, scaled by the
+    restored schedule's factor at its restored step when the run has a ``LambdaLR`` schedule."""
+    schedules = [s for s in load_dict.values() if isinstance(s, torch.optim.lr_scheduler.LambdaLR)]
     for key, lrs in rates.items():
-        for group, lr in zip(load_dict[key].param_groups, lrs):
-            if group["lr"] != lr:
-                logger.info("learning rate %g (this run's) instead of the checkpoint's %g", lr, group["lr"])
-            group["lr"] = lr
+        optimizer = load_dict[key]
+        schedule = next((s for s in schedules if s.optimizer is optimizer), None)
+        for i, (group, lr) in enumerate(zip(optimizer.param_groups, lrs)):
+            if group.get("initial_lr", group["lr"]) != lr:
+                logger.info("learning rate %g (this run's) instead of the checkpoint's %g", lr,
+                            group.get("initial_lr", group["lr"]))
             group["initial_lr"] = lr
+            group["lr"] = lr * (schedule.lr_lambdas[i](schedule.last_epoch) if schedule is not None else 1.0)
+        if schedule is not None:
+            schedule.base_lrs = list(lrs)
 
 
 def non_finite_entries(obj: Any, prefix: str = "") -> list[str]:

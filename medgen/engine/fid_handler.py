@@ -3,6 +3,7 @@ in ``engine.state.metrics["fid"]`` and keeps the best checkpoint (model state_di
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -13,9 +14,12 @@ import torch
 from ignite.engine import Engine, Events
 
 from medgen.engine.checkpoints import save_state_dict_atomic
+from medgen.engine.curves import write_training_curves
+from medgen.fileio import append_line
 from medgen.metrics.distribution import fid
 from medgen.metrics.features import FeatureExtractor
 from medgen.metrics.image_sets import to_common_form
+from medgen.networks.weights_meta import write_sidecar
 
 
 class FIDHandler:
@@ -28,6 +32,10 @@ class FIDHandler:
         extractor: feature extractor (e.g. ``DomainFeatures`` for speed or ``InceptionFeatures``).
         model: the network whose ``state_dict`` is saved when FID improves; ``save_path`` where.
         interval: run every ``interval`` epochs.
+        meta: the run's weights metadata, written beside the best weights (``best_model.json``) so they sample
+            like any ``model.pt``.
+        history_path: JSON lines ``{"epoch", "fid", "best", "features"}``, one per evaluation (the run folder's
+            ``fid.jsonl``); ``training_curves.png`` beside it is redrawn with the FID panel.
     """
 
     def __init__(
@@ -42,6 +50,8 @@ class FIDHandler:
         interval: int = 1,
         size: int | None = None,
         logger: logging.Logger | None = None,
+        meta: object = None,
+        history_path: str | os.PathLike | None = None,
     ):
         self.sample_fn, self.labels, self.seeds = sample_fn, list(labels), list(seeds)
         self.extractor, self.model, self.interval, self.size = extractor, model, interval, size
@@ -50,6 +60,8 @@ class FIDHandler:
         self._real_feats: np.ndarray | None = None
         self.best_fid, self.best_epoch, self.history = float("inf"), -1, []
         self.logger = logger or logging.getLogger("medgen.fid")
+        self.meta = getattr(meta, "meta", meta)
+        self.history_path = Path(history_path) if history_path else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
@@ -76,4 +88,11 @@ class FIDHandler:
             self.best_fid, self.best_epoch = value, epoch
             if self.model is not None and self.save_path is not None:
                 save_state_dict_atomic(self.model, self.save_path)
+                if self.meta:
+                    write_sidecar(self.save_path, {**self.meta, "selected_by": {"fid": value, "epoch": epoch,
+                                                                              "features": self.extractor.name}})
+        if self.history_path is not None:
+            append_line(self.history_path, json.dumps({"epoch": epoch, "fid": value, "best": self.best_fid,
+                                                       "features": self.extractor.name, "n": len(self.labels)}))
+            write_training_curves(self.history_path.parent, fid_name=self.history_path.name)
         return value

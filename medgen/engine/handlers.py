@@ -15,6 +15,7 @@ from ignite.handlers import TimeLimit as IgniteTimeLimit
 
 from medgen.data.image_io import save_class_grid
 from medgen.engine.checkpoints import save_state_dict_atomic
+from medgen.engine.curves import write_training_curves
 from medgen.fileio import append_line, read_json_lines, remove_temp_files, write_text_atomic
 from medgen.networks.weights_meta import sidecar_path, write_sidecar
 
@@ -75,26 +76,40 @@ class TimeLimit:
     """Stop training cleanly after ``limit_sec`` seconds of training (ignite's ``TimeLimit``, clock started when the
     run starts rather than when the config is parsed). ``None`` or 0 disables it.
 
-    The engine is terminated after the current iteration; ``COMPLETED`` still fires, so the final checkpoint and
+    ``max_iterations`` stops it the same way after that many iterations (a fixed training compute, e.g. for
+    comparing recipes). The engine is terminated after the current iteration; ``COMPLETED`` still fires, so the
+    final checkpoint and
     ``model.pt`` are written and a later run with ``resume: true`` continues from there (for batch slots with a
     wall-clock limit).
     """
 
-    def __init__(self, limit_sec: float | None = None) -> None:
+    def __init__(self, limit_sec: float | None = None, max_iterations: int | None = None) -> None:
         if limit_sec is not None and limit_sec < 0:
             raise ValueError(f"time limit must be positive seconds or null, got {limit_sec}")
+        if max_iterations is not None and max_iterations < 1:
+            raise ValueError(f"max_iterations must be a positive number of iterations or null, got {max_iterations}")
         self.limit_sec = int(limit_sec) if limit_sec else None
+        self.max_iterations = max_iterations
 
     def attach(self, engine: Engine) -> None:
         if self.limit_sec:
             engine.add_event_handler(Events.STARTED, self._start)
+        if self.max_iterations:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
 
     def _start(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, IgniteTimeLimit(self.limit_sec))
 
+    def _count(self, engine: Engine) -> None:
+        """``max_iterations`` (counted over the whole run, resumed parts included): a fixed training compute."""
+        if engine.state.iteration >= self.max_iterations:
+            logger.info("reached max_iterations %d: stopping", self.max_iterations)
+            engine.terminate()
+
 
 class LossHistory:
-    """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``.
+    """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``, and
+    redraw ``training_curves.png`` beside it.
 
     Each line is appended and fsynced. When a run starts (after a resume), lines of epochs beyond the resumed one
     (trained by a run that was killed before its next checkpoint) and a line cut short by a kill are dropped, so
@@ -139,6 +154,7 @@ class LossHistory:
         append_line(self.path, json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
                                            "loss": mean}))
         self._sum, self._n = 0.0, 0
+        write_training_curves(self.path.parent, loss_name=self.path.name)
 
 
 class LossProgressBar:

@@ -9,9 +9,11 @@ fingerprint (training data, classes, image size, channels, network, scheduler) e
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,12 +139,56 @@ def write_run_record(output_dir: str | Path, meta: Any, summary: Mapping[str, An
     return write_json_atomic(record, path)
 
 
+REDACTED_KEY = "redacted"
+
+
+def salted_id(salt: str, path: str) -> str:
+    """``sha256:<hex>`` of ``salt + path``: names a file without saying where it is; whoever holds the path and the
+    salt can check it."""
+    return "sha256:" + hashlib.sha256((salt + path).encode()).hexdigest()
+
+
+def redact_datalist(datalist: Mapping[str, Any], salt: str | None = None) -> dict:
+    """A copy of ``datalist`` without source paths (PHI: folder and file names may carry patient names or record
+    numbers): every item's ``image`` (and any other path-like text) becomes :func:`salted_id`, ``source`` is
+    dropped; labels, classes and in-file addresses stay. ``redacted`` records the salt, the method and the
+    ``datalist_sha256`` of the original, which the weights record too (so a run folder still shows which data it
+    was trained on)."""
+    from medgen.networks.weights_meta import plain
+
+    salt = salt or secrets.token_hex(16)
+
+    def item(it: Any) -> Any:
+        if not isinstance(it, Mapping):
+            return it
+        return {k: salted_id(salt, str(v)) if k == "image" or (isinstance(v, str) and ("/" in v or "\\" in v))
+                else v for k, v in it.items()}
+
+    out: dict[str, Any] = {}
+    for key, value in plain(dict(datalist)).items():
+        if key == "source":
+            continue
+        out[key] = [item(it) for it in value] if key in ("training", "validation", "test") else value
+    out[REDACTED_KEY] = {"method": "image = sha256(salt + path)", "salt": salt,
+                         "datalist_sha256": datalist_fingerprint(datalist)}
+    return out
+
+
+def _earlier_salt(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get(REDACTED_KEY, {}).get("salt")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def keep_datalist(datalist: dict, output_dir: str | Path, ckpt_dir: str | Path, resume: bool = True,
-                  write: bool = True) -> dict:
+                  write: bool = True, redact_paths: bool = False) -> dict:
     """Write ``datalist`` as ``<output_dir>/datalist.json`` and return it, unless the run folder holds a checkpoint
     this run would resume that was trained on other data: then stop with one line before anything is overwritten
     or cached (the rest of the fingerprint is checked by :func:`check_resume`). ``write=False``: check only (the
-    processes of a multi-process run other than the first)."""
+    processes of a multi-process run other than the first). ``redact_paths`` (config key ``redact_paths``): the
+    copy is :func:`redact_datalist` (same salt on resume); training and the resume check use ``datalist`` itself,
+    so resuming works as without it. Without it the copy names every source file: it is patient data (PHI)."""
     from medgen.config import fail
     from medgen.data.datalist import write_datalist
     from medgen.engine.checkpoints import latest_checkpoint
@@ -161,7 +207,8 @@ def keep_datalist(datalist: dict, output_dir: str | Path, ckpt_dir: str | Path, 
         from medgen.fileio import DiskFullError
 
         try:
-            write_datalist(datalist, Path(output_dir) / "datalist.json")
+            out = Path(output_dir) / "datalist.json"
+            write_datalist(redact_datalist(datalist, _earlier_salt(out)) if redact_paths else datalist, out)
         except DiskFullError as err:
             fail(str(err))
     return datalist

@@ -30,15 +30,18 @@ def send_command(
     report: str | os.PathLike | None = None,
     calling_aet: str = "MEDGEN",
     timeout: float = 10.0,
+    root: str | os.PathLike | None = None,
 ) -> int:
     """Send a file or folder of DICOM files to ``to``; print a summary, optionally write a CSV/JSON report.
 
-    Exit code: 0 all sent, 1 some file not sent (or nothing to send), 2 bad target or credentials.
+    A symlink leading out of a folder given (or a path outside ``root``) is not read: it counts as skipped.
+    Exit code: 0 all sent, 1 some file not sent or skipped (or nothing to send), 2 bad target or credentials.
     """
     paths = path if isinstance(path, list | tuple) else [path]
     try:
         results = send(
-            paths, to, credentials_file=credentials_file, retries=retries, calling_aet=calling_aet, timeout=timeout
+            paths, to, credentials_file=credentials_file, retries=retries, calling_aet=calling_aet, timeout=timeout,
+            root=root,
         )
     except (ValueError, OSError, PacsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -91,7 +94,8 @@ def export_command(
             print("error: --send-to needs --format dicom", file=sys.stderr)
             return 2
         report = report or Path(out_dir) / "send_report.csv"
-        code = max(code, send_command([str(p) for p in summary["files"]], send_to, credentials_file, retries, report))
+        files = [str(p) for p in summary["files"]]
+        code = max(code, send_command(files, send_to, credentials_file, retries, report, root=out_dir))
     return code
 
 

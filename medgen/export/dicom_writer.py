@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import gzip
 import json
 import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from medgen.export.paths import UnsafePathError, confined_path, inside, resolved
+from medgen.fileio import atomic_write, write_bytes_atomic
 
 __all__ = ["FORMATS", "IODS", "SyntheticStudy", "export_images", "provenance_text", "to_stored", "write_dicom"]
 
@@ -277,16 +281,25 @@ MANIFEST_COLUMNS = [
 
 
 def load_sample_image(samples_dir: Path, rel: str) -> np.ndarray:
-    """The float copy ``<stem>.npy`` beside the PNG when present (squeezed to 2D, clipped to [0, 1]), else the PNG."""
+    """The float copy ``<stem>.npy`` beside the PNG when present (squeezed to 2D, clipped to [0, 1]), else the PNG.
+
+    ``rel`` must stay inside ``samples_dir`` (no ``..``, not absolute, no symlink out, the ``.npy`` included):
+    :class:`~medgen.export.paths.UnsafePathError` otherwise.
+    """
     from PIL import Image
 
-    png = samples_dir / rel
+    png = confined_path(samples_dir, rel, "the samples folder")
     npy = png.with_suffix(".npy")
     if npy.is_file():
+        if not inside(samples_dir, npy):
+            raise UnsafePathError(npy.name, samples_dir, f"a symlink to {resolved(npy)}, outside the samples "
+                                  f"folder {resolved(samples_dir)}")
         arr = np.squeeze(np.load(npy)).astype(np.float32)
         if arr.ndim != 2:
             raise ValueError(f"{npy}: expected a 2D image, got shape {arr.shape}")
         return np.clip(arr, 0.0, 1.0)
+    if not png.is_file():
+        raise FileNotFoundError(f"{png}: no such image file")
     with Image.open(png) as im:
         arr = np.asarray(im.convert("I;16") if im.mode in ("I", "I;16") else im.convert("L"))
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
@@ -298,9 +311,8 @@ def _write_png(image: np.ndarray, path: Path, bits: int) -> None:
 
     top = 255 if bits == 8 else 65535
     arr = np.round(np.clip(image, 0, 1) * top).astype(np.uint8 if bits == 8 else np.uint16)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) -> None:
@@ -311,9 +323,7 @@ def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) ->
     nii = nib.Nifti1Image(np.ascontiguousarray(image.T[:, :, None], dtype=np.float32), affine)
     nii.header.set_xyzt_units("mm")
     nii.header["descrip"] = b"synthetic image (medgen)"
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(nii, tmp)
-    os.replace(tmp, path)
+    write_bytes_atomic(gzip.compress(nii.to_bytes(), mtime=0), path)
 
 
 def export_images(
@@ -330,12 +340,18 @@ def export_images(
 ) -> dict:
     """Export every image listed in ``samples_dir/samples.jsonl`` to ``out_dir`` and write ``manifest.csv``.
 
-    One study and series per call. A bad line or missing image is reported and skipped; the rest go on.
+    One study and series per call. A bad line or missing image is reported and skipped; the rest go on. Every
+    path stays inside its folder (:mod:`medgen.export.paths`): a line whose ``file`` has ``..``, is absolute or
+    leads through a symlink out of ``samples_dir``, or whose output would land outside ``out_dir``, is refused
+    with one line naming it. Files are written through a temporary file and a rename, so an existing symlink in
+    ``out_dir`` is replaced, never followed.
     Returns ``{"written": n, "errors": [(line, message)], "manifest": path, "files": [paths], "study": study}``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
     samples_dir, out_dir = Path(samples_dir), Path(out_dir)
+    if not samples_dir.is_dir():
+        raise FileNotFoundError(f"{samples_dir}: no such samples folder")
     index = samples_dir / "samples.jsonl"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no samples.jsonl (is {samples_dir} a sampler output folder?)")
@@ -348,12 +364,16 @@ def export_images(
             continue
         try:
             rec = json.loads(line)
+            if not isinstance(rec, dict) or "file" not in rec:
+                raise ValueError('not a sample record (a JSON object with "file")')
             rel = rec["file"]
             image = load_sample_image(samples_dir, rel)
             spacing = pixel_spacing or tuple(rec.get("pixel_spacing") or (1.0, 1.0))
-            target = (out_dir / rel).with_suffix("")
-            target = target.with_name(target.name + FORMATS[fmt])
+            stem = PurePosixPath(rel.replace("\\", "/")).with_suffix("")
+            target = confined_path(out_dir, str(stem.with_name(stem.name + FORMATS[fmt])), "the output folder")
             target.parent.mkdir(parents=True, exist_ok=True)
+            if not inside(out_dir, target):  # a folder swapped for a symlink while being made
+                raise UnsafePathError(rel, out_dir, f"its output folder leads to {resolved(target.parent)}")
             row = {"file": target.relative_to(out_dir).as_posix(), "source": rel, "line": number, "format": fmt}
             row.update({k: rec.get(k, "") for k in MANIFEST_COLUMNS if k not in row and k in rec})
             row["class"] = str(rec.get("class", rec.get("label", "")))
@@ -380,13 +400,16 @@ def export_images(
                 _write_nifti(image, target, spacing)
             else:
                 _write_png(image, target, 8 if fmt == "png" else 16)
+        except UnsafePathError as exc:
+            errors.append((number, f"{index}:{number}: {exc}"))
+            continue
         except Exception as exc:  # one bad sample must not stop the batch
             errors.append((number, f"{index}:{number}: {type(exc).__name__}: {exc}"))
             continue
         files.append(target)
         rows.append(row)
     manifest = out_dir / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
+    with atomic_write(manifest, "w") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

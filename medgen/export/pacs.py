@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medgen.data.dicom import is_dicom
+from medgen.export.paths import inside, resolved
+from medgen.fileio import atomic_write
 
 __all__ = [
     "DicomwebClient",
@@ -31,6 +33,7 @@ __all__ = [
     "PacsError",
     "PacsTarget",
     "SendResult",
+    "collect_files",
     "expand_files",
     "load_credentials",
     "parse_target",
@@ -121,16 +124,44 @@ def load_credentials(
     return (env_user, env_password or "") if env_user else None
 
 
-def expand_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders expanded recursively (sorted); non-DICOM files inside folders are left out."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and is_dicom(f))
-        else:
-            out.append(p)
-    return out
+def collect_files(
+    paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``(files, refused)``: files as given and folders expanded recursively (sorted; non-DICOM files inside
+    folders left out), and ``(path, why)`` for each path refused because it leads out of its folder.
+
+    Inside a folder, a file or subfolder that is a symlink resolving outside that folder is refused (subfolder
+    links are not followed). With ``root``, every path given must also resolve inside ``root``.
+    """
+    files: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    for p in map(Path, paths):
+        if root is not None and not inside(root, p):
+            refused.append((p, f"{resolved(p)} is outside {resolved(root)}"))
+            continue
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = []
+        for folder, dirs, names in os.walk(p):
+            dirs.sort()
+            for name in dirs:
+                link = Path(folder) / name
+                if link.is_symlink() and not inside(p, link):
+                    refused.append((link, f"a symlink to {resolved(link)}, outside the folder {resolved(p)}"))
+            for name in sorted(names):
+                f = Path(folder) / name
+                if not inside(p, f):
+                    refused.append((f, f"a symlink to {resolved(f)}, outside the folder {resolved(p)}"))
+                elif f.is_file() and is_dicom(f):
+                    found.append(f)
+        files.extend(sorted(found))
+    return files, refused
+
+
+def expand_files(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> list[Path]:
+    """The files :func:`collect_files` keeps (what it refuses is left out)."""
+    return collect_files(paths, root)[0]
 
 
 def _header(path: Path) -> Dataset:
@@ -401,26 +432,34 @@ def send(
     backoff: float = 1.0,
     calling_aet: str = "MEDGEN",
     timeout: float = 10.0,
+    root: str | os.PathLike | None = None,
 ) -> list[SendResult]:
-    """Send files (folders expanded) to ``target``; one SendResult per file, ``sent`` only when acknowledged."""
+    """Send files (folders expanded) to ``target``; one SendResult per file, ``sent`` only when acknowledged.
+
+    A symlink leading out of a folder given (or any path outside ``root``, when given) is not read: it is
+    reported ``skipped`` with the reason (:func:`collect_files`).
+    """
     dest = parse_target(target)
-    paths = expand_files(files)
+    paths, refused = collect_files(files, root)
+    skipped = [SendResult(str(p), str(dest), "skipped", detail=f"refused: {why}") for p, why in refused]
     if dest.scheme == "dimse":
         client = DimseClient(dest.ae_title, dest.host, dest.port, calling_aet=calling_aet, timeout=timeout)
-        return client.store(paths, retries=retries, backoff=backoff)
+        return client.store(paths, retries=retries, backoff=backoff) + skipped
     credentials = load_credentials(user, password, credentials_file)
-    return DicomwebClient(dest.url, credentials, timeout=timeout).store(paths, retries=retries, backoff=backoff)
+    return DicomwebClient(dest.url, credentials, timeout=timeout).store(paths, retries=retries, backoff=backoff) \
+        + skipped
 
 
 def write_report(results: list[SendResult], path: str | os.PathLike) -> Path:
-    """Per-file report: JSON (list of objects) if ``path`` ends in .json, else CSV."""
+    """Per-file report: JSON (list of objects) if ``path`` ends in .json, else CSV; written through a temporary
+    file and a rename (an existing symlink at ``path`` is replaced, not followed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=2))
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(rows, indent=2))
     else:
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, "w") as f:
             writer = csv.DictWriter(f, fieldnames=list(SendResult.__dataclass_fields__))
             writer.writeheader()
             writer.writerows(rows)

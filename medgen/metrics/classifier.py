@@ -67,8 +67,12 @@ def train_classifier(
     augment: bool = True,
     seed: int = 0,
     log: bool = False,
+    max_steps: int | None = None,
 ) -> ResNet:
-    """Train :func:`build_classifier` on N x 1 x H x W images in [0, 1] with class-weighted cross-entropy."""
+    """Train :func:`build_classifier` on N x 1 x H x W images in [0, 1] with class-weighted cross-entropy.
+
+    ``max_steps`` stops after that many optimizer steps (the one-cycle schedule spans them), so classifiers trained
+    on sets of different sizes can get the same compute."""
     require("classifier training", 2 * num_classes, len(images))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -78,13 +82,18 @@ def train_classifier(
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(images) / batch_size)
+    steps = min(steps, max_steps) if max_steps else steps
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
     aug = standard_augmentation(seed) if augment else None
     model.train()
+    done = 0
     for epoch in range(epochs):
         t0, total = time.time(), 0.0
         order = rng.permutation(len(images))
         for start in range(0, len(order), batch_size):
+            if done >= steps:
+                break
+            done += 1
             idx = order[start : start + batch_size]
             x = augment_batch(images[idx], aug) if aug is not None else images[idx]
             x = torch.from_numpy(x) * 2.0 - 1.0
@@ -136,8 +145,11 @@ def save_classifier(model: ResNet, path: str | os.PathLike, classes: Sequence[st
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[ResNet, list[str], int]:
-    """Load a classifier saved by :func:`save_classifier`: (model, classes, input size)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a classifier saved by :func:`save_classifier`: (model, classes, input size); a missing, truncated or
+    foreign file raises :class:`~medgen.networks.weights_meta.WeightsFileError` naming it."""
+    from medgen.diffusion.sample_run import check_weights_file
+
+    ckpt = torch.load(check_weights_file(path), map_location="cpu", weights_only=True)
     model = build_classifier(len(ckpt["classes"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), list(ckpt["classes"]), int(ckpt["size"])

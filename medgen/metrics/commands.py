@@ -65,11 +65,15 @@ def evaluate_command(
     size: int | None = None,
     features: str = "inception,domain",
     domain_weights: str | None = None,
-    max_real_per_class: int | None = 500,
+    max_real_per_class: int | None = None,
     utility_sizes: str | None = None,
     report: bool = True,
+    utility_json: str | None = None,
+    redact_paths: bool = False,
 ) -> int:
     """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html (gate on ``audit``, not here).
+
+    ``redact_paths``: training files named by their place in the datalist, no real pixels in the report.
 
     ``size`` defaults to the image size recorded with the weights that made the samples (else 64); samples of
     weights trained on other classes than the datalist's are refused.
@@ -86,6 +90,10 @@ def evaluate_command(
                 raise ValueError(f"the samples in {samples_dir} come from weights trained on classes "
                                  f"{meta['classes']}, but {datalist} has classes {real}: give the datalist the "
                                  "weights were trained on (datalist.json in their run folder)")
+        if utility_json:  # a missing or wrong utility JSON stops the run before any work
+            from medgen.metrics.utility import read_utility_json
+
+            read_utility_json(utility_json)
         extractors = build_extractors(features, datalist, domain_weights, size)
         m = evaluate(
             samples_dir,
@@ -96,7 +104,9 @@ def evaluate_command(
             max_real_per_class=max_real_per_class,
             audit_extractor="domain" if "domain" in extractors else None,
             utility_sizes=_sizes(utility_sizes),
+            utility_json=utility_json,
             report=report,
+            redact_paths=redact_paths,
         )
     except BAD_INPUT as e:
         return _error(e)
@@ -105,6 +115,9 @@ def evaluate_command(
         f, k = overall[name]["fid"], overall[name]["kid"]
         print(f"{name}: FID {f.get('value', f.get('error'))}, KID {k.get('mean', k.get('error'))}")
     print(f"memorisation: {m['memorisation']['n_flagged']} of {m['n_generated']} generated images flagged")
+    if not redact_paths:
+        print("PHI: metrics.json names training files and report.html shows real training images; treat them as "
+              "patient data, or run with --redact-paths")
     print(f"wrote {Path(out_dir) / 'metrics.json'}" + (f" and {Path(out_dir) / 'report.html'}" if report else ""))
     return 0
 
@@ -119,11 +132,17 @@ def audit_command(
     domain_weights: str | None = None,
     max_train_per_class: int | None = None,
     pairs: int = 8,
+    redact_paths: bool = False,
 ) -> int:
-    """``medgen audit SAMPLES_DIR DATALIST OUT_DIR``: audit.json + closest_pairs.png; exit 1 if any image is flagged."""
+    """``medgen audit SAMPLES_DIR DATALIST OUT_DIR``: audit.json + closest_pairs.png; exit 1 if any image is flagged.
+
+    Both are patient data (PHI): audit.json names training files, closest_pairs.png shows their pixels.
+    ``redact_paths``: training files are named by their place in the datalist (``training[17]``) and
+    closest_pairs.png is not written.
+    """
     from medgen.metrics.evaluate import heldout_split
     from medgen.metrics.image_sets import load_datalist_split, load_samples_dir, preparation_of, read_datalist
-    from medgen.metrics.memorisation import closest_pairs_png, memorisation_audit
+    from medgen.metrics.memorisation import PHI_NOTE, closest_pairs_png, memorisation_audit, redacted_ids
     from medgen.networks.weights_meta import samples_meta
 
     try:
@@ -139,13 +158,25 @@ def audit_command(
         return _error(e)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = result.summary(gen.ids, train.ids)
+    root = os.path.dirname(os.path.abspath(datalist))
+    summary = result.summary(gen.ids, redacted_ids(train.ids, data, root) if redact_paths else train.ids)
+    summary["redacted_paths"] = bool(redact_paths)
+    pairs_png = out / "closest_pairs.png"
+    if redact_paths:
+        pairs_png.unlink(missing_ok=True)  # an earlier unredacted audit's real pixels do not stay behind
+        summary["closest_pairs"] = None
+    else:
+        summary["closest_pairs"] = closest_pairs_png(gen.images, train.images, result, pairs_png, n=pairs).name
     (out / "audit.json").write_text(json.dumps(summary, indent=2))
-    closest_pairs_png(gen.images, train.images, result, out / "closest_pairs.png", n=pairs)
     print(
         f"memorisation audit: {summary['n_flagged']} of {summary['n_generated']} flagged "
-        f"(pixel threshold {summary['threshold_pixel_l2']:.4f}); wrote {out / 'audit.json'}"
+        f"(aligned threshold {summary['threshold_aligned']:.4f}: flips, crops, shifts, rotations and intensity "
+        f"changes searched); wrote {out / 'audit.json'}" + ("" if redact_paths else f" and {pairs_png}")
     )
+    if summary.get("heldout_near_copies"):
+        print(f"warning: {summary['heldout_near_copies']} held-out images are near copies of training images "
+              "(duplicates across the datalist's splits); they were left out of the reference distances")
+    print(PHI_NOTE)
     return 1 if summary["n_flagged"] else 0
 
 

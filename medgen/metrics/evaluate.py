@@ -2,7 +2,9 @@
 
 Roles of the real splits: the *reference* (training split, capped per class) is what generated images are compared
 with (FID/KID/PRDC, histograms, spectra, realism); the *held-out* split (test, else validation) gives the
-memorisation-audit reference distances, the real-vs-real floor and the utility test set.
+memorisation-audit reference distances, the real-vs-real floor and the utility test set. The caps and the
+``protocol`` section (FID / floor per class at equal N) are the quality protocol's (:mod:`medgen.metrics.protocol`),
+the same definition ``python -m benchmarks.quality`` uses.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from medgen.metrics.image_sets import (
     read_datalist,
 )
 from medgen.metrics.memorisation import memorisation_audit
+from medgen.metrics.protocol import HELDOUT_CAP, REFERENCE_CAP, protocol_counts, score_protocol
 from medgen.metrics.similarity import real_vs_synthetic_table
 from medgen.networks.weights_meta import samples_meta
 
@@ -79,10 +82,10 @@ def score_sets(
 
 
 def heldout_split(datalist: dict) -> str:
-    for split in ("test", "validation"):
-        if datalist.get(split):
-            return split
-    raise ValueError("the datalist has neither a 'test' nor a 'validation' split to use as held-out real images.")
+    """The held-out split (test, else validation), as the quality protocol defines it."""
+    from medgen.metrics.protocol import heldout_split as protocol_split
+
+    return protocol_split(datalist)
 
 
 def evaluate(
@@ -91,7 +94,7 @@ def evaluate(
     out_dir: str | os.PathLike,
     extractors: dict[str, FeatureExtractor],
     size: int = 64,
-    max_real_per_class: int | None = 500,
+    max_real_per_class: int | None = None,
     audit_extractor: str | None = None,
     utility_sizes: Sequence[int | None] | None = None,
     utility_epochs: int = 4,
@@ -100,18 +103,22 @@ def evaluate(
     kid_subsets: int = 50,
     report: bool = True,
     seed: int = 0,
+    utility_json: str | os.PathLike | None = None,
+    redact_paths: bool = False,
 ) -> dict:
-    """Compute every metric of issue 3 for ``samples_dir``, write ``metrics.json`` (and ``report.html``)."""
+    """Compute every metric of issue 3 for ``samples_dir``, write ``metrics.json`` (and ``report.html``).
+
+    The memorisation section names training files and the report shows real training pixels (PHI);
+    ``redact_paths`` names them by their place in the datalist and leaves real pixels out of the report."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_datalist(datalist)
     generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
     prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training prepared them
-    reference = load_datalist_split(datalist, "training", size=size, per_class=max_real_per_class, seed=seed, **prep)
-    heldout = load_datalist_split(
-        datalist, heldout_split(data), size=size, per_class=max_real_per_class, seed=seed, **prep
-    )
+    ref_cap, held_cap = (REFERENCE_CAP, HELDOUT_CAP) if max_real_per_class is None else (max_real_per_class,) * 2
+    reference = load_datalist_split(datalist, "training", size=size, per_class=ref_cap, seed=seed, **prep)
+    heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=held_cap, seed=seed, **prep)
     feats = {n: (extract_features(e, reference), extract_features(e, generated)) for n, e in extractors.items()}
     held_feats = {n: extract_features(e, heldout) for n, e in extractors.items()}
     metrics: dict = {
@@ -126,6 +133,17 @@ def evaluate(
         "real_preparation": prep,
         "real_skipped": dict(reference.skipped + heldout.skipped),  # items that failed to load, by reason
     }
+    if extractors:
+        p_name = "inception" if "inception" in extractors else next(iter(extractors))
+        metrics["protocol"] = score_protocol(
+            data["classes"], (feats[p_name][0], reference.labels), (feats[p_name][1], generated.labels),
+            (held_feats[p_name], heldout.labels), seed=seed, kid_subsets=kid_subsets,
+        )
+        metrics["protocol"]["features"] = extractors[p_name].name
+        try:  # what a full protocol run would generate per class (the held-out counts, capped)
+            metrics["protocol"]["protocol_counts"] = protocol_counts(data)
+        except ValueError as err:
+            metrics["protocol"]["protocol_counts"] = {"error": str(err)}
     metrics["generated"] = score_sets(reference, generated, extractors, kid_subsets, num_pairs=num_pairs, feats=feats)
     floor_feats = {n: (feats[n][0], held_feats[n]) for n in extractors}
     metrics["floor_real_heldout"] = score_sets(
@@ -141,8 +159,14 @@ def evaluate(
         heldout.images,
         *((feats[a_name][1], feats[a_name][0], held_feats[a_name]) if a_name else (None, None, None)),
     )
-    metrics["memorisation"] = audit.summary(generated.ids, reference.ids)
+    ref_ids = reference.ids
+    if redact_paths:
+        from medgen.metrics.memorisation import redacted_ids
+
+        ref_ids = redacted_ids(reference.ids, data, os.path.dirname(os.path.abspath(datalist)))
+    metrics["memorisation"] = audit.summary(generated.ids, ref_ids)
     metrics["memorisation"]["feature_extractor"] = a_name
+    metrics["memorisation"]["redacted_paths"] = bool(redact_paths)
     analysis: dict = {"spectrum": spectrum_comparison(reference.images, generated.images)}
     if a_name:
         rank = realism_ranking(feats[a_name][1], feats[a_name][0])
@@ -163,13 +187,20 @@ def evaluate(
         metrics["utility"] = utility_experiment(
             train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
         )
+    else:
+        from medgen.metrics.utility import read_utility_json
+
+        found = read_utility_json(utility_json or Path(samples_dir) / "utility.json", required=bool(utility_json))
+        if found:
+            metrics["utility"] = found
     metrics["seconds"] = round(time.time() - t0, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report:
         from medgen.report.html import write_report
 
         write_report(
-            out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout, audit=audit
+            out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout, audit=audit,
+            redact=redact_paths,
         )
     return metrics
 

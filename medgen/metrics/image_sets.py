@@ -251,6 +251,9 @@ def read_datalist(path: str | os.PathLike) -> dict:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ImageSetError(f"cannot read datalist {path}: {e}") from e
+    if isinstance(data, dict) and "redacted" in data:
+        raise ImageSetError(f"datalist {path} is a redacted copy (training with redact_paths: true names files by "
+                            "salted hash, not path): give the original datalist the run was trained on")
     if "classes" not in data:
         labels = sorted({int(i.get("label", 0)) for k in ("training", "validation", "test") for i in data.get(k, [])})
         data["classes"] = [str(v) for v in range(max(labels, default=0) + 1)]

@@ -1,21 +1,34 @@
 """Downstream utility: does adding synthetic images help a classifier trained on few real ones?
 
-For each real-data size (images per class) a classifier is trained on (a) real only and (b) real + all synthetic
-images, and evaluated on the real test set: one-vs-rest AUC per class with a bootstrap 95% interval
-(Mann-Whitney U from scipy) and McNemar's exact test (scipy ``binomtest``) between the two arms' predictions.
+For each real-data size (images per class) a classifier (:mod:`medgen.metrics.classifier`) is trained on (a) real
+only and (b) real + synthetic images, for one or several seeds (each seed draws its own real subset), and a third
+classifier on synthetic images alone (train on synthetic, test on real). All are evaluated on the held-out real test
+set: one-vs-rest AUC per class with a percentile-bootstrap 95% interval over test images (Mann-Whitney U from
+scipy; with several seeds the interval is that of the mean over seeds), the paired AUC gain of (b) over (a) with its
+interval, F1 per class (MONAI's confusion-matrix metric), confusion matrices, and McNemar's exact test (scipy
+``binomtest``) between the two arms' predictions per seed, Bonferroni-corrected across the sizes. Written here: the
+bootstrap of paired and seed-averaged AUCs, the Bonferroni step and the K x K confusion matrix, which scipy and MONAI
+lack.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import binomtest, mannwhitneyu
 
 from medgen.metrics.classifier import predict_proba, train_classifier
 from medgen.metrics.errors import require
 from medgen.metrics.image_sets import ImageSet
+
+#: arm names, in table order
+REAL, REAL_SYN, SYN = "real", "real+synthetic", "synthetic only"
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -26,17 +39,44 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(mannwhitneyu(scores[positive], scores[~positive]).statistic / (n1 * n0))
 
 
+def _mean_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUC averaged over the rows of ``scores`` (R x N: one row per classifier seed)."""
+    return float(np.mean([auc(row, positive) for row in scores]))
+
+
 def auc_with_ci(scores: np.ndarray, positive: np.ndarray, boots: int = 1000, seed: int = 0) -> dict:
-    """AUC and its percentile-bootstrap 95% interval over test images."""
+    """AUC and its percentile-bootstrap 95% interval over test images.
+
+    ``scores`` is N (one classifier) or R x N (R classifiers, e.g. seeds, scored on the same N test images): then the
+    AUC is the mean over the R, and each bootstrap draw resamples the test images for all R alike."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    positive = np.asarray(positive, dtype=bool)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(boots):
-        i = rng.integers(0, len(scores), len(scores))
-        v = auc(scores[i], positive[i])
+        i = rng.integers(0, s.shape[1], s.shape[1])
+        v = _mean_auc(s[:, i], positive[i])
         if not np.isnan(v):
             values.append(v)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return {"auc": auc(scores, positive), "ci_low": float(lo), "ci_high": float(hi)}
+    lo, hi = np.percentile(values, [2.5, 97.5]) if values else (float("nan"), float("nan"))
+    return {"auc": _mean_auc(s, positive), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def auc_gain_with_ci(
+    scores_a: np.ndarray, scores_b: np.ndarray, positive: np.ndarray, boots: int = 1000, seed: int = 0
+) -> dict:
+    """AUC(B) - AUC(A) on the same test images (each N or R x N) with a paired percentile-bootstrap 95% interval."""
+    a, b = (np.atleast_2d(np.asarray(x, dtype=np.float64)) for x in (scores_a, scores_b))
+    positive = np.asarray(positive, dtype=bool)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(boots):
+        i = rng.integers(0, a.shape[1], a.shape[1])
+        v = _mean_auc(b[:, i], positive[i]) - _mean_auc(a[:, i], positive[i])
+        if not np.isnan(v):
+            values.append(v)
+    lo, hi = np.percentile(values, [2.5, 97.5]) if values else (float("nan"), float("nan"))
+    return {"gain": _mean_auc(b, positive) - _mean_auc(a, positive), "ci_low": float(lo), "ci_high": float(hi)}
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -44,6 +84,50 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     b01, b10 = int((~correct_a & correct_b).sum()), int((correct_a & ~correct_b).sum())
     p = binomtest(min(b01, b10), b01 + b10, 0.5).pvalue if b01 + b10 else 1.0
     return {"only_real_plus_synthetic_correct": b01, "only_real_correct": b10, "p_value": float(p)}
+
+
+def bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Bonferroni-adjusted p-values: each times the number of tests, capped at 1."""
+    m = len(p_values)
+    return [min(1.0, float(p) * m) for p in p_values]
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """K x K counts, rows = true class, columns = predicted class."""
+    truth, predicted = np.asarray(truth, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    return np.bincount(truth * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def f1_per_class(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[float]:
+    """One-vs-rest F1 of each class (MONAI ``get_confusion_matrix`` + ``compute_confusion_matrix_metric``)."""
+    from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
+
+    eye = torch.eye(num_classes)
+    counts = get_confusion_matrix(
+        eye[torch.as_tensor(np.asarray(predicted, dtype=np.int64))],
+        eye[torch.as_tensor(np.asarray(truth, dtype=np.int64))],
+    ).sum(0)
+    f1 = compute_confusion_matrix_metric("f1 score", counts)
+    return [float(v) if np.isfinite(float(v)) else 0.0 for v in f1]
+
+
+def read_utility_json(path: str | os.PathLike, required: bool = True) -> dict | None:
+    """The utility result in a JSON written by ``python -m benchmarks.utility`` (its ``utility`` key) or by
+    :func:`utility_experiment`; ``None`` when the file is absent and not ``required``."""
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"no utility JSON at {path}: give one written by python -m benchmarks.utility")
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read utility JSON {path}: {e}") from None
+    ut = data.get("utility", data) if isinstance(data, dict) else None
+    if not isinstance(ut, dict) or "rows" not in ut or "classes" not in ut:
+        raise ValueError(f"{path} is not a utility result (no 'rows' and 'classes'): give the JSON that "
+                         "python -m benchmarks.utility writes")
+    return ut
 
 
 def _take_per_class(labels: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -54,60 +138,158 @@ def _take_per_class(labels: np.ndarray, n: int | None, rng: np.random.Generator)
     return np.sort(np.concatenate(idx))
 
 
+def _take_synthetic(labels: np.ndarray, n_real: dict[int, int], per_class: int | str | None,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Synthetic images to add: all (``None``), at most ``per_class`` per class (int), or as many as the real ones
+    of that class (``"match"``), each capped by what the set holds."""
+    if per_class is None:
+        return np.arange(len(labels))
+    idx = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = n_real.get(int(c), 0) if per_class == "match" else int(per_class)
+        idx.append(members if n >= len(members) else rng.choice(members, n, replace=False))
+    return np.sort(np.concatenate(idx)) if idx else np.arange(0)
+
+
+def _size_name(n: int | None) -> int | str:
+    return n if n is not None else "all"
+
+
 def utility_experiment(
     real_train: ImageSet,
     synthetic: ImageSet,
     real_test: ImageSet,
-    sizes: Sequence[int | None] = (50, 200, None),
+    sizes: Sequence[int | None] = (25, 50, 200, None),
     epochs: int = 4,
     min_steps: int = 120,
     batch_size: int = 64,
     boots: int = 1000,
     seed: int = 0,
     log: bool = False,
+    seeds: Sequence[int] | None = None,
+    synthetic_per_class: int | str | None = None,
+    steps: int | None = None,
+    synthetic_only: bool = True,
 ) -> dict:
-    """Real-only vs real + synthetic classifiers at several real sizes (``None`` = all); AUC per class on real test."""
+    """Real-only vs real + synthetic classifiers at several real sizes per class (``None`` = all), and a
+    synthetic-only one; every score on ``real_test``.
+
+    Args:
+        seeds: classifier seeds (default ``[seed]``); seed s draws the real (and synthetic) subset and initialises
+            and shuffles the classifier, so the spread over seeds includes which real images were drawn.
+        synthetic_per_class: synthetic images added per class: ``None`` all, an int at most that many, ``"match"``
+            as many as the real ones of the class.
+        steps: optimizer steps per classifier, the same for every arm (equal compute); ``None``: at least
+            ``epochs`` epochs and ``min_steps`` steps.
+        synthetic_only: also train on synthetic images alone (all of them) and test on real.
+    """
     k = len(real_train.classes)
     require("utility experiment", 2 * k, len(real_test), "real test images")
-    rng = np.random.default_rng(seed)
-    rows, tests = [], []
-    for n in sizes:
-        idx = _take_per_class(real_train.labels, n, rng)
-        arms = {
-            "real": (real_train.images[idx], real_train.labels[idx]),
-            "real+synthetic": (
-                np.concatenate([real_train.images[idx], synthetic.images]),
-                np.concatenate([real_train.labels[idx], synthetic.labels]),
-            ),
+    seeds = list(seeds) if seeds else [seed]
+    truth = real_test.labels
+    counts = np.bincount(real_train.labels, minlength=k)
+    minority = real_train.classes[int(np.argmin(counts))]
+    rows: list[dict] = []
+    tests: list[dict] = []
+    gains: list[dict] = []
+
+    def fit(x: np.ndarray, y: np.ndarray, s: int) -> tuple[np.ndarray, int]:
+        per_epoch = int(np.ceil(len(x) / batch_size))
+        if steps:
+            ep, cap = int(np.ceil(steps / per_epoch)), steps
+        else:
+            ep, cap = max(epochs, int(np.ceil(min_steps / per_epoch))), None
+        model = train_classifier(x, y, k, epochs=ep, batch_size=batch_size, seed=s, max_steps=cap)
+        return predict_proba(model, real_test.images), (cap or ep * per_epoch)
+
+    def summarise(size: int | str, arm: str, probs: list[np.ndarray], info: dict, t0: float) -> dict:
+        stack = np.stack(probs)  # R x N x K
+        preds = stack.argmax(2)
+        cms = [confusion_matrix(truth, p, k) for p in preds]
+        f1s = [f1_per_class(truth, p, k) for p in preds]
+        per_class = {}
+        for c, name in enumerate(real_test.classes):
+            est = auc_with_ci(stack[:, :, c], truth == c, boots, seeds[0])
+            per_seed = [auc(stack[r, :, c], truth == c) for r in range(len(probs))]
+            per_class[name] = {**est, "per_seed": per_seed, "sd_over_seeds": float(np.std(per_seed))}
+        row = {
+            "real_per_class": size,
+            "arm": arm,
+            **info,
+            "seeds": seeds,
+            "accuracy": float(np.mean([(p == truth).mean() for p in preds])),
+            "auc": per_class,
+            "f1": {name: float(np.mean([f[c] for f in f1s])) for c, name in enumerate(real_test.classes)},
+            "confusion_matrix": np.sum(cms, axis=0).tolist(),
+            "confusion_matrix_per_seed": [cm.tolist() for cm in cms],
+            "seconds": round(time.time() - t0, 1),
         }
-        correct = {}
-        for arm, (x, y) in arms.items():
-            t0 = time.time()
-            ep = max(epochs, int(np.ceil(min_steps / np.ceil(len(x) / batch_size))))
-            model = train_classifier(x, y, k, epochs=ep, batch_size=batch_size, seed=seed)
-            prob = predict_proba(model, real_test.images)
-            correct[arm] = prob.argmax(1) == real_test.labels
-            per_class = {
-                real_test.classes[c]: auc_with_ci(prob[:, c], real_test.labels == c, boots, seed) for c in range(k)
+        if log:
+            aucs = ", ".join(f"{n} {v['auc']:.3f}" for n, v in per_class.items())
+            print(f"utility {size} {arm}: acc {row['accuracy']:.3f}, AUC {aucs} ({row['seconds']:.0f} s)", flush=True)
+        return row
+
+    for n in sizes:
+        name = _size_name(n)
+        probs: dict[str, list[np.ndarray]] = {REAL: [], REAL_SYN: []}
+        info: dict[str, dict] = {}
+        t0 = {REAL: 0.0, REAL_SYN: 0.0}
+        for s in seeds:
+            rng = np.random.default_rng(s)
+            idx = _take_per_class(real_train.labels, n, rng)
+            n_real = {int(c): int((real_train.labels[idx] == c).sum()) for c in range(k)}
+            syn = _take_synthetic(synthetic.labels, n_real, synthetic_per_class, rng)
+            arms = {
+                REAL: (real_train.images[idx], real_train.labels[idx]),
+                REAL_SYN: (
+                    np.concatenate([real_train.images[idx], synthetic.images[syn]]),
+                    np.concatenate([real_train.labels[idx], synthetic.labels[syn]]),
+                ),
             }
-            rows.append(
-                {
-                    "real_per_class": n if n is not None else "all",
-                    "n_real": int(len(idx)),
-                    "arm": arm,
-                    "n_train": int(len(x)),
-                    "epochs": ep,
-                    "accuracy": float(correct[arm].mean()),
-                    "auc": per_class,
-                    "seconds": round(time.time() - t0, 1),
-                }
-            )
-            if log:
-                print(
-                    f"utility n={n} {arm}: acc {correct[arm].mean():.3f} "
-                    f"auc {[round(v['auc'], 3) for v in per_class.values()]} ({time.time() - t0:.0f}s)"
-                )
-        tests.append(
-            {"real_per_class": n if n is not None else "all", **mcnemar(correct["real"], correct["real+synthetic"])}
-        )
-    return {"rows": rows, "mcnemar": tests, "test_images": len(real_test), "classes": list(real_test.classes)}
+            for arm, (x, y) in arms.items():
+                start = time.time()
+                prob, used = fit(x, y, s)
+                t0[arm] += time.time() - start
+                probs[arm].append(prob)
+                info[arm] = {"n_real": int(len(idx)), "n_synthetic": int(len(syn)) if arm == REAL_SYN else 0,
+                             "n_train": int(len(x)), "steps": int(used), "batch_size": batch_size}
+        for arm in (REAL, REAL_SYN):
+            rows.append(summarise(name, arm, probs[arm], info[arm], time.time() - t0[arm]))
+        per_seed = [mcnemar(a.argmax(1) == truth, b.argmax(1) == truth) for a, b in zip(probs[REAL], probs[REAL_SYN])]
+        tests.append({"real_per_class": name, **per_seed[0], "per_seed": per_seed})
+        gains.append({"real_per_class": name, **{
+            c: auc_gain_with_ci(np.stack(probs[REAL])[:, :, i], np.stack(probs[REAL_SYN])[:, :, i], truth == i, boots,
+                                seeds[0])
+            for i, c in enumerate(real_test.classes)
+        }})
+    # Bonferroni across the sizes, for each seed's family of tests
+    for r in range(len(seeds)):
+        adjusted = bonferroni([t["per_seed"][r]["p_value"] for t in tests])
+        for t, p in zip(tests, adjusted):
+            t["per_seed"][r]["p_bonferroni"] = p
+    for t in tests:
+        t["p_bonferroni"] = t["per_seed"][0]["p_bonferroni"]
+    if synthetic_only:
+        probs_syn, start = [], time.time()
+        for s in seeds:
+            prob, used = fit(synthetic.images, synthetic.labels, s)
+            probs_syn.append(prob)
+        info_syn = {"n_real": 0, "n_synthetic": int(len(synthetic)), "n_train": int(len(synthetic)),
+                    "steps": int(used), "batch_size": batch_size}
+        rows.append(summarise(0, SYN, probs_syn, info_syn, start))
+    return {
+        "rows": rows,
+        "mcnemar": tests,
+        "auc_gain": gains,
+        "bonferroni_tests": len(tests),
+        "test_images": len(real_test),
+        "test_per_class": np.bincount(truth, minlength=k).tolist(),
+        "train_per_class": counts.tolist(),
+        "classes": list(real_test.classes),
+        "minority_class": minority,
+        "seeds": seeds,
+        "synthetic_per_class": synthetic_per_class,
+        "synthetic_available_per_class": np.bincount(synthetic.labels, minlength=k).tolist(),
+        "steps_per_classifier": steps,
+    }

@@ -40,6 +40,28 @@ _SCHEDULER_FIELDS = ("num_train_timesteps", "prediction_type", "sigma_max", "sig
 _warned: set[str] = set()
 
 
+class WeightsFileError(ValueError):
+    """A weights file that cannot be used, in one line: ``"<path>: <reason> (<detail>); <fix>"``.
+
+    ``reason`` is one of :data:`WEIGHTS_PROBLEMS`; ``path``, ``reason`` and ``detail`` are kept for callers that
+    show them (the service's ``/models`` and ``/healthz``). Raised by
+    :func:`medgen.diffusion.sample_run.check_weights_file` and :func:`~medgen.diffusion.sample_run.load_weights`.
+    """
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "", fix: str = "") -> None:
+        self.path, self.reason, self.detail, self.fix = Path(path), reason, detail, fix
+        text = f"{path}: {reason}" + (f" ({detail})" if detail else "") + (f"; {fix}" if fix else "")
+        super().__init__(" ".join(text.split()))
+
+
+class MissingWeightsError(WeightsFileError, FileNotFoundError):
+    """No file at the weights path (also a ``FileNotFoundError``)."""
+
+
+#: the ``reason`` values of :class:`WeightsFileError`
+WEIGHTS_PROBLEMS = ("missing", "truncated or damaged", "not a PyTorch weights file", "weights of another network")
+
+
 def plain(value: Any) -> Any:
     """``value`` as JSON types (tuples as lists, paths and other objects as strings)."""
     return json.loads(json.dumps(value, default=str))
@@ -140,8 +162,11 @@ def fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The part of ``meta`` that must match for a checkpoint to be resumed: :data:`FINGERPRINT_KEYS` and how
     images were prepared (:data:`PREPROCESSING_KEYS` of its ``config``)."""
     config = meta.get("config") or {}
-    return {**{k: meta.get(k) for k in FINGERPRINT_KEYS},
-            "preprocessing": {k: config.get(k) for k in PREPROCESSING_KEYS}}
+    out = {**{k: meta.get(k) for k in FINGERPRINT_KEYS},
+           "preprocessing": {k: config.get(k) for k in PREPROCESSING_KEYS}}
+    if (config.get("preconditioning") or "none") != "none":  # what the network's output means
+        out["preconditioning"] = {k: config.get(k) for k in ("preconditioning", "edm_sigma_data")}
+    return out
 
 
 def differences(found: Mapping[str, Any], wanted: Mapping[str, Any], keys: Sequence[str] | None = None,

@@ -78,19 +78,43 @@ def audit_figure(dist_generated: np.ndarray, dist_heldout: np.ndarray, threshold
     return figure_data_uri(fig)
 
 
+def _utility_classes(utility: dict) -> list[str]:
+    """Classes worth a panel: with two classes the one-vs-rest AUCs are equal, so the minority class alone."""
+    classes = list(utility["classes"])
+    if len(classes) == 2:
+        return [utility.get("minority_class") or classes[-1]]
+    return classes
+
+
+def utility_plot(utility: dict, title: str | None = None) -> plt.Figure:
+    """AUC on real test images (bootstrap 95% CI bars) against real training images per class: real only vs
+    real + synthetic, and synthetic only (train on synthetic, test on real) as a dashed line with its interval."""
+    classes = _utility_classes(utility)
+    fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), squeeze=False)
+    sizes = list(dict.fromkeys(r["real_per_class"] for r in utility["rows"] if r["arm"] != "synthetic only"))
+    for ax, cls in zip(axes[0], classes):
+        for arm, shift in (("real", -0.06), ("real+synthetic", 0.06)):
+            rows = {r["real_per_class"]: r for r in utility["rows"] if r["arm"] == arm}
+            xs = [i + shift for i, s in enumerate(sizes) if s in rows]
+            a = [rows[s]["auc"][cls] for s in sizes if s in rows]
+            y = np.array([v["auc"] for v in a])
+            err = np.array([[v["auc"] - v["ci_low"] for v in a], [v["ci_high"] - v["auc"] for v in a]])
+            ax.errorbar(xs, y, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=arm)
+        syn = [r for r in utility["rows"] if r["arm"] == "synthetic only"]
+        if syn:
+            v = syn[0]["auc"][cls]
+            ax.axhline(v["auc"], color="grey", ls="--", label=f"synthetic only ({syn[0]['n_train']} images)")
+            ax.axhspan(v["ci_low"], v["ci_high"], color="grey", alpha=0.12)
+        ax.set_xticks(np.arange(len(sizes)), [str(s) for s in sizes])
+        ax.set_xlabel("real training images per class")
+        ax.set_ylabel(f"AUC ({cls} vs rest), real test set")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def utility_figure(utility: dict) -> str:
-    """AUC (last class, one-vs-rest) with bootstrap 95% CI against real images per class, for both arms."""
-    cls = utility["classes"][-1]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for arm in ("real", "real+synthetic"):
-        rows = [r for r in utility["rows"] if r["arm"] == arm]
-        x = np.arange(len(rows)) + (0.05 if arm != "real" else -0.05)
-        a = [r["auc"][cls] for r in rows]
-        y = np.array([v["auc"] for v in a])
-        err = np.array([[v["auc"] - v["ci_low"] for v in a], [v["ci_high"] - v["auc"] for v in a]])
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
-        ax.set_xticks(np.arange(len(rows)), [str(r["real_per_class"]) for r in rows])
-    ax.set_xlabel("real training images per class")
-    ax.set_ylabel(f"AUC ({cls}) on real test")
-    ax.legend()
-    return figure_data_uri(fig)
+    """:func:`utility_plot` as a PNG data URI."""
+    return figure_data_uri(utility_plot(utility))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medgen.metrics.image_sets import ImageSet
-from medgen.metrics.memorisation import AuditResult, closest_pairs_canvas
+from medgen.metrics.memorisation import PHI_NOTE, AuditResult, closest_pairs_canvas
 from medgen.report.figures import (
     audit_figure,
     histogram_figure,
@@ -23,7 +23,8 @@ CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-co
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}img{margin:4px 0}
 .err{color:#a00}.note{color:#555;font-size:90%}"""
 
-SECTIONS = ("summary", "samples", "histograms", "mse-ssim", "memorisation", "error-analysis", "utility")
+SECTIONS = ("protocol", "summary", "samples", "histograms", "mse-ssim", "memorisation", "error-analysis",
+            "utility")
 
 
 def _fmt(v, nd: int = 4) -> str:
@@ -46,6 +47,103 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _auc_cell(a: dict) -> str:
+    return f"{a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+
+
+def utility_section(ut: dict | None, note: str = "") -> str:
+    """The "Downstream utility" section: per real size and arm, AUC per class with bootstrap 95% CI, F1, accuracy,
+    the AUC gain of real + synthetic over real only, McNemar (raw and Bonferroni-corrected across sizes), the
+    confusion matrices and the AUC plot; ``ut`` is what :func:`medgen.metrics.utility.utility_experiment` returns."""
+    head = '<h2 id="utility">Downstream utility</h2>'
+    if not ut:
+        return head + "<p class='note'>not run (enable with utility sizes, or give a utility JSON).</p>"
+    classes = list(ut["classes"])
+    tests = {t["real_per_class"]: t for t in ut.get("mcnemar", [])}
+    gains = {g["real_per_class"]: g for g in ut.get("auc_gain", [])}
+    minority = ut.get("minority_class") or classes[-1]
+    rows = []
+    for r in ut["rows"]:
+        size, t, g = r["real_per_class"], {}, {}
+        if r["arm"] == "real+synthetic":
+            t, g = tests.get(size, {}), gains.get(size, {}).get(minority, {})
+        rows.append(
+            [
+                size if r["arm"] != "synthetic only" else "0 (synthetic only)",
+                r["arm"],
+                r["n_train"],
+                r.get("n_synthetic", ""),
+                r["accuracy"],
+                *(_auc_cell(r["auc"][c]) for c in classes),
+                *(_fmt(r["f1"][c], 3) if "f1" in r else "" for c in classes),
+                f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]" if g else "",
+                _fmt(t["p_value"], 3) if t else "",
+                _fmt(t["p_bonferroni"], 3) if t and "p_bonferroni" in t else "",
+            ]
+        )
+    header = ["real / class", "arm", "N train", "N synthetic", "accuracy", *(f"AUC {c} [95% CI]" for c in classes),
+              *(f"F1 {c}" for c in classes), f"AUC gain {minority} [95% CI]", "McNemar p", "p (Bonferroni)"]
+    parts = [head]
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts.append(_table(header, rows))
+    parts.append(
+        "<p class='note'>AUC: one-vs-rest on the real held-out test set, mean over classifier seeds, percentile "
+        "bootstrap 95% interval over test images. McNemar: exact test of real only vs real + synthetic on the same "
+        f"test images (first seed), Bonferroni-corrected across the {ut.get('bonferroni_tests', len(tests))} "
+        f"sizes. Minority class of the training data: {html.escape(str(minority))}.</p>"
+    )
+    cm_rows = [
+        [r["real_per_class"], r["arm"], " | ".join(" ".join(str(v) for v in row) for row in r["confusion_matrix"])]
+        for r in ut["rows"]
+        if "confusion_matrix" in r
+    ]
+    if cm_rows:
+        parts.append(
+            f"<p class='note'>Confusion matrices summed over seeds (rows true {html.escape(', '.join(classes))}; "
+            "columns predicted, same order)</p>" + _table(["real / class", "arm", "confusion matrix"], cm_rows)
+        )
+    parts.append(_img(utility_figure(ut), "utility"))
+    return "".join(parts)
+
+
+def write_utility_report(path: str | os.PathLike, result: dict) -> Path:
+    """A stand-alone page with the utility section of a utility JSON (``benchmarks.utility`` writes one)."""
+    ut = result.get("utility", result)
+    bits = [f"{k}: {result[k]}" for k in ("bundle", "weights_sha256", "sampler", "steps", "guidance_scale")
+            if result.get(k) is not None]
+    return _write_page(path, "medgen downstream utility",
+                       f"<h1>medgen downstream utility</h1>{utility_section(ut, '; '.join(bits))}")
+
+
+def _write_page(path: str | os.PathLike, title: str, body: str) -> Path:
+    """A self-contained HTML page (inline style, images as data URIs)."""
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style></head><body>{body}</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+    return path
+
+
+def protocol_section(protocol: dict | None) -> str:
+    """The quality protocol's table: FID, the real-data floor at the same N, their ratio, KID, precision, recall."""
+    if not protocol:
+        return ""
+    from medgen.metrics.protocol import ratio_rows
+
+    cols = ["class", "N", "FID", "floor FID", "FID / floor", "KID", "floor KID", "precision", "recall"]
+    rows = [[r[c] if c in ("class", "N") else _fmt(r[c], 3) for c in cols] for r in ratio_rows(protocol)]
+    counts = protocol.get("protocol_counts") or {}
+    wanted = "" if "error" in counts else (
+        f" A full protocol run generates {', '.join(f'{n} {html.escape(str(c))}' for c, n in counts.items())} "
+        "images (the held-out counts, capped at 500).")
+    return (f'<h2 id="protocol">Quality protocol: FID / real-data floor</h2>{_table(cols, rows)}'
+            f"<p class='note'>Features: {html.escape(str(protocol.get('features')))}. Each class's generated images "
+            "and real held-out images are cut to the same N and compared with the same training reference; FID / "
+            f"floor = 1 means as close to the training images as unseen real images are.{wanted}</p>")
 
 
 def metric_rows(scores: dict, extractors: list[str], label: str) -> list[list]:
@@ -84,8 +182,11 @@ def write_report(
     heldout: ImageSet | None = None,
     audit: AuditResult | None = None,
     n_show: int = 8,
+    redact: bool = False,
 ) -> Path:
-    """Write the report; ``metrics`` is what :func:`medgen.metrics.evaluate.evaluate` returns."""
+    """Write the report; ``metrics`` is what :func:`medgen.metrics.evaluate.evaluate` returns.
+
+    ``redact``: no real training pixels (real sample rows, closest pairs) in the report."""
     classes, ex = metrics["classes"], list(metrics["extractors"])
     parts = [
         f"<h1>medgen evaluation</h1><p class='note'>samples: {html.escape(metrics['samples_dir'])}<br>"
@@ -108,6 +209,7 @@ def write_report(
         "coverage",
         "MS-SSIM",
     ]
+    parts.append(protocol_section(metrics.get("protocol")))
     rows = metric_rows(metrics["generated"], ex, "generated")
     rows += metric_rows(metrics.get("floor_real_heldout", {}), ex, "floor: real held-out")
     for name, scores in metrics.get("baselines", {}).items():
@@ -122,7 +224,8 @@ def write_report(
     for c, name in enumerate(classes):
         real_row = png_data_uri(image_row(reference.of_class(c).images, n_show))
         gen_row = png_data_uri(image_row(generated.of_class(c).images, n_show))
-        parts.append(f"<h3>{html.escape(name)}</h3><p>real</p>{_img(real_row, 'real')}")
+        parts.append(f"<h3>{html.escape(name)}</h3>" + ("<p>real: left out (--redact-paths)</p>" if redact else
+                                                         f"<p>real</p>{_img(real_row, 'real')}"))
         parts.append(f"<p>generated</p>{_img(gen_row, 'generated')}")
 
     hist = {c: m["histogram"] for c, m in metrics["generated"].items() if c != "overall"}
@@ -145,15 +248,21 @@ def write_report(
     parts.append(
         f'<h2 id="memorisation">Memorisation audit</h2><p>{mem.get("n_flagged", 0)} of '
         f"{mem.get('n_generated', 0)} generated images flagged (closer to a training image than the "
-        f"percentile {mem.get('percentile', 1):g} of held-out-to-train distances).</p>"
+        f"percentile {mem.get('percentile', 1):g} of held-out-to-train distances; the aligned measure searches "
+        "flips, crops/rescales, shifts, rotations and intensity changes of each training image).</p>"
+        f"<p class='note'>{html.escape(PHI_NOTE)}</p>"
     )
     if mem.get("flagged"):
         parts.append(
             _table(
-                ["index", "file", "pixel L2", "nearest training file"],
-                [[f["index"], f.get("file", ""), f["pixel_l2"], f.get("train_file", "")] for f in mem["flagged"][:50]],
+                ["index", "file", "aligned", "pixel L2", "nearest training file"],
+                [[f["index"], f.get("file", ""), f.get("aligned", ""), f["pixel_l2"], f.get("train_file", "")]
+                 for f in mem["flagged"][:50]],
             )
         )
+    if audit is not None and audit.dist_aligned is not None:
+        parts.append(_img(audit_figure(audit.dist_aligned, audit.heldout_aligned, audit.threshold_aligned,
+                                       "aligned distance (1 - NCC) to nearest training image"), "audit aligned"))
     if audit is not None:
         parts.append(
             _img(
@@ -178,8 +287,10 @@ def write_report(
                     "audit feature",
                 )
             )
-        canvas = closest_pairs_canvas(generated.images, reference.images, audit, n_show)
-        parts.append(f"<p>Closest pairs (generated | nearest training image)</p>{_img(png_data_uri(canvas), 'pairs')}")
+        if not redact:
+            canvas = closest_pairs_canvas(generated.images, reference.images, audit, n_show)
+            parts.append(f"<p>Closest pairs (generated | nearest training image)</p>"
+                         f"{_img(png_data_uri(canvas), 'pairs')}")
 
     ea = metrics.get("error_analysis", {})
     parts.append('<h2 id="error-analysis">Error analysis</h2>')
@@ -203,40 +314,6 @@ def write_report(
     if "spectrum" in ea:
         parts.append(_img(spectrum_figure(ea["spectrum"]), "spectrum"))
 
-    parts.append('<h2 id="utility">Downstream utility</h2>')
-    ut = metrics.get("utility")
-    if ut:
-        rows = [
-            [
-                r["real_per_class"],
-                r["arm"],
-                r["n_train"],
-                r["accuracy"],
-                *(f"{a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]" for a in r["auc"].values()),
-            ]
-            for r in ut["rows"]
-        ]
-        parts.append(
-            _table(["real / class", "arm", "N train", "accuracy", *(f"AUC {c} [95% CI]" for c in ut["classes"])], rows)
-        )
-        parts.append(
-            _table(
-                ["real / class", "only real+syn correct", "only real correct", "McNemar p"],
-                [
-                    [t["real_per_class"], t["only_real_plus_synthetic_correct"], t["only_real_correct"], t["p_value"]]
-                    for t in ut["mcnemar"]
-                ],
-            )
-        )
-        parts.append(_img(utility_figure(ut), "utility"))
-    else:
-        parts.append("<p class='note'>not run (enable with utility sizes).</p>")
+    parts.append(utility_section(metrics.get("utility")))
 
-    doc = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>medgen evaluation</title><style>{CSS}</style>"
-        f"</head><body>{''.join(parts)}</body></html>"
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
-    return path
+    return _write_page(path, "medgen evaluation", "".join(parts))

@@ -3,25 +3,34 @@
 Every route but ``/healthz`` and the static page and docs needs an API key; a job and its images are visible
 only to the key that made it (others get 404, as if it did not exist). Paths on disk are built only from
 server-made job ids (checked against ``[0-9a-f]{32}``) and from ``samples.jsonl`` entries checked to lie
-inside the job's folder.
+inside the job's folder. Bodies over ``settings.max_body_bytes`` are refused before they are read, errors echo at
+most a short prefix of the input, and every response carries a strict Content-Security-Policy and no-framing
+headers (:mod:`medgen.serve.guards`). Responses name bundles, versions and weight hashes, never server paths.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 
 from medgen import __version__
 from medgen.serve import metrics as prom
 from medgen.serve.auth import require_key
-from medgen.serve.catalog import BundleInfo, available_samplers, output_formats, read_bundle
+from medgen.serve.catalog import BundleInfo, available_samplers, open_bundle, output_formats
+from medgen.serve.guards import BodyLimit, SecurityHeaders, prefix, validation_error
 from medgen.serve.jobs import Job, KeyRecord, SQLiteJobStore, new_job_id
 from medgen.serve.models import GenerateRequest, ImageInfo, JobCreated, JobInfo, ModelInfo, ModelList
 from medgen.serve.settings import ServeSettings
@@ -43,11 +52,30 @@ def invalid(field: str, message: str, allowed: list[Any] | None = None) -> NoRet
     raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[detail])
 
 
+def docs_page(openapi_url: str, title: str) -> HTMLResponse:
+    """FastAPI's Swagger UI page with a policy that allows its CDN files and exactly its own inline script (by
+    hash), nothing else inline."""
+    page = get_swagger_ui_html(openapi_url=openapi_url, title=title)
+    html = bytes(page.body).decode("utf-8")
+    hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
+                      for code in re.findall(r"<script>(.*?)</script>", html, re.S))
+    cdn = "https://cdn.jsdelivr.net"
+    csp = (f"default-src 'none'; script-src {cdn} {hashes}; style-src {cdn}; img-src 'self' data: "
+           f"https://fastapi.tiangolo.com; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+           "frame-ancestors 'none'")
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
-    """The service over ``settings.data_dir`` serving ``settings.bundles``; the worker starts with the app."""
+    """The service over ``settings.data_dir`` serving ``settings.bundles``; the worker starts with the app.
+
+    Each bundle's pipeline is built now, so a missing, truncated or mismatched weights file shows at once as an
+    unavailable bundle (``/api/v1/models``, ``/healthz``), not at the first job."""
     store = SQLiteJobStore(settings.db_path)
-    bundles: dict[str, BundleInfo] = {name: read_bundle(spec) for name, spec in settings.bundles.items()}
-    worker = Worker(store, bundles, settings.results_dir, settings.queue_size)
+    bundles: dict[str, BundleInfo] = {}
+    worker = Worker(store, bundles, settings.results_dir, settings.queue_size, settings.retention_days)
+    for name, spec in settings.bundles.items():
+        bundles[name] = open_bundle(spec, worker.pipelines)
     samplers = available_samplers()
     formats = output_formats()
     submit_lock = threading.Lock()
@@ -57,16 +85,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         lost = store.fail_interrupted("interrupted: the server restarted before the job finished; retry it")
         if lost:
             logger.warning("marked %d interrupted job(s) failed and retryable: %s", len(lost), ", ".join(lost))
+        worker.clean_results()
         worker.start()
         yield
         worker.stop()
         store.fail_interrupted("interrupted: the server stopped before the job finished; retry it")
 
-    app = FastAPI(title="medgen", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="medgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Class-conditional synthetic medical images from MONAI diffusion bundles. "
                               "Send the API key as `X-API-Key` or `Authorization: Bearer`.")
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: the 413s carry the headers too
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def owned_job(job_id: str, key: KeyRecord) -> Job:
         job = store.get_job(job_id)
@@ -80,21 +112,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
                        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                        error=job.error, retryable=job.retryable, cancel_requested=job.cancel_requested,
                        metrics=job.metrics, retry_of=job.retry_of,
-                       result_url=f"{API}/jobs/{job.id}/result" if done else None,
-                       images_url=f"{API}/jobs/{job.id}/images" if done else None)
+                       result_url=f"{API}/jobs/{job.id}/result" if done and job.result else None,
+                       images_url=f"{API}/jobs/{job.id}/images" if done and job.result else None)
 
     def validate(req: GenerateRequest) -> None:
         if req.bundle not in bundles:
-            invalid("bundle", f"unknown bundle {req.bundle!r}", sorted(bundles))
+            invalid("bundle", f"unknown bundle {prefix(req.bundle)!r}", sorted(bundles))
         info = bundles[req.bundle]
+        if not info.available:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                f"bundle {req.bundle} is unavailable on this server: {info.problem}")
         if req.class_label not in info.classes:
-            invalid("class_label", f"unknown class {req.class_label!r} for bundle {req.bundle}", info.classes)
+            invalid("class_label", f"unknown class {prefix(req.class_label)!r} for bundle {req.bundle}",
+                    info.classes)
         if req.num_images > settings.max_images:
             invalid("num_images", f"num_images must be at most {settings.max_images} on this server")
         if req.steps > settings.max_steps:
             invalid("steps", f"steps must be at most {settings.max_steps} on this server")
         if req.sampler.lower() not in samplers:
-            invalid("sampler", f"unknown sampler {req.sampler!r}", samplers)
+            invalid("sampler", f"unknown sampler {prefix(req.sampler)!r}", samplers)
         if formats.get(req.output_format):
             invalid("output_format", str(formats[req.output_format]))
         if req.quality_check and (problem := info.quality_gate_problem()):
@@ -118,8 +154,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
-        """Liveness (no key needed)."""
-        return {"status": "ok", "version": __version__}
+        """Liveness (no key needed): ``ok``, or ``degraded`` with the bundles that cannot serve (reasons in
+        ``/api/v1/models``)."""
+        down = sorted(name for name, b in bundles.items() if not b.available)
+        return {"status": "degraded" if down else "ok", "version": __version__, "unavailable_bundles": down}
 
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     def metrics(key: Key) -> PlainTextResponse:
@@ -130,10 +168,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get(f"{API}/models", tags=["models"])
     def list_models(key: Key) -> ModelList:
         """The bundles served, their classes, and the server's limits."""
-        models = [ModelInfo(name=name, version=b.version, description=b.description, classes=b.classes,
+        models = [ModelInfo(name=name, version=b.version, description=b.description, available=b.available,
+                            unavailable_reason=b.problem, weights_sha256=b.weights_sha256, classes=b.classes,
                             image_size=b.image_size, samplers=samplers,
                             output_formats=[f for f, why in formats.items() if why is None],
-                            quality_check=b.quality_gate_problem() is None)
+                            quality_check=b.available and b.quality_gate_problem() is None)
                   for name, b in sorted(bundles.items())]
         return ModelList(models=models, limits={"max_images": settings.max_images, "max_steps": settings.max_steps,
                                                 "max_active_jobs": key.max_jobs})
@@ -165,12 +204,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         job = owned_job(job_id, key)
         if not (job.status == "cancelled" or (job.status == "failed" and job.retryable)):
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {job.status} and not retryable")
-        validate(GenerateRequest(**job.request))
+        try:
+            request = GenerateRequest(**job.request)
+        except ValidationError as err:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} cannot be retried: its request is no "
+                                f"longer valid ({err.error_count()} error(s)); submit a new one") from err
+        validate(request)
         return enqueue(job.request, key, retry_of=job.id)
 
     def finished_dir(job: Job) -> FsPath:
         if job.status != "succeeded":
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is {job.status}, not succeeded")
+        if not job.result:
+            raise HTTPException(status.HTTP_410_GONE, f"the result of job {job.id} was deleted: results are kept "
+                                f"{settings.retention_days:g} day(s) after a job finishes")
         return worker.job_dir(job.id)
 
     @app.get(f"{API}/jobs/{{job_id}}/result", tags=["jobs"], response_class=FileResponse)
@@ -209,6 +256,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/ui", include_in_schema=False, response_class=HTMLResponse)
     def ui() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs() -> HTMLResponse:
+        return docs_page(app.openapi_url or "/openapi.json", f"{app.title} API")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> PlainTextResponse:

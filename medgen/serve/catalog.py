@@ -3,7 +3,11 @@
 
 The config takes classes, image size and network from the served weights' own metadata (``model.json`` beside a
 ``model.pt``, see :mod:`medgen.networks.weights_meta`), so a bundle served with ``--ckpt`` of another run offers that
-run's classes and size; weights without metadata fall back to the config's values."""
+run's classes and size; weights without metadata fall back to the config's values.
+
+A bundle whose config, weights file or network cannot be loaded (missing, truncated, corrupt, of another
+network) is kept in the catalog as unavailable, with a one-line reason that names no server path; the service then
+reports it in ``/api/v1/models`` and ``/healthz`` instead of failing."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import json
 import logging
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,13 @@ class BundleInfo:
     image_size: list[int]
     version: str | None
     description: str | None
+    weights_sha256: str | None = None
+    problem: str | None = field(default=None)
+
+    @property
+    def available(self) -> bool:
+        """True when the bundle can serve (its config and weights loaded)."""
+        return self.problem is None
 
     @property
     def gate_path(self) -> Path:
@@ -68,6 +79,54 @@ class BundleInfo:
     def gate_features(self) -> str:
         sidecar = Path(str(self.gate_path) + ".json")
         return json.loads(sidecar.read_text()).get("features", "domain") if sidecar.is_file() else "domain"
+
+
+def public_reason(err: BaseException, spec: BundleSpec) -> str:
+    """``err`` in one line for API clients: server paths replaced by the bundle's name or the file's name. A
+    wrapped error (MONAI's config evaluation wraps what the expression raised) is shown by its root cause."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain and len(chain) < 20:
+        chain.append(nxt)
+    err = next((e for e in chain if getattr(e, "reason", None)), chain[-1])
+    if getattr(err, "reason", None):  # medgen.networks.weights_meta.WeightsFileError
+        text = f"weights file {spec.weights.name}: {err.reason}" + (f" ({err.detail})" if err.detail else "")
+        text += f"; {err.fix}" if getattr(err, "fix", "") else ""
+    elif isinstance(err, FileNotFoundError) and not spec.weights.is_file():
+        text = (f"weights file {spec.weights.name}: missing; train the bundle (medgen train) or give --ckpt, "
+                "then restart the server")
+    else:
+        text = f"{type(err).__name__}: {err}"
+    paths = {str(spec.weights): spec.weights.name, str(spec.weights.parent): "<weights folder>",
+             str(spec.path): f"<bundle {spec.name}>"}
+    for path in (spec.weights, spec.path):
+        paths.setdefault(str(path.resolve()), paths[str(path)])
+    for path, name in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(path, name)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def open_bundle(spec: BundleSpec, pipelines: PipelineCache | None = None) -> BundleInfo:
+    """:func:`read_bundle`, the weights' SHA-256 and (with ``pipelines``) the pipeline built now; any failure
+    gives an unavailable :class:`BundleInfo` with the reason, never an exception."""
+    from medgen.networks.weights_meta import sha256_of
+
+    try:
+        info = read_bundle(spec)
+    except Exception as err:  # any config or metadata problem makes just this bundle unavailable
+        logger.error("bundle %s is unavailable: cannot read its config: %s", spec.name, err)
+        return BundleInfo(spec, [], [], None, None, problem=f"config: {public_reason(err, spec)}")
+    try:
+        if not spec.weights.is_file():
+            raise FileNotFoundError(f"no trained weights at {spec.weights}")
+        info.weights_sha256 = sha256_of(spec.weights)
+        if pipelines is not None:
+            pipelines.bundles[spec.name] = info
+            pipelines.get(spec.name)
+    except Exception as err:  # a weights file that does not load must not stop the other bundles
+        logger.error("bundle %s is unavailable: %s", spec.name, err)
+        info.problem = public_reason(err, spec)
+    return info
 
 
 def read_bundle(spec: BundleSpec) -> BundleInfo:

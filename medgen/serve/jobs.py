@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medgen.serve.models import ACTIVE_STATES
+from medgen.serve.private import FILE_MODE, private_file
 
 
 def utcnow() -> str:
@@ -100,6 +101,21 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def key_by_hash(self, key_hash: str) -> KeyRecord | None: ...
 
+    @abc.abstractmethod
+    def list_keys(self) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_keys(self, name_or_id: str) -> list[KeyRecord]:
+        """Revoke the key with this id, else every key with this name; return the keys revoked now."""
+
+    @abc.abstractmethod
+    def finished_before(self, cutoff: str) -> list[str]:
+        """Ids of finished jobs that still have a result and finished before ``cutoff`` (ISO time)."""
+
+    @abc.abstractmethod
+    def job_statuses(self) -> dict[str, str]:
+        """Job id -> status, for every job (to tell a job's folder from a stray one)."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -120,11 +136,18 @@ _BOOL_FIELDS = ("retryable", "cancel_requested")
 
 
 class SQLiteJobStore(JobStore):
-    """:class:`JobStore` in one SQLite file (WAL mode, so status reads do not wait for the worker's writes)."""
+    """:class:`JobStore` in one SQLite file (WAL mode, so status reads do not wait for the worker's writes).
+
+    The file is created 0600 in a 0700 folder before SQLite opens it; SQLite gives its ``-wal`` and ``-shm``
+    files the database file's mode, so they are 0600 too."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
+        for side in ("-wal", "-shm"):
+            extra = Path(f"{self.path}{side}")
+            if extra.is_file() and not extra.is_symlink():
+                extra.chmod(FILE_MODE)
         self._local = threading.local()
         with self._conn() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -227,11 +250,36 @@ class SQLiteJobStore(JobStore):
             db.execute(f"INSERT INTO api_keys ({', '.join(data)}) VALUES ({', '.join('?' * len(data))})",
                        tuple(data.values()))
 
-    def key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        with self._conn() as db:
-            row = db.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-        if row is None:
-            return None
+    @staticmethod
+    def _key(row: sqlite3.Row) -> KeyRecord:
         data = dict(row)
         data["revoked"] = bool(data["revoked"])
         return KeyRecord(**data)
+
+    def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return self._key(row) if row else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        with self._conn() as db:
+            rows = db.execute("SELECT * FROM api_keys ORDER BY rowid").fetchall()
+        return [self._key(r) for r in rows]
+
+    def revoke_keys(self, name_or_id: str) -> list[KeyRecord]:
+        with self._conn() as db:
+            rows = db.execute("SELECT * FROM api_keys WHERE id = ? AND revoked = 0", (name_or_id,)).fetchall()
+            if not rows and not db.execute("SELECT 1 FROM api_keys WHERE id = ?", (name_or_id,)).fetchone():
+                rows = db.execute("SELECT * FROM api_keys WHERE name = ? AND revoked = 0", (name_or_id,)).fetchall()
+            db.executemany("UPDATE api_keys SET revoked = 1 WHERE id = ?", [(r["id"],) for r in rows])
+        return [self._key(r) for r in rows]
+
+    def finished_before(self, cutoff: str) -> list[str]:
+        with self._conn() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
+                              "AND result IS NOT NULL AND finished_at < ?", (cutoff,)).fetchall()
+        return [r[0] for r in rows]
+
+    def job_statuses(self) -> dict[str, str]:
+        with self._conn() as db:
+            return {job_id: state for job_id, state in db.execute("SELECT id, status FROM jobs")}

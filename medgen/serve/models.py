@@ -14,20 +14,23 @@ MAX_SEED = 2**31 - 1
 class GenerateRequest(BaseModel):
     """One generation job: ``num_images`` images of one class from one bundle.
 
-    ``num_images`` and ``steps`` are also bounded by the server's limits (see ``GET /api/v1/models``).
+    ``num_images`` and ``steps`` are also bounded by the server's limits (see ``GET /api/v1/models``). Numbers
+    must be JSON numbers of the right kind and finite (``NaN``, ``Infinity`` and ``1e400`` are refused, as are
+    ``true`` or ``"4"`` for an integer).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bundle: str = Field(min_length=1, max_length=100, examples=["cxr_ddpm"])
     class_label: str = Field(min_length=1, max_length=100, examples=["PNEUMONIA"])
-    num_images: int = Field(default=4, ge=1, le=1024)
-    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="image k of the job uses seed + k")
+    num_images: int = Field(default=4, ge=1, le=1024, strict=True)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="image k of the job uses seed + k")
     sampler: str = Field(default="ddim", max_length=32)
-    steps: int = Field(default=50, ge=1, le=1000)
-    guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, description="classifier-free guidance; 1 = off")
+    steps: int = Field(default=50, ge=1, le=1000, strict=True)
+    guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, strict=True,
+                                  description="classifier-free guidance; 1 = off")
     output_format: Literal["png", "dicom", "nifti"] = "png"
-    quality_check: bool = False
+    quality_check: bool = Field(default=False, strict=True)
 
 
 class JobCreated(BaseModel):
@@ -67,6 +70,9 @@ class ModelInfo(BaseModel):
     name: str
     version: str | None = None
     description: str | None = None
+    available: bool = Field(default=True, description="false when the bundle cannot serve (see unavailable_reason)")
+    unavailable_reason: str | None = None
+    weights_sha256: str | None = Field(default=None, description="SHA-256 of the served weights file")
     classes: list[str]
     image_size: list[int]
     samplers: list[str]

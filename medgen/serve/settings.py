@@ -40,6 +40,8 @@ class ServeSettings:
         max_steps: upper bound of ``steps`` per job.
         queue_size: jobs waiting at most; more are refused with 503.
         default_max_jobs: active (queued + running) jobs per key when the key sets no limit.
+        max_body_bytes: largest request body; a larger one gets 413 before it is read (and before the key check).
+        retention_days: results of finished jobs are deleted this many days after they finished (0: kept).
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
@@ -48,6 +50,8 @@ class ServeSettings:
     max_steps: int = 1000
     queue_size: int = 16
     default_max_jobs: int = 4
+    max_body_bytes: int = 64 * 1024
+    retention_days: float = 30.0
 
     @property
     def db_path(self) -> Path:

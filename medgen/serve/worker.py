@@ -4,6 +4,11 @@ A job writes its samples with :class:`~medgen.diffusion.sample_run.SampleRunner`
 optionally scores them with the bundle's quality gate, converts them with :func:`medgen.export.export_images`
 when DICOM or NIfTI is asked for, and zips the result. Progress and cancellation ride on the pipeline's step
 callback, so a cancel takes effect within one denoising step.
+
+What a client receives names the bundle, its version and the weights' SHA-256, never a server path: the
+``checkpoint`` path that ``SampleRunner`` records is replaced in ``samples.jsonl`` before packaging, and error
+messages have server paths replaced. Job folders are owner-only (0700/0600); a failed or cancelled job's folder
+is removed, and :meth:`Worker.clean_results` removes stray folders at start and results past the retention time.
 """
 
 from __future__ import annotations
@@ -13,20 +18,24 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from medgen.serve.catalog import DOMAIN_WEIGHTS_FILE, BundleInfo, PipelineCache
+from medgen.serve.catalog import DOMAIN_WEIGHTS_FILE, BundleInfo, PipelineCache, public_reason
 from medgen.serve.jobs import Job, JobStore, utcnow
+from medgen.serve.private import FILE_MODE, make_private, private_dir
 
 logger = logging.getLogger(__name__)
 
 RESULT_ZIP = "result.zip"
 DEFAULT_SECONDS_PER_IMAGE_STEP = 0.05
+RETENTION_SWEEP_SECONDS = 3600.0
 
 
 class QueueFull(RuntimeError):
@@ -58,14 +67,55 @@ class _ProgressPipeline:
 
 
 def zip_folder(folder: Path, dest: Path, skip: Sequence[str] = (".npy",)) -> Path:
-    """Zip every file under ``folder`` (paths relative to it) into ``dest``, atomically."""
+    """Zip every regular file under ``folder`` into ``dest`` (0600, written atomically).
+
+    Member names are relative POSIX paths inside ``folder``; symlinks (to files or folders) are never followed or
+    stored, and a file that resolves outside ``folder`` is left out, so nothing outside the job's folder can
+    reach a result. Files are opened with ``O_NOFOLLOW``, so a file swapped for a symlink meanwhile is not read.
+    """
+    root = Path(folder).resolve()
     tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.is_symlink() and not path.name.endswith(tuple(skip)):
-                zf.write(path, path.relative_to(folder).as_posix())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for base, dirs, files in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(base, d)))
+            for name in sorted(files):
+                path = Path(base) / name
+                if name.endswith(tuple(skip)) or path.is_symlink() or not path.resolve().is_relative_to(root):
+                    continue
+                member = path.relative_to(root).as_posix()
+                if member.startswith("/") or ".." in member.split("/"):
+                    continue
+                try:
+                    fd_in = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                except OSError:
+                    continue  # vanished or replaced by a symlink
+                with os.fdopen(fd_in, "rb") as src:
+                    st = os.fstat(src.fileno())
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    info = zipfile.ZipInfo(member, time.localtime(st.st_mtime)[:6])
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = 0o100644 << 16
+                    zf.writestr(info, src.read())
     os.replace(tmp, dest)
     return dest
+
+
+def public_samples(samples_dir: Path, info: BundleInfo) -> None:
+    """Rewrite ``samples.jsonl`` for clients: the weights' ``checkpoint`` path becomes the bundle's name and
+    version (the ``checkpoint_sha256`` stays)."""
+    index = samples_dir / "samples.jsonl"
+    if not index.is_file():
+        return
+    records = read_samples(samples_dir)
+    for record in records:
+        record.pop("checkpoint", None)
+        record["bundle"], record["bundle_version"] = info.spec.name, info.version
+        record.setdefault("checkpoint_sha256", info.weights_sha256)
+    tmp = index.with_name(f".{index.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, index)
 
 
 def read_samples(samples_dir: Path) -> list[dict[str, Any]]:
@@ -83,12 +133,16 @@ class Worker:
         bundles: the served bundles.
         results_dir: ``<results_dir>/<job_id>/`` holds a job's samples and result zip.
         queue_size: jobs that may wait; :meth:`submit` raises :class:`QueueFull` beyond.
+        retention_days: finished jobs' results are deleted this long after they finished (0: kept).
     """
 
-    def __init__(self, store: JobStore, bundles: dict[str, BundleInfo], results_dir: Path, queue_size: int = 16):
+    def __init__(self, store: JobStore, bundles: dict[str, BundleInfo], results_dir: Path, queue_size: int = 16,
+                 retention_days: float = 0.0):
         self.store = store
         self.bundles = bundles
-        self.results_dir = Path(results_dir)
+        self.results_dir = private_dir(results_dir)
+        self.retention_days = retention_days
+        self._last_sweep = time.monotonic()
         self.pipelines = PipelineCache(bundles)
         self.queue: queue.Queue[str | None] = queue.Queue(maxsize=queue_size)
         self._submit_lock = threading.Lock()
@@ -146,9 +200,50 @@ class Worker:
                 self._cancel.set()
         return self.store.get_job(job_id)
 
+    def clean_results(self) -> dict[str, int]:
+        """Remove what no client can fetch: folders and files in ``results_dir`` that are not the folder of a
+        succeeded job with its result (interrupted, failed, cancelled, unknown), and results older than the
+        retention time. Call it while no job runs (at start) or from the worker thread."""
+        expired = self.expire_results()
+        keep = {job_id for job_id, state in self.store.job_statuses().items() if state == "succeeded"}
+        stray = 0
+        for entry in list(self.results_dir.iterdir()):
+            if entry.name in keep and entry.is_dir() and not entry.is_symlink():
+                continue
+            stray += 1
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        make_private(self.results_dir)
+        if stray or expired:
+            logger.info("results: removed %d interrupted or stray folder(s) and %d expired result(s)", stray, expired)
+        return {"stray": stray, "expired": expired}
+
+    def expire_results(self) -> int:
+        """Delete the results of jobs that finished more than ``retention_days`` ago; return how many."""
+        self._last_sweep = time.monotonic()
+        if not self.retention_days or self.retention_days <= 0:
+            return 0
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=self.retention_days)).isoformat(timespec="milliseconds")
+        expired = self.store.finished_before(cutoff)
+        for job_id in expired:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            self.store.update_job(job_id, result=None)
+        return len(expired)
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            job_id = self.queue.get()
+            if time.monotonic() - self._last_sweep > RETENTION_SWEEP_SECONDS:
+                try:
+                    if count := self.expire_results():
+                        logger.info("results: removed %d expired result(s)", count)
+                except Exception:
+                    logger.exception("results: the retention sweep failed")
+            try:
+                job_id = self.queue.get(timeout=60.0)
+            except queue.Empty:
+                continue
             if job_id is None:
                 break
             self._forget_estimate(job_id)
@@ -184,6 +279,7 @@ class Worker:
                 last[0] = now
                 self.store.update_job(job_id, progress=round(95.0 * done / max(total, 1), 1))
 
+        succeeded = False
         try:
             metrics = self._generate(job, on_step)
         except JobCancelled:
@@ -192,17 +288,29 @@ class Worker:
             self.store.update_job(job_id, status="failed", retryable=True, finished_at=utcnow(),
                                   error="interrupted: the server stopped while the job ran; retry it")
         except (ValueError, FileNotFoundError) as err:
-            self.store.update_job(job_id, status="failed", error=str(err), finished_at=utcnow())
+            logger.error("job %s failed: %s", job_id, err)
+            self.store.update_job(job_id, status="failed", error=self._public(err, job), finished_at=utcnow())
         except Exception as err:
             logger.exception("job %s failed", job_id)
             self.store.update_job(job_id, status="failed", retryable=True, finished_at=utcnow(),
-                                  error=f"{type(err).__name__}: {err}")
+                                  error=self._public(err, job))
         else:
+            succeeded = True
             self.store.update_job(job_id, status="succeeded", progress=100.0, metrics=metrics, result=RESULT_ZIP,
                                   images=metrics["images"], run_seconds=metrics["generation_seconds"],
                                   finished_at=utcnow())
         finally:
             self.current = None
+            if not succeeded:
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def _public(self, err: BaseException, job: Job) -> str:
+        """``err`` as a client may see it: one line, no server path."""
+        info = self.bundles.get(job.request.get("bundle", ""))
+        text = public_reason(err, info.spec) if info else f"{type(err).__name__}: {err}"
+        for path in {str(self.results_dir), str(self.results_dir.resolve())}:
+            text = text.replace(path, "<results>")
+        return text
 
     def _generate(self, job: Job, on_step: Callable[[int, int], None]) -> dict[str, Any]:
         from medgen.diffusion.sample_run import SampleRunner
@@ -214,6 +322,7 @@ class Worker:
         out = self.job_dir(job.id)
         if out.exists():
             shutil.rmtree(out)
+        private_dir(out)
         samples = out / "samples"
         runner = SampleRunner(_ProgressPipeline(pipeline, on_step), samples, per_class=req["num_images"],
                               class_names=[req["class_label"]], seed=req["seed"], sampler=req["sampler"],
@@ -222,18 +331,21 @@ class Worker:
         runner.run()
         t2 = time.monotonic()
         self._check_cancel()
+        public_samples(samples, info)
         records = read_samples(samples)
         metrics: dict[str, Any] = {
             "images": len(records),
             "generation_seconds": round(t2 - t1, 3),
             "seconds_per_image": round((t2 - t1) / max(len(records), 1), 4),
             "model_load_seconds": round(t1 - t0, 3),
-            "checkpoint_sha256": records[0].get("checkpoint_sha256") if records else None,
+            "bundle_version": info.version,
+            "checkpoint_sha256": (records[0].get("checkpoint_sha256") if records else None) or info.weights_sha256,
         }
         if req.get("quality_check"):
             metrics["quality"] = self._quality(info, samples, records)
         self._check_cancel()
         self._package(req["output_format"], samples, out)
+        make_private(out)
         metrics["total_seconds"] = round(time.monotonic() - t0, 3)
         return metrics
 

@@ -70,3 +70,28 @@ def test_report_is_self_contained_and_has_every_section(tmp_path, small_datalist
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.mark.slow
+def test_report_shows_a_utility_json_given_or_found_in_the_samples_folder(tmp_path, small_datalist, isolated_cache):
+    import json
+
+    from medgen.metrics.image_sets import ImageSet
+    from medgen.metrics.utility import utility_experiment
+
+    datalist, images, labels = small_datalist
+    real = ImageSet(images, labels, ["neg", "pos"])
+    ut = utility_experiment(real, real, real, sizes=(4, None), steps=1, batch_size=8, boots=20)
+    samples = write_samples_dir(tmp_path / "samples", images, labels, ["neg", "pos"])
+    (samples / "utility.json").write_text(json.dumps({"bundle": "b", "utility": ut}))
+
+    def report(**kw) -> str:
+        evaluate(samples, datalist, tmp_path / "out", {"domain": DomainFeatures(None, size=32)}, size=32,
+                 num_pairs=10, kid_subsets=5, **kw)
+        return (tmp_path / "out" / "report.html").read_text()
+
+    found = report().split('id="utility"')[1]
+    assert "AUC pos [95% CI]" in found and "p (Bonferroni)" in found and "synthetic only" in found
+    assert 'src="data:image/png;base64,' in found and "not run" not in found
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        report(utility_json=tmp_path / "absent.json")

@@ -63,7 +63,8 @@ async function loadModels() {
   if (!apiKey()) { setStatus("Paste an API key first.", true); return; }
   try {
     const data = await (await api(API + "/models")).json();
-    models = data.models;
+    models = data.models.filter((m) => m.available !== false);
+    const down = data.models.filter((m) => m.available === false).map((m) => m.name);
     fillSelect($("bundle"), models.map((m) => m.name),
                models.map((m) => m.name + (m.description ? " — " + m.description : "")));
     $("num_images").max = Math.min(data.limits.max_images, 64);
@@ -71,7 +72,8 @@ async function loadModels() {
     showClasses();
     $("key-status").textContent = "key accepted";
     $("key-status").className = "muted";
-    setStatus(models.length ? "" : "This server has no trained models.");
+    setStatus((models.length ? "" : "This server has no trained models.")
+              + (down.length ? " Unavailable on this server: " + down.join(", ") + "." : ""), down.length > 0);
   } catch (e) {
     $("key-status").textContent = e.status === 401 ? "key rejected" : e.message;
     $("key-status").className = "error";

@@ -1,0 +1,316 @@
+"""Downstream utility of a bundle's own samples: does adding them help a classifier trained on few real images?
+
+    python -m benchmarks.utility --bundle cxr_ddpm
+    python -m benchmarks.utility --bundle brain_mri_score --weights runs/brain/model.pt
+    python -m benchmarks.utility --bundle cxr_ddpm --synthetic-dir runs/samples   # a `medgen sample` folder
+
+1. Synthetic images: ``--synthetic-per-class`` per class from the bundle's weights through the bundle's own
+   inference config (medgen's DiffusionPipeline and SampleRunner; DPM-Solver++ 2M at the bundle's steps for DDPM
+   bundles, the bundle's own sampler for score bundles; image k of the job gets seed ``--sample-seed + k``), written
+   to ``--synthetic-dir``; a rerun (or a folder `medgen sample` made) reuses the images already there.
+2. Real images: the data set's own training and test folders, read as training reads them.
+3. Classifiers (:mod:`medgen.metrics.classifier`): real only vs real + synthetic at each ``--sizes`` real images per
+   class, one per ``--seeds`` (each seed draws its own real subset), all with ``--steps`` optimizer steps; and one on
+   synthetic images alone. All tested on the real test split.
+4. Per size: AUC per class with bootstrap 95% CI, the AUC gain and its CI, F1, confusion matrices, McNemar
+   (Bonferroni across the sizes). Prints a table; writes ``utility_<bundle>.json`` (weights sha256, sampler, steps,
+   guidance, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into ``--out``, and a copy of the
+   JSON as ``utility.json`` in the synthetic folder, where ``medgen evaluate`` finds it for its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import REPO, RESULTS, machine, weights_digest, write_json
+
+#: each bundle's data set: folder under the data root, its training and test split folders
+DATASETS = {
+    "cxr_ddpm": ("chest_xray_kermany_224", "train", "test"),
+    "brain_mri_score": ("brain_tumor_mri_224", "Training", "Testing"),
+}
+#: target of the experiment: AUC gain of the minority class at these real sizes per class
+TARGET_GAIN, TARGET_SIZES = 0.05, (25, 50)
+
+
+class UtilityError(Exception):
+    """Bad input to the benchmark; printed as one line."""
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MEDGEN_TEST_DATA") or REPO.parent / "shared" / "data")
+
+
+def bundle_weights(bundle: str, weights: str | None) -> tuple[Path, Path]:
+    """(bundle folder, weights file), or a one-line error naming the missing file."""
+    from medgen.bundles import find_bundle
+
+    folder = find_bundle(bundle)
+    path = Path(weights) if weights else folder / "models" / "model.pt"
+    if not path.is_file():
+        shown = path.relative_to(REPO) if path.is_absolute() and path.is_relative_to(REPO) else path
+        hint = "" if weights else f"; the bundle ships none: train it (medgen train {bundle}) or pass --weights PATH"
+        raise UtilityError(f"no weights at {shown}{hint}")
+    return folder, path.resolve()
+
+
+def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guidance: float | None) -> dict:
+    """DPM-Solver++ 2M at the bundle's steps (its DEFAULT_STEPS when the bundle samples otherwise) for DDPM bundles;
+    a score bundle's own sampler and steps; the bundle's guidance scale."""
+    from medgen.bundles import read_config
+    from medgen.diffusion.solvers import DEFAULT_STEPS
+
+    cfg = read_config(folder, "inference")
+    own, own_steps = cfg.get("sampler", "ddim"), int(cfg.get("num_inference_steps", 50))
+    chosen = sampler or ("dpmpp2m" if own in DEFAULT_STEPS else own)
+    if steps is None:
+        steps = own_steps if chosen == own else DEFAULT_STEPS.get(chosen, own_steps)
+    return {"sampler": chosen, "steps": int(steps),
+            "guidance_scale": float(guidance if guidance is not None else cfg.get("guidance_scale", 1.0))}
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "samples.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (folder / rec.get("file", "")).is_file():
+            out.append(rec)
+    return out
+
+
+def _chosen(records: list[dict], classes: list[str], per_class: int, sha: str) -> dict[str, list[dict]]:
+    """The first ``per_class`` images of each class by seed; images of other weights are refused."""
+    other = {r.get("checkpoint_sha256") for r in records} - {None, sha}
+    if other:
+        raise UtilityError(f"the synthetic folder holds samples of other weights (sha256 {sorted(other)[0][:12]}..., "
+                           f"these are {sha[:12]}...): give another --synthetic-dir or the --weights that made them")
+    by_class: dict[str, list[dict]] = {c: [] for c in classes}
+    for r in sorted(records, key=lambda r: int(r["seed"])):
+        if r.get("class") in by_class and len(by_class[r["class"]]) < per_class:
+            by_class[r["class"]].append(r)
+    return by_class
+
+
+def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], per_class: int, seed: int,
+                  settings: dict, size: int, batch_size: int) -> tuple[Any, dict]:
+    """Sample (or reuse) ``per_class`` images per class into ``out``; returns the ImageSet and what made it."""
+    from medgen.bundles import run_bundle
+    from medgen.metrics.image_sets import ImageSet, load_image
+
+    sha = weights_digest(weights) or ""
+    chosen = _chosen(_records(out), classes, per_class, sha)
+    start, made = time.time(), 0
+    if any(len(v) < per_class for v in chosen.values()):
+        before = sum(len(v) for v in chosen.values())
+        print(f"sampling {per_class} per class ({settings['sampler']}, {settings['steps']} steps, guidance "
+              f"{settings['guidance_scale']}) into {out}", flush=True)
+        run_bundle(folder, "inference", "inference", {
+            "ckpt_path": str(weights), "output_dir": str(out.resolve()), "per_class": per_class, "seed": seed,
+            "sampler": settings["sampler"], "num_inference_steps": settings["steps"],
+            "guidance_scale": settings["guidance_scale"], "batch_size": batch_size,
+        })
+        chosen = _chosen(_records(out), classes, per_class, sha)
+        made = sum(len(v) for v in chosen.values()) - before
+    short = {c: len(v) for c, v in chosen.items() if len(v) < per_class}
+    if short:
+        raise UtilityError(f"{out} has too few synthetic images for {short} (need {per_class} per class)")
+    used = [r for c in classes for r in chosen[c]]
+    images = [load_image(out / r["file"], size) for r in used]
+    synthetic = ImageSet(
+        torch.stack([torch.from_numpy(x) for x in images]).numpy(), [classes.index(r["class"]) for r in used],
+        classes, [r["file"] for r in used])
+    info = {
+        "folder": str(out),
+        "per_class": per_class,
+        "seeds": {c: [int(r["seed"]) for r in chosen[c]] for c in classes},
+        "sampler": sorted({str(r.get("sampler")) for r in used}),
+        "steps": sorted({int(r["steps"]) for r in used if r.get("steps") is not None}),
+        "guidance_scale": sorted({float(r["guidance_scale"]) for r in used if r.get("guidance_scale") is not None}),
+        "generated_now": made,
+        "sampling_seconds": round(time.time() - start, 1) if made else 0.0,
+    }
+    return synthetic, info
+
+
+def real_sets(bundle: str, classes: list[str], size: int, prep: dict, data: Path | None,
+              train_per_class: int | None, test_per_class: int | None,
+              class_map: dict | None = None) -> tuple[Any, Any, dict]:
+    """The data set's training and test folders as training reads them (optionally at most N per class), their
+    folders merged into the weights' classes by the ``class_map`` the weights were trained with."""
+    from medgen.data.class_map import merge_classes
+    from medgen.metrics.image_sets import datalist_from_class_folders, load_datalist_split
+
+    if bundle not in DATASETS and data is None:
+        raise UtilityError(f"no data set known for bundle {bundle!r}: pass --data FOLDER with train/ and test/")
+    name, train, test = DATASETS.get(bundle, ("", "train", "test"))
+    root = data or data_root() / name
+    for split in (train, test):
+        if not (root / split).is_dir():
+            raise UtilityError(f"real data not found: {root / split} (set MEDGEN_TEST_DATA or pass --data)")
+    sets = []
+    for key, split, limit in (("training", train, train_per_class), ("test", test, test_per_class)):
+        dl = merge_classes(datalist_from_class_folders({key: root / split}, per_class=limit, seed=0), class_map,
+                           max_items_per_class=limit)
+        if dl["classes"] != classes:
+            raise UtilityError(f"{root / split} has classes {dl['classes']}, the weights {classes}")
+        sets.append(load_datalist_split(dl, key, size=size, **prep))
+    return sets[0], sets[1], {"root": str(root), "train": train, "test": test}
+
+
+def sizes_arg(text: str) -> list[int | None]:
+    return [None if s.strip() == "all" else int(s) for s in text.split(",") if s.strip()]
+
+
+def print_table(ut: dict) -> str:
+    from benchmarks.common import table
+
+    classes, minority = ut["classes"], ut["minority_class"]
+    tests = {t["real_per_class"]: t for t in ut["mcnemar"]}
+    gains = {g["real_per_class"]: g[minority] for g in ut["auc_gain"]}
+    rows = []
+    for r in ut["rows"]:
+        row = {"real/class": r["real_per_class"] if r["arm"] != "synthetic only" else 0, "arm": r["arm"],
+               "N train": r["n_train"], "acc": f"{r['accuracy']:.3f}"}
+        for c in classes:
+            a = r["auc"][c]
+            row[f"AUC {c} [95% CI]"] = f"{a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+        for c in classes:
+            row[f"F1 {c}"] = f"{r['f1'][c]:.3f}"
+        t, g = tests.get(r["real_per_class"]), gains.get(r["real_per_class"])
+        if r["arm"] == "real+synthetic" and t:
+            row[f"gain {minority} [95% CI]"] = f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
+            row["McNemar p"] = f"{t['p_value']:.3g}"
+            row["p Bonf."] = "/".join(f"{s['p_bonferroni']:.3g}" for s in t["per_seed"])
+        rows.append(row)
+    cols = ["real/class", "arm", "N train", "acc", *(f"AUC {c} [95% CI]" for c in classes),
+            *(f"F1 {c}" for c in classes), f"gain {minority} [95% CI]", "McNemar p", "p Bonf."]
+    text = table(rows, cols)
+    cms = "\n".join(f"  {r['real_per_class']:>4} {r['arm']:<15} {r['confusion_matrix']}" for r in ut["rows"])
+    return f"{text}\n\nconfusion matrices summed over seeds (rows true {classes}, columns predicted):\n{cms}"
+
+
+def target_reached(ut: dict) -> dict:
+    gains = {g["real_per_class"]: g[ut["minority_class"]] for g in ut["auc_gain"]}
+    at = {s: round(gains[s]["gain"], 4) for s in TARGET_SIZES if s in gains}
+    return {"minority_class": ut["minority_class"], "target_gain": TARGET_GAIN, "gain_at": at,
+            "reached": bool(at) and max(at.values()) >= TARGET_GAIN}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True, help="cxr_ddpm or brain_mri_score (or a bundle folder)")
+    parser.add_argument("--weights", help="weights trained elsewhere (default: the bundle's models/model.pt)")
+    parser.add_argument("--synthetic-dir", help="samples folder to make or reuse (default runs/utility/<bundle>)")
+    parser.add_argument("--synthetic-per-class", type=int, default=100, help="synthetic images per class")
+    parser.add_argument("--add", default="all", help="synthetic images added per class in the real+synthetic arm: "
+                        "all (every --synthetic-per-class), match (as many as the real ones) or a number")
+    parser.add_argument("--sample-seed", type=int, default=0, help="first sampling seed")
+    parser.add_argument("--sampler", help="default: dpmpp2m for DDPM bundles, the bundle's own for score bundles")
+    parser.add_argument("--sampling-steps", type=int, help="default: the bundle's")
+    parser.add_argument("--guidance", type=float, help="default: the bundle's")
+    parser.add_argument("--sample-batch", type=int, default=16)
+    parser.add_argument("--sizes", type=sizes_arg, default=sizes_arg("25,50,200,all"), help="real images per class")
+    parser.add_argument("--seeds", default="0,1", help="classifier seeds, comma-separated")
+    parser.add_argument("--steps", type=int, default=80, help="optimizer steps per classifier (every arm alike)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--boots", type=int, default=1000, help="bootstrap draws for the AUC intervals")
+    parser.add_argument("--data", type=Path, help="folder with the data set's train and test folders")
+    parser.add_argument("--train-per-class", type=int, help="load at most this many training images per class")
+    parser.add_argument("--test-per-class", type=int, help="load at most this many test images per class")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing busy CPUs)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UtilityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from medgen.metrics.image_sets import preparation_of
+    from medgen.metrics.utility import utility_experiment
+    from medgen.networks.weights_meta import meta_value, read_meta
+    from medgen.report.figures import utility_plot
+    from medgen.report.html import write_utility_report
+
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    folder, weights = bundle_weights(args.bundle, args.weights)
+    name = folder.name
+    meta = read_meta(weights)
+    classes = list(meta_value(meta, "classes", []) or [])
+    if not classes:
+        raise UtilityError(f"{weights} records no classes (no model.json beside it): use weights medgen trained")
+    size = int(meta_value(meta, "image_size", 64))
+    settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance)
+    out_dir = Path(args.synthetic_dir) if args.synthetic_dir else REPO / "runs" / "utility" / name
+    synthetic, syn_info = synthetic_set(folder, weights, out_dir, classes, args.synthetic_per_class,
+                                        args.sample_seed, settings, size, args.sample_batch)
+    t_real = time.time()
+    real_train, real_test, data_info = real_sets(name, classes, size, preparation_of(meta), args.data,
+                                                 args.train_per_class, args.test_per_class,
+                                                 meta_value(meta, "class_map", None))
+    print(f"real: {len(real_train)} training, {len(real_test)} test images at {size}x{size} "
+          f"({time.time() - t_real:.0f} s); synthetic: {len(synthetic)}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    add = None if args.add == "all" else args.add if args.add == "match" else int(args.add)
+    t_cls = time.time()
+    ut = utility_experiment(real_train, synthetic, real_test, sizes=args.sizes, batch_size=args.batch_size,
+                            boots=args.boots, seeds=seeds, synthetic_per_class=add, steps=args.steps, log=True)
+    result = {
+        "bundle": name,
+        "weights": str(weights),
+        "weights_sha256": weights_digest(weights),
+        "image_size": size,
+        "sampler": settings["sampler"],
+        "steps": settings["steps"],
+        "guidance_scale": settings["guidance_scale"],
+        "synthetic": syn_info,
+        "data": data_info,
+        "classifier": {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds,
+                       "synthetic_added_per_class": args.add, "network": "medgen.metrics.classifier.build_classifier",
+                       "boots": args.boots, "threads": args.threads},
+        "target": None,
+        "seconds": {"sampling": syn_info["sampling_seconds"], "classifiers": round(time.time() - t_cls, 1),
+                    "total": 0.0},
+        "machine": machine(),
+        "utility": ut,
+    }
+    result["target"] = target_reached(ut)
+    result["seconds"]["total"] = round(time.time() - t_start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = write_json(f"utility_{name}", result, args.out)
+    (out_dir / "utility.json").write_text(path.read_text())
+    fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {args.synthetic_per_class} synthetic "
+                           f"per class, seeds {seeds}, {args.steps} steps per classifier")
+    png = args.out / f"utility_{name}.png"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    html = write_utility_report(args.out / f"utility_{name}.html", result)
+    print()
+    print(print_table(ut))
+    tgt = result["target"]
+    print(f"\ntarget: AUC gain >= +{TARGET_GAIN:.2f} for the minority class ({tgt['minority_class']}) at "
+          f"{'/'.join(map(str, TARGET_SIZES))} real per class: gain {tgt['gain_at']} -> "
+          f"{'reached' if tgt['reached'] else 'not reached'}")
+    print(f"seconds: {result['seconds']}")
+    print(f"written {path}, {png}, {html} and {out_dir / 'utility.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""``python -m benchmarks.utility``: the bundle's own samples against real X-rays, end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt"
+
+
+def run_benchmark(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "benchmarks.utility", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_bundle_without_weights_fails_in_one_line_naming_the_missing_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.utility import main
+
+    bundle = tmp_path / "brain_mri_score"
+    shutil.copytree(REPO / "bundles" / "brain_mri_score" / "configs", bundle / "configs")
+    assert main(["--bundle", str(bundle)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bundle}/models/model.pt" in err[0] and "--weights PATH" in err[0]
+    assert main(["--bundle", str(bundle), "--weights", str(tmp_path / "elsewhere.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "elsewhere.pt" in err[0]
+
+
+@pytest.mark.slow
+def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kermany, tmp_path):
+    if not WEIGHTS.is_file():
+        pytest.skip("the cxr_ddpm bundle ships no weights here")
+    synth, out = tmp_path / "synthetic", tmp_path / "results"
+    args = ["--bundle", "cxr_ddpm", "--synthetic-dir", str(synth), "--synthetic-per-class", "2",
+            "--sampling-steps", "3", "--sizes", "3,all", "--train-per-class", "6", "--test-per-class", "6",
+            "--seeds", "0", "--steps", "2", "--batch-size", "8", "--boots", "30", "--out", str(out)]
+    first = run_benchmark(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "real+synthetic" in first.stdout and "synthetic only" in first.stdout and "p Bonf." in first.stdout
+    result = json.loads((out / "utility_cxr_ddpm.json").read_text())
+    assert result["weights_sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    assert (result["sampler"], result["steps"]) == ("dpmpp2m", 3) and result["synthetic"]["generated_now"] == 4
+    assert result["synthetic"]["seeds"] == {"NORMAL": [0, 1], "PNEUMONIA": [2, 3]}
+    assert result["machine"]["cores"] and result["classifier"]["seeds"] == [0]
+    ut = result["utility"]
+    assert [r["arm"] for r in ut["rows"]] == ["real", "real+synthetic", "real", "real+synthetic", "synthetic only"]
+    assert ut["test_per_class"] == [6, 6] and ut["rows"][-1]["n_train"] == 4
+    for r in ut["rows"]:
+        for a in r["auc"].values():
+            assert a["ci_low"] <= a["auc"] <= a["ci_high"]
+    assert all(t["p_bonferroni"] == pytest.approx(min(1.0, 2 * t["p_value"])) for t in ut["mcnemar"])
+    with Image.open(out / "utility_cxr_ddpm.png") as im:
+        assert im.format == "PNG" and im.size[0] > 200
+    page = (out / "utility_cxr_ddpm.html").read_text()
+    assert 'id="utility"' in page and "AUC NORMAL [95% CI]" in page and "data:image/png;base64," in page
+    assert json.loads((synth / "utility.json").read_text())["weights_sha256"] == result["weights_sha256"]
+
+    again = run_benchmark(*args)  # the synthetic set is reused, not sampled again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "sampling" not in again.stdout.split("real:")[0]
+    assert json.loads((out / "utility_cxr_ddpm.json").read_text())["synthetic"]["generated_now"] == 0

@@ -1,0 +1,119 @@
+"""The quality protocol: counts from the held-out split, the floor at equal N, FID / floor, and its benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medgen.metrics.protocol import (
+    ProtocolError,
+    check_per_class,
+    protocol_counts,
+    ratio_rows,
+    score_protocol,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_counts_are_the_held_out_split_per_class_capped(kermany):
+    from medgen.data.datalist import resolve_datalist
+
+    datalist = resolve_datalist(str(kermany), classes=["NORMAL", "PNEUMONIA"], seed=0)
+    assert protocol_counts(datalist) == {"NORMAL": 234, "PNEUMONIA": 390}  # Kermany's own test split
+    assert protocol_counts(datalist, cap=300) == {"NORMAL": 234, "PNEUMONIA": 300}
+    assert check_per_class({"NORMAL": 234, "PNEUMONIA": 390}, 100) == {"NORMAL": 100, "PNEUMONIA": 100}
+    with pytest.raises(ProtocolError, match="only 234 of class 'NORMAL'.*at most 234 per class"):
+        check_per_class({"NORMAL": 234, "PNEUMONIA": 390}, 300)
+
+
+def test_a_class_missing_from_the_held_out_split_is_named():
+    datalist = {"classes": ["a", "b"], "training": [{"label": 0}, {"label": 1}], "test": [{"label": 0}]}
+    with pytest.raises(ProtocolError, match=r"no images of class\(es\) \['b'\]"):
+        protocol_counts(datalist)
+
+
+def gaussian(n: int, shift: float, seed: int, dim: int = 24) -> np.ndarray:
+    return np.random.default_rng(seed).normal(shift, 1.0, (n, dim)).astype(np.float32)
+
+
+def test_floor_is_measured_at_the_generated_count_and_ratios_separate_good_from_bad():
+    classes = ["a", "b"]
+    ref = (np.concatenate([gaussian(400, 0, 1), gaussian(400, 3, 2)]), np.repeat([0, 1], 400))
+    held = (np.concatenate([gaussian(150, 0, 3), gaussian(250, 3, 4)]), np.repeat([0, 1], [150, 250]))
+    good = (np.concatenate([gaussian(100, 0, 5), gaussian(100, 3, 6)]), np.repeat([0, 1], 100))
+    bad = (np.concatenate([gaussian(100, 0.8, 7), gaussian(100, 3, 8)]), np.repeat([0, 1], 100))
+    r_good = score_protocol(classes, ref, good, held)
+    r_bad = score_protocol(classes, ref, bad, held)
+    for r in (r_good, r_bad):
+        assert all(r["classes"][c]["floor"]["n"] == r["classes"][c]["generated"]["n"] == 100 for c in classes)
+    assert 0.6 < r_good["classes"]["a"]["fid_ratio"] < 1.6  # a sample of the same distribution scores like real
+    assert r_bad["classes"]["a"]["fid_ratio"] > 3 * r_good["classes"]["a"]["fid_ratio"]  # a shifted one does not
+    assert r_bad["classes"]["b"]["fid_ratio"] < 1.6  # and per class: class b was generated well
+    rows = ratio_rows(r_bad)
+    assert [row["class"] for row in rows] == ["a", "b", "overall"]
+    assert {"FID", "floor FID", "FID / floor", "KID", "precision", "recall"} <= set(rows[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_kermany(kermany, tmp_path_factory) -> Path:
+    """Kermany's layout (train/test per class) with a few real images each, linked, not copied."""
+    root = tmp_path_factory.mktemp("tiny_kermany")
+    for split, n in (("train", 8), ("test", 3)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((kermany / split / cls).glob("*.jpeg"))[:n]:
+                os.symlink(src, root / split / cls / src.name)
+    return root
+
+
+@pytest.mark.slow
+def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_kermany, tmp_path, capsys):
+    from benchmarks.quality import main
+
+    out = tmp_path / "quality.json"
+    args = ["--bundle", "cxr_ddpm", "--dataset-dir", str(tiny_kermany), "--samples-root", str(tmp_path / "s"),
+            "--sampler", "dpmpp2m", "--steps", "4", "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "FID / floor" in printed and "NORMAL" in printed and "overall" in printed
+    result = json.loads(out.read_text())
+    from medgen.networks.weights_meta import sha256_of
+
+    assert result["weights_sha256"] == sha256_of(REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt")
+    assert result["counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
+    assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 1.0}
+    assert result["seeds"] == {"NORMAL": [20000, 20002], "PNEUMONIA": [120000, 120002]}
+    assert {"cpu", "cores", "torch"} <= set(result["machine"])
+    for name in ("NORMAL", "PNEUMONIA"):
+        entry = result["classes"][name]
+        assert entry["generated"]["n"] == entry["floor"]["n"] == 3
+        assert entry["fid_ratio"] == pytest.approx(entry["generated"]["fid"] / entry["floor"]["fid"])
+    samples = [json.loads(x) for x in (Path(result["samples_dir"]) / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and {s["steps"] for s in samples} == {4}
+
+    # the model cards quote this JSON: the same weights pass the check, other weights fail it in one line
+    assert main(["--bundle", "cxr_ddpm", "--check", "--json", str(out)]) == 0
+    other = dict(result, weights_sha256="0" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="has sha256 .* but .* was measured on 0000"):
+        main(["--bundle", "cxr_ddpm", "--check", "--json", str(tmp_path / "other.json")])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--per-class", "5"], "asked for 5 generated images per class, but the held-out split has only 3"),
+    (["--guidance", "-1"], "guidance_scale"),
+    (["--steps", "0"], "num_inference_steps"),
+    (["--steps", "5000"], "num_inference_steps"),
+])
+def test_bad_requests_stop_with_one_line(tiny_kermany, tmp_path, extra, message):
+    from benchmarks.quality import main
+
+    with pytest.raises(SystemExit, match=message) as err:
+        main(["--bundle", "cxr_ddpm", "--dataset-dir", str(tiny_kermany), "--samples-root", str(tmp_path / "s"),
+              "--json", str(tmp_path / "q.json"), *extra])
+    assert "\n" not in str(err.value)
