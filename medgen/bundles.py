@@ -29,6 +29,28 @@ def find_bundle(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no bundle {str(name_or_path)!r}: give a bundle folder or one of {known}")
 
 
+def config_bundle_root(name: str) -> str:
+    """The bundle folder of the config being run: the parent of the ``configs/`` folder of the MONAI
+    ``ConfigWorkflow`` that is evaluating it (``python -m monai.bundle run``, ``monai.bundle.load``, medgen's own
+    commands), so a config finds its weights from any current folder; outside a workflow, the bundle ``name`` as
+    :func:`find_bundle` finds it. MONAI gives a config no key for its own location; this reads it off the workflow."""
+    import inspect
+
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            workflow = frame.f_locals.get("self")
+            if isinstance(workflow, ConfigWorkflow):
+                root = Path(workflow.config_root_path).resolve()
+                return str(root.parent if root.name == "configs" else root)
+            frame = frame.f_back
+    finally:
+        del frame
+    return str(find_bundle(name).resolve())
+
+
 def list_bundles() -> list[Path]:
     seen: dict[str, Path] = {}
     for folder in bundle_search_path():

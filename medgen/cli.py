@@ -3,13 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from medgen import __version__
 
 logger = logging.getLogger("medgen")
+
+EXIT_CODES = ("exit codes: 0 done; 1 the work failed (audit found a memorised image, drift detected, a file not "
+              "exported or sent, a bundle check failed); 2 bad usage or input (unknown option, missing file or folder, "
+              "bad config value)")
+
+
+class OneSpellingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose ``--a-b`` options also take ``--a_b`` (added by :func:`accept_underscores`), with
+    abbreviations that see both spellings as one option. argparse has no hidden-alias option; this fills the gap."""
+
+    def _get_option_tuples(self, option_string: str) -> list:
+        unique: dict[int, tuple] = {}
+        for match in super()._get_option_tuples(option_string):
+            unique.setdefault(id(match[0]), match)
+        return list(unique.values())
+
+
+def _underscore_alias(option: str, options: list[str]) -> bool:
+    """``--a_b`` beside its documented spelling ``--a-b``."""
+    return option.startswith("--") and "_" in option and "--" + option[2:].replace("_", "-") in options
+
+
+class _OneSpellingFormatter(argparse.HelpFormatter):
+    """Help that shows only the documented (hyphenated) spelling of an option."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [s for s in action.option_strings if not _underscore_alias(s, action.option_strings)]
+        if len(shown) < len(action.option_strings):
+            action = copy.copy(action)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
+
+
+def accept_underscores(parser: argparse.ArgumentParser) -> None:
+    """Give every ``--a-b`` option of ``parser`` and its sub-parsers the hidden spelling ``--a_b`` (the one bundle
+    config keys and ``python -m monai.bundle run`` use), and help that shows ``--a-b`` only."""
+    base = parser.formatter_class
+    if not issubclass(base, _OneSpellingFormatter):
+        parser.formatter_class = type(base.__name__, (_OneSpellingFormatter, base), {})
+    for action in parser._actions:
+        for option in list(action.option_strings):
+            alias = "--" + option[2:].replace("-", "_")
+            if option.startswith("--") and alias != option and alias not in parser._option_string_actions:
+                action.option_strings.append(alias)
+                parser._option_string_actions[alias] = action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                accept_underscores(sub)
+
+
+def existing(path: str, name: str, what: str) -> str:
+    """``path`` when it exists; else a bad-input error (exit 2) raised before a command imports torch or MONAI."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{name} {path}: no such file or folder; give {what}")
+    return path
+
+
+SAMPLES = "the folder `medgen sample` wrote (with samples.jsonl)"
+DATALIST = "a datalist JSON (`medgen data index` writes one)"
 
 
 def cmd_data_index(args: argparse.Namespace) -> int:
@@ -51,6 +112,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     overrides = parse_overrides(extra)
     if args.dataset_dir:
+        from medgen.config import check_data_source
+
+        check_data_source(args.dataset_dir)  # before MONAI is imported: a wrong path is reported at once
         overrides["dataset_dir"] = args.dataset_dir
     if args.export_to_bundle:
         overrides["export_to_bundle"] = True
@@ -66,6 +130,8 @@ SAMPLE_FLAGS = {"per_class": "--per-class", "seed": "--seed", "guidance_scale": 
 
 
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.ckpt:
+        existing(args.ckpt, "--ckpt", "a weights file (model.pt) or leave --ckpt out for <bundle>/models/model.pt")
     from medgen.bundles import config_file, find_bundle, parse_overrides, run_bundle
     from medgen.config import check_run
 
@@ -101,7 +167,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export_command(args.samples_dir, args.out, fmt=args.format, iod=args.iod, uid_root=args.uid_root,
                           patient_name=args.patient_name, patient_id=args.patient_id, bits=args.bits,
                           body_part=args.body_part, send_to=args.send_to, credentials_file=args.credentials,
-                          retries=args.retries, report=args.report)
+                          retries=args.retries, report=args.report, pixel_spacing=args.pixel_spacing,
+                          field_of_view_mm=args.field_of_view_mm, view_position=args.view_position,
+                          calling_aet=args.calling_aet)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -112,6 +180,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    existing(args.samples_dir, "SAMPLES_DIR", SAMPLES)
+    existing(args.datalist, "DATALIST", DATALIST)
     from medgen.metrics.commands import evaluate_command
 
     return evaluate_command(args.samples_dir, args.datalist, args.out, size=args.size, features=args.features,
@@ -121,6 +191,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    existing(args.samples_dir, "SAMPLES_DIR", SAMPLES)
+    existing(args.datalist, "DATALIST", DATALIST)
     from medgen.metrics.commands import audit_command
 
     return audit_command(args.samples_dir, args.datalist, args.out, size=args.size, percentile=args.percentile,
@@ -130,6 +202,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    for name in ("reference", "new"):
+        existing(getattr(args, name), name.upper(), "an image folder, a samples folder or a datalist JSON")
     from medgen.metrics.commands import drift_command
 
     return drift_command(args.reference, args.new, out=args.out, size=args.size, features=args.features,
@@ -138,6 +212,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
+    existing(args.datalist, "DATALIST", DATALIST)
     from medgen.metrics.commands import fit_gate_command
 
     return fit_gate_command(args.datalist, args.out, size=args.size, features=args.features,
@@ -145,9 +220,13 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not formats or set(formats) - {"ts", "onnx"}:  # checked before MONAI is imported
+        raise ValueError(f"--format {args.format!r}: give ts, onnx or ts,onnx")
+    if args.ckpt:
+        existing(args.ckpt, "--ckpt", "a weights file (model.pt) or leave --ckpt out for <bundle>/models/model.pt")
     from medgen.networks.export import export_bundle
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
     result = export_bundle(args.bundle, ckpt_file=args.ckpt, out_dir=args.out, formats=formats,
                            opset_version=args.opset)
     for key, value in result.items():
@@ -155,12 +234,22 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     return 0
 
 
+ZOO_EXCLUSION_NAMES = ("none", "generative")  # medgen.zoo.ZOO_EXCLUSIONS, named here to keep --help light
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from medgen.bundles import list_bundles
     from medgen.zoo import verify_command
 
     bundles = args.bundles or [str(p) for p in list_bundles()]
-    return max(verify_command(b, schema=args.schema, network=not args.no_network) for b in bundles)
+    return max(verify_command(b, schema=args.schema, network=not args.no_network, mode=args.mode,
+                              exclusions=args.zoo_exclusions) for b in bundles)
+
+
+def cmd_zoo_export(args: argparse.Namespace) -> int:
+    from medgen.zoo_export import zoo_export_command
+
+    return max(zoo_export_command(b, args.out, force=args.force) for b in args.bundles)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -170,7 +259,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medgen", description=__doc__)
+    parser = OneSpellingParser(prog="medgen", description=__doc__, epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"medgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -187,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--val-fraction", type=_fraction, default=0.1,
                        help="in [0, 1), default 0.1; --val-fraction + --test-fraction must stay below 1")
     index.add_argument("--test-fraction", type=_fraction, default=0.1, help="in [0, 1), default 0.1")
-    index.add_argument("--seed", type=int, default=0)
+    index.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     index.add_argument("--image-column", default=None, help="CSV column with image paths (default: path; "
                        "CheXpert's Path)")
     index.add_argument("--label-column", default=None, help="CSV column with labels (default: label); for CheXpert "
@@ -203,20 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
                        "for a large CSV such as CheXpert's; a broken file is then skipped when loaded)")
     index.set_defaults(func=cmd_data_index, takes_extra=False)
 
-    keys_help = "bundle keys: any of them as --key value (or --key=value; - and _ alike), e.g. --max-epochs 5"
+    def keys_help(example: str, key: str) -> str:
+        return "\n".join(textwrap.fill(text, 79) for text in (
+            f"bundle config keys: any other --key value (or --key=value) sets the bundle config key of that name, as "
+            f"`python -m monai.bundle run` does: {example} sets {key} (the config file's spelling --{key} is the same "
+            "key); a nested id joins its keys with # (--a#b value).", EXIT_CODES))
+
     train = verbs.add_parser("train", help="train a bundle (any config key as --key value)", allow_abbrev=False,
-                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=keys_help)
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=keys_help("--max-epochs 5", "max_epochs"))
     train.add_argument("bundle", help="bundle folder or name, e.g. cxr_ddpm")
     train.add_argument("--dataset-dir", "--dataset_dir", help="data folder, npz, CSV or datalist JSON")
     train.add_argument("--config", default="train", help="config name in configs/ (default: train)")
     train.add_argument("--export-to-bundle", "--export_to_bundle", action="store_true", help="also write the final "
                        "weights to the bundle's models/model.pt (default: only to the run folder, "
-                       "runs/<bundle>/<time or --run_name>)")
+                       "runs/<bundle>/<time or --run-name>)")
     train.set_defaults(func=cmd_train, takes_extra=True)
 
     sample = verbs.add_parser("sample", help="generate images per class with a trained bundle", allow_abbrev=False,
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=keys_help)
-    sample.add_argument("bundle")
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=keys_help("--export-format dicom", "export_format"))
+    sample.add_argument("bundle", help="bundle folder or name, e.g. cxr_ddpm")
     sample.add_argument("--per-class", "--per_class", type=int, default=None,
                         help="images per class (default: the bundle's)")
     sample.add_argument("--class", dest="class_names", action="append", help="class to generate (repeatable)")
@@ -246,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = verbs.add_parser("evaluate", help="FID/KID, precision/recall, diversity, audit, utility; writes "
                                            "metrics.json and report.html")
-    ev.add_argument("samples_dir")
+    ev.add_argument("samples_dir", help=SAMPLES)
     ev.add_argument("datalist", help="the real data's datalist JSON")
-    ev.add_argument("--out", required=True)
+    ev.add_argument("--out", required=True, help="folder for metrics.json and report.html")
     features_args(ev, "inception,domain")
     ev.set_defaults(size=None)  # the image size recorded with the weights that made the samples, else 64
     ev.add_argument("--max-real-per-class", type=int, default=None,
@@ -256,19 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--utility-sizes", help="train classifiers at these real sizes per class, e.g. 50,200,all (slow)")
     ev.add_argument("--utility-json", help="show this utility result (python -m benchmarks.utility) in the report "
                     "(default: utility.json in the samples folder, when there)")
-    ev.add_argument("--no-report", action="store_true")
+    ev.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
     ev.add_argument("--redact-paths", action="store_true", help="name training files by their place in the "
                     "datalist and leave real training pixels out of report.html (PHI)")
     ev.set_defaults(func=cmd_evaluate, takes_extra=False)
 
     audit = verbs.add_parser("audit", help="memorisation audit; exit 1 when any image is too close to a training image")
-    audit.add_argument("samples_dir")
-    audit.add_argument("datalist")
-    audit.add_argument("--out", required=True)
+    audit.add_argument("samples_dir", help=SAMPLES)
+    audit.add_argument("datalist", help="the training data's datalist JSON (the images the model learnt from)")
+    audit.add_argument("--out", required=True, help="folder for audit.json and closest_pairs.png")
     features_args(audit, "domain")
     audit.add_argument("--percentile", type=float, default=1.0,
                        help="threshold: this percentile of held-out-to-train distances")
-    audit.add_argument("--max-train-per-class", type=int)
+    audit.add_argument("--max-train-per-class", type=int, help="training images per class compared against "
+                       "(default: all)")
     audit.add_argument("--pairs", type=int, default=8, help="closest pairs shown side by side")
     audit.add_argument("--redact-paths", action="store_true", help="name training files by their place in the "
                        "datalist ('training[17]') in audit.json and do not write closest_pairs.png (real pixels)")
@@ -279,15 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("new", help="folder, samples folder or datalist JSON")
     drift.add_argument("--out", help="write the result as JSON")
     features_args(drift, "domain")
-    drift.add_argument("--reference-split", default="test")
-    drift.add_argument("--new-split", default="test")
-    drift.add_argument("--permutations", type=int, default=500)
-    drift.add_argument("--alpha", type=float, default=0.05)
+    drift.add_argument("--reference-split", default="test",
+                       help="datalist split read when REFERENCE is a datalist (default test)")
+    drift.add_argument("--new-split", default="test", help="datalist split read when NEW is a datalist (default test)")
+    drift.add_argument("--permutations", type=int, default=500, help="permutations of the MMD test (default 500)")
+    drift.add_argument("--alpha", type=float, default=0.05,
+                       help="significance level: drift (exit 1) when p < alpha (default 0.05)")
     drift.set_defaults(func=cmd_drift, takes_extra=False)
 
     gate = verbs.add_parser("fit-gate", help="fit the realism quality gate on real images "
                                             "(for sample --quality-filter)")
-    gate.add_argument("datalist")
+    gate.add_argument("datalist", help="the real data's datalist JSON")
     gate.add_argument("out", help="gate file to write (.npz)")
     features_args(gate, "domain")
     gate.add_argument("--percentile", type=float, default=95.0, help="threshold percentile on held-out real images")
@@ -297,17 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR), PNG, 16-bit PNG or NIfTI")
     export.add_argument("samples_dir", help="folder written by `medgen sample` (with samples.jsonl)")
     export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--format", default="dicom", choices=["dicom", "png", "png16", "nifti"])
+    export.add_argument("--format", default="dicom", choices=["dicom", "png", "png16", "nifti"],
+                        help="output format (default: %(default)s)")
     export.add_argument("--iod", default="sc", choices=["sc", "cr", "mr"],
                         help="DICOM IOD: Secondary Capture, Computed Radiography or MR")
     export.add_argument("--uid-root", help="UID prefix for the study/series/instance UIDs")
     export.add_argument("--patient-name", help="synthetic patient name (default: one per run)")
     export.add_argument("--patient-id", help="synthetic patient ID (default: one per run)")
-    export.add_argument("--bits", type=int, default=16, choices=[12, 16])
-    export.add_argument("--body-part", default="CHEST")
+    export.add_argument("--bits", type=int, default=16, choices=[12, 16],
+                        help="DICOM bits stored (default: %(default)s)")
+    export.add_argument("--body-part", help="DICOM BodyPartExamined, e.g. CHEST, HEAD (default: what the bundle's "
+                        "training source was; none when unknown)")
+    export.add_argument("--pixel-spacing", "--pixel_spacing", type=float, nargs="+", metavar="MM",
+                        help="pixel spacing in mm (one value, or rows columns); overrides what the samples record")
+    export.add_argument("--field-of-view-mm", "--field_of_view_mm", type=float, nargs="+", metavar="MM",
+                        help="nominal field of view in mm (one value, or rows columns): spacing = field / image "
+                        "size; for sources without spacing (default: the bundle's nominal field, see docs/dicom.md)")
+    export.add_argument("--view-position", "--view_position", choices=["AP", "PA", "LL", "RL", "LLD", "RLD"],
+                        help="CR ViewPosition (default: what the bundle's training films were, e.g. AP for cxr_ddpm; "
+                        "none when unknown)")
+    export.add_argument("--calling-aet", "--calling_aet", default="MEDGEN",
+                        help="our AE title when sending with --send-to dimse://... (default: %(default)s)")
     export.add_argument("--send-to", help="after export, send to dimse://AET@host:port or dicomweb://host:port/root")
     export.add_argument("--credentials", help="credentials file for the PACS (else MEDGEN_PACS_USER/PASSWORD)")
-    export.add_argument("--retries", type=int, default=3)
+    export.add_argument("--retries", type=int, default=3, help="attempts per file on transient failure")
     export.add_argument("--report", help="per-file send report (.csv or .json)")
     export.set_defaults(func=cmd_export, takes_extra=False)
 
@@ -317,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--credentials", help="credentials file (else MEDGEN_PACS_USER/MEDGEN_PACS_PASSWORD)")
     send.add_argument("--retries", type=int, default=3, help="attempts per file on transient failure")
     send.add_argument("--report", help="per-file result report (.csv or .json)")
-    send.add_argument("--calling-aet", default="MEDGEN")
+    send.add_argument("--calling-aet", default="MEDGEN", help="our AE title in the association (default: "
+                      "%(default)s)")
     send.set_defaults(func=cmd_send, takes_extra=False)
 
     export_model = verbs.add_parser("export-model", help="export a bundle's weights as models/model.ts and "
@@ -329,11 +442,26 @@ def build_parser() -> argparse.ArgumentParser:
     export_model.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or later (default 18)")
     export_model.set_defaults(func=cmd_export_model, takes_extra=False)
 
-    verify = verbs.add_parser("verify", help="check bundles as the MONAI Model Zoo's CI does, offline")
+    verify = verbs.add_parser("verify", help="check bundles as the MONAI Model Zoo's CI (ci/verify_bundle.py) does, "
+                                              "plus medgen's review; exit 1 where the zoo would fail")
     verify.add_argument("bundles", nargs="*", help="bundle folders or names (default: all bundles found)")
+    verify.add_argument("--mode", default="full", choices=["min", "full"],
+                        help="the zoo's mode: min (files, version, requirements, metadata schema) or full (also the "
+                             "network called with the image alone, and TorchScript export); default full")
+    verify.add_argument("--zoo-exclusions", default="none", choices=sorted(ZOO_EXCLUSION_NAMES),
+                        help="none (default), or generative: skip the single-input shape check and TorchScript, as "
+                             "the zoo's CI does for the generative bundles it lists in ci/bundle_custom_data.py")
     verify.add_argument("--schema", help="metadata schema JSON (default: found by name in ../shared/schemas)")
-    verify.add_argument("--no-network", action="store_true", help="skip building and running the networks")
+    verify.add_argument("--no-network", action="store_true", help="skip building and running the networks (the zoo "
+                                                                  "part then runs in min mode)")
     verify.set_defaults(func=cmd_verify, takes_extra=False)
+
+    zoo_export = verbs.add_parser("zoo-export", help="write bundles in the MONAI Model Zoo's self-contained form "
+                                                     "(JSON configs, scripts/, weights), runnable without medgen")
+    zoo_export.add_argument("bundles", nargs="+", help="bundle folders or names")
+    zoo_export.add_argument("--out", required=True, help="folder to write <out>/<bundle name> into")
+    zoo_export.add_argument("--force", action="store_true", help="replace an existing <out>/<bundle name>")
+    zoo_export.set_defaults(func=cmd_zoo_export, takes_extra=False)
 
     from medgen.serve.commands import add_serve_arguments
 
@@ -341,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "manage keys")
     add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve, takes_extra=False)
+    accept_underscores(parser)
     return parser
 
 
@@ -387,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(stop.code, str):
             raise
         print(stop.code, file=sys.stderr)  # a config check's one-line message(s), as `python -m monai.bundle` prints
-        return 2
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        return getattr(stop, "exit_code", 2)  # a failed export/send step of a sample run: its own code
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError,
+            RuntimeError) as err:
         cause = root_cause(err)
         if isinstance(cause, RuntimeError) and not isinstance(cause, FileNotFoundError):
             raise  # not a user error: keep the traceback

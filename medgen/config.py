@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DATA_HINT = (
-    "put the data set there, pass --dataset_dir <dir>, or set MEDGEN_DATA_DIR to the folder that holds "
+    "put the data set there, pass --dataset-dir <dir>, or set MEDGEN_DATA_DIR to the folder that holds "
     "chest_xray_kermany_224/ (see README.md, 'Data')"
 )
 
@@ -66,10 +66,18 @@ def check_training(dataset_dir: Any, image_size: Any, batch_size: Any, max_epoch
     check_data_source(dataset_dir)
 
 
+class StepFailed(SystemExit):
+    """A step's one-line message and the exit code ``medgen`` returns for it (1 failed work, 2 bad input)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def check_exit(code: int, step: str) -> int:
-    """Stop a bundle run when a step that returns an exit code (export, send) failed."""
+    """Stop a bundle run when a step that returns an exit code (export, send) failed; ``medgen`` exits with it."""
     if code:
-        fail(f"{step} finished with exit code {code}; see the messages above")
+        raise StepFailed(f"medgen: error: {step} finished with exit code {code}; see the messages above", code)
     return code
 
 
@@ -263,6 +271,8 @@ SPEC: dict[str, Rule] = {
     "max_iterations": optional(integer(1)),
     "fid_interval": integer(0),
     "fid_features": choice("domain", "inception"), "fid_per_class": integer(2),
+    # experiment tracking
+    "tensorboard_dir": optional(path), "mlflow_tracking_uri": optional(text), "mlflow_experiment": text,
     # sampling
     "per_class": integer(1), "sampler": text, "num_inference_steps": positive_steps,
     "guidance_scale": number(ge=0), "shard": optional(shard), "n_steps_each": positive_steps,
@@ -501,7 +511,7 @@ def config_keys_help(config_path: str | os.PathLike) -> str:
             shown = "(from the weights)" if "meta_value(" in value else "(computed)"
         else:
             shown = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
-        rows.append((f"--{key} {shown}", comments.get(key, "")))
+        rows.append((f"--{key.replace('_', '-')} {shown}", comments.get(key, "")))  # the documented spelling
     width = min(44, max((len(r[0]) for r in rows), default=0))
     return "\n".join(f"  {a:<{width}}  {b}".rstrip() if len(a) <= width else f"  {a}\n  {'':<{width}}  {b}".rstrip()
                      for a, b in rows)

@@ -178,7 +178,8 @@ def check_required_packages(bundle: Path, meta: dict[str, Any]) -> list[Finding]
     listed = {_normalise(k) for k in meta.get("required_packages_version", {})}
     distributions = importlib.metadata.packages_distributions()
     findings = []
-    for module in sorted(imported_modules(bundle) - VERSIONED_ELSEWHERE):
+    own = {p.stem for p in bundle.iterdir() if p.is_dir() or p.suffix == ".py"}  # the bundle's scripts/ etc.
+    for module in sorted(imported_modules(bundle) - VERSIONED_ELSEWHERE - own):
         names = distributions.get(module, [module])
         if not any(_normalise(n) in listed for n in names):
             dist = names[0]
@@ -361,6 +362,134 @@ def _check_onnx(path: Path, inputs: dict[str, Any], expected: tuple[int, ...]) -
     return [] if shape == expected else [Finding("onnx", f"model.onnx gives shape {shape}, metadata says {expected}")]
 
 
+# What the zoo's ci/bundle_custom_data.py grants its own generative bundles (brats_mri_generative_diffusion,
+# brats_mri_axial_slices_generative_diffusion): they are on exclude_verify_shape_list and
+# exclude_verify_torchscript_list. A bundle gets an exclusion only by being named in those lists in the zoo.
+ZOO_EXCLUSIONS = {"none": frozenset(), "generative": frozenset({"shape", "torchscript"})}
+ZOO_LISTS = {"shape": "exclude_verify_shape_list", "torchscript": "exclude_verify_torchscript_list"}
+
+
+def check_large_file_downloads(bundle: Path, timeout: float = 10.0) -> list[Finding]:
+    """The zoo downloads every ``large_files`` entry first; one it cannot reach fails the bundle."""
+    import urllib.request
+
+    findings = []
+    for entry in read_large_files(bundle):
+        url = str(entry.get("url", ""))
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                pass
+        except Exception as e:  # noqa: BLE001 - every failure means the zoo's download step fails
+            findings.append(Finding("download", f"large_files: {url} cannot be downloaded ({type(e).__name__}: "
+                                                f"{e}); list only reachable locations, or ship the file"))
+    return findings
+
+
+def zoo_requirements(meta: dict[str, Any]) -> dict[str, str]:
+    """Package -> version, as the zoo's ``ci/get_bundle_requirements.py`` writes them for ``pip install``."""
+    pins = {}
+    for key, name in (("monai_version", "monai"), ("pytorch_version", "torch"), ("numpy_version", "numpy")):
+        if key in meta:
+            pins[name] = str(meta[key])
+    for key in ("optional_packages_version", "required_packages_version"):
+        pins.update({str(k): str(v) for k, v in meta.get(key, {}).items()})
+    return pins
+
+
+def check_requirements_installable(meta: dict[str, Any]) -> list[Finding]:
+    """Each pin the zoo installs must come from a package index: a package installed here from a local folder (an
+    editable or path install, like medgen itself) is in no index, and a pin that differs from what is installed
+    here was not what these checks ran with."""
+    findings = []
+    for name, version in zoo_requirements(meta).items():
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            findings.append(Finding("requirements", f"{name}=={version} is not installed here: not checked", "warning"))
+            continue
+        # every copy found (a source tree's egg-info can shadow the installed dist-info)
+        urls = [json.loads(d.read_text("direct_url.json") or "{}").get("url", "")
+                for d in importlib.metadata.distributions(name=name)]
+        url = next((u for u in urls if u.startswith("file:")), "")
+        if url.startswith("file:"):
+            findings.append(Finding("requirements", f"{name}=={version}: installed here from {url}, not from a "
+                                                    "package index, so the zoo's `pip install` of it fails; export "
+                                                    "a self-contained bundle with `medgen zoo-export`"))
+        elif dist.version.split("+")[0] != version:
+            findings.append(Finding("requirements", f"{name}=={version} pinned, {dist.version} installed here: "
+                                                    "the checks ran with the installed one", "warning"))
+    return findings
+
+
+def _zoo_shape(bundle: Path, config: Path) -> None:
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                      config_file=str(config), bundle_root=str(bundle), device="cpu")
+
+
+def _zoo_torchscript(bundle: Path, config: Path) -> None:
+    import tempfile
+
+    from monai.bundle import ckpt_export
+
+    with tempfile.TemporaryDirectory() as tmp:  # the zoo writes models/verify_model.ts; keep the bundle untouched
+        ckpt_export(net_id="network_def", filepath=str(Path(tmp) / "verify_model.ts"),
+                    ckpt_file=str(bundle / "models" / "model.pt"), meta_file=str(bundle / "configs" / "metadata.json"),
+                    config_file=str(config), bundle_root=str(bundle))
+    if (bundle / "models" / "model.ts").is_file():
+        import torch
+
+        torch.jit.load(str(bundle / "models" / "model.ts"))
+
+
+def zoo_ci_checks(bundle: str | Path, mode: str = "full", exclusions: str = "none",
+                  schema: str | Path | None = None) -> list[Finding]:
+    """The steps of the zoo's ``ci/verify_bundle.py`` in its order, as findings: ``passed``, ``skipped`` or
+    ``error``. ``min`` stops after the metadata schema, as the zoo's min mode does; ``full`` adds the property check,
+    the network built from ``network_def`` and called with the image alone (``verify_net_in_out``), and the TorchScript
+    export of the weights (``ckpt_export``). ``exclusions="generative"`` skips what the zoo skips for its generative
+    bundles (:data:`ZOO_EXCLUSIONS`); the bundle must then be named in those lists of the zoo's CI."""
+    import sys
+
+    if mode not in ("min", "full"):
+        raise ValueError(f"mode must be 'min' or 'full', got {mode!r}")
+    if exclusions not in ZOO_EXCLUSIONS:
+        raise ValueError(f"exclusions must be one of {sorted(ZOO_EXCLUSIONS)}, got {exclusions!r}")
+    bundle = Path(bundle)
+    out = check_large_file_downloads(bundle) + check_required_files(bundle)
+    out = [f for f in out if f.level == "error"]
+    if out or not (bundle / "configs" / "metadata.json").is_file():
+        return out
+    out.append(Finding("directory", "files and downloads verified", "passed"))
+    meta = load_metadata(bundle)
+    out += check_version(meta) or [Finding("version", "version and changelog verified", "passed")]
+    out += check_requirements_installable(meta) or [Finding("requirements", "every pin installable", "passed")]
+    out += check_metadata_schema(bundle, meta, schema) or [Finding("schema", "metadata format verified", "passed")]
+    if mode == "min" or any(f.level == "error" for f in out):
+        return out
+    apps = meta.get("supported_apps") or {}
+    out.append(Finding("properties", f"supported_apps {sorted(apps)}: the zoo checks their properties" if apps else
+                       "no supported_apps: nothing to check, as in the zoo", "warning" if apps else "passed"))
+    config = _find_file(bundle / "configs", "inference")
+    sys.path.insert(0, str(bundle))  # as the zoo does, so the bundle's scripts/ import
+    try:
+        for step, run, label in (("shape", _zoo_shape, "data shape"), ("torchscript", _zoo_torchscript, "TorchScript")):
+            if step in ZOO_EXCLUSIONS[exclusions]:
+                out.append(Finding(step, f"skip verifying the {label} ({ZOO_LISTS[step]}, as the zoo does for its "
+                                         "generative bundles)", "skipped"))
+                continue
+            try:
+                run(bundle, config)
+                out.append(Finding(step, f"{label} verified", "passed"))
+            except Exception as e:  # noqa: BLE001 - the zoo's script fails here
+                message = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+                out.append(Finding(step, f"{label} fails as in the zoo's full mode: {type(e).__name__}: {message}"))
+    finally:
+        sys.path.remove(str(bundle))
+    return out
+
+
 def verify_bundle(bundle: str | Path, schema: str | Path | None = None, network: bool = True) -> list[Finding]:
     """Every check on one bundle folder; ``network=False`` skips building and running the network."""
     bundle = Path(bundle)
@@ -384,15 +513,27 @@ def verify_bundle(bundle: str | Path, schema: str | Path | None = None, network:
     return findings
 
 
-def verify_command(bundle: str | Path, schema: str | Path | None = None, network: bool = True) -> int:
-    """Print the findings for a bundle (folder or name); 0 if there is no error, 1 otherwise."""
+def verify_command(bundle: str | Path, schema: str | Path | None = None, network: bool = True, mode: str = "full",
+                   exclusions: str = "none") -> int:
+    """Print the zoo CI's steps and medgen's review findings for a bundle (folder or name); 0 if there is no error,
+    1 otherwise. Without the network (``network=False``) the zoo part runs in min mode and says so."""
     from medgen.bundles import find_bundle
 
     bundle_dir = find_bundle(bundle)
-    findings = verify_bundle(bundle_dir, schema, network)
-    for finding in findings:
-        print(finding)
+    zoo_mode = mode if network else "min"
+    zoo = zoo_ci_checks(bundle_dir, zoo_mode, exclusions, schema)
+    print(f"zoo CI ({zoo_mode} mode, exclusions: {exclusions}):")
+    for finding in zoo:
+        print(f"  {finding}")
+    review = verify_bundle(bundle_dir, schema, network)
+    print("medgen review:")
+    for finding in review or [Finding("review", "no findings", "passed")]:
+        print(f"  {finding}")
+    findings = zoo + review
     errors = sum(f.level == "error" for f in findings)
-    warnings = len(findings) - errors
-    print(f"{bundle_dir}: {'FAILED' if errors else 'verified'} ({errors} error(s), {warnings} warning(s))")
+    warnings = sum(f.level == "warning" for f in findings)
+    skipped = [f.check for f in findings if f.level == "skipped"]
+    note = f", skipped as for the zoo's generative bundles: {', '.join(skipped)}" if skipped else ""
+    print(f"{bundle_dir}: {'FAILED' if errors else 'verified'} in the zoo's {zoo_mode} mode ({errors} error(s), "
+          f"{warnings} warning(s){note})")
     return 1 if errors else 0

@@ -71,3 +71,22 @@ def test_the_downloaded_bundle_generates_images(bundle_zip: Path, tmp_path: Path
     images = sorted(p.relative_to(out).parent.as_posix() for p in out.rglob("*.png") if not p.name.startswith("grid"))
     assert images == ["NORMAL", "PNEUMONIA"]
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_the_bundle_command_works_from_any_folder(tmp_path: Path) -> None:
+    """``bundle_root`` is the folder above the config file, not the current folder: a copy of the bundle elsewhere,
+    run from a third folder, reads its own weights and writes into itself."""
+    import subprocess
+    import sys
+
+    copy = tmp_path / "copied" / "cxr_ddpm"
+    shutil.copytree(BUNDLE, copy, ignore=shutil.ignore_patterns("runs"))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                           str(copy / "configs" / "inference.yaml"), "--per_class", "1", "--sampler", "dpmpp2m",
+                           "--num_inference_steps", "1"], cwd=cwd, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (copy / "runs" / "samples").glob("*/*.png")) == ["000000.png", "000000.png"]
+    assert not any(cwd.iterdir())

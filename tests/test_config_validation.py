@@ -49,7 +49,7 @@ BAD = [
      "config key 'batch_size' must be a positive integer for training (auto is for sampling), got 'auto'"),
     (["train", "cxr_ddpm", "--time_limit", "0"], "config key 'time_limit' must be a finite number > 0, or null, got 0"),
     (["train", "cxr_ddpm", "--dataset-dir", "/nonexistent/medgen-data"], "data directory /nonexistent/medgen-data does "
-     "not exist; put the data set there, pass --dataset_dir <dir>, or set MEDGEN_DATA_DIR to the folder that holds "
+     "not exist; put the data set there, pass --dataset-dir <dir>, or set MEDGEN_DATA_DIR to the folder that holds "
      "chest_xray_kermany_224/ (see README.md, 'Data')"),
     (["sample", "cxr_ddpm", "--steps", "0"],
      "config key 'num_inference_steps' (--steps) must be a positive integer, got 0"),
@@ -112,16 +112,16 @@ def test_help_lists_the_bundle_keys(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "keys of cxr_ddpm (configs/train.yaml)" in out
-    line = next(x for x in out.splitlines() if x.strip().startswith("--label_dropout "))
+    line = next(x for x in out.splitlines() if x.strip().startswith("--label-dropout "))
     assert "0.1" in line and "probability of the null class, for classifier-free guidance" in line
-    assert any(x.strip().startswith("--max_epochs 50") for x in out.splitlines())
+    assert any(x.strip().startswith("--max-epochs 50") for x in out.splitlines())
     assert "_target_" not in out  # components are not keys for the command line
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     out = capsys.readouterr().out
     for bundle in BUNDLES:
         assert f"keys of {bundle} (configs/inference.yaml)" in out
-    assert any(x.strip().startswith("--num_inference_steps 200") for x in out.splitlines())
+    assert any(x.strip().startswith("--num-inference-steps 200") for x in out.splitlines())
 
 
 def _monai_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

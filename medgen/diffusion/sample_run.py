@@ -46,7 +46,8 @@ def check_weights_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(path, "missing", "no such file",
-                                  "train the bundle first (medgen train BUNDLE) or pass --ckpt_path to a model.pt")
+                                  "train the bundle first (medgen train BUNDLE) or give a model.pt with --ckpt "
+                                  "(medgen sample) or --ckpt-path (python -m monai.bundle run)")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(_PICKLE_MAGIC):

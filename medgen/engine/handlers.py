@@ -150,7 +150,7 @@ class LossHistory:
 
     def _write(self, engine: Engine) -> None:
         mean = self._sum / max(self._n, 1)
-        engine.state.metrics["train_loss"] = mean
+        engine.state.metrics["train_loss_epoch"] = mean  # "train_loss" is the per-iteration value
         append_line(self.path, json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
                                            "loss": mean}))
         self._sum, self._n = 0.0, 0

@@ -24,7 +24,7 @@ from medgen.networks.weights_meta import datalist_fingerprint, differences, fing
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-FRESH_HINT = "start fresh with --resume false, or train into another folder with --run_name NAME or --output_dir DIR"
+FRESH_HINT = "start fresh with --resume false, or train into another folder with --run-name NAME or --output-dir DIR"
 
 
 def default_runs_dir() -> str:
@@ -34,6 +34,22 @@ def default_runs_dir() -> str:
 
 def _timestamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def _calling_parser() -> Any:
+    """The ``monai.bundle`` ``ConfigParser`` whose config expression is calling, or ``None`` (read from the call
+    frames: MONAI passes nothing to an expression)."""
+    import sys
+
+    from monai.bundle import ConfigParser
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigParser):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def run_dir(runs_dir: str | os.PathLike | None, bundle: str, run_name: str | None = None) -> str:
@@ -53,9 +69,14 @@ def run_dir(runs_dir: str | os.PathLike | None, bundle: str, run_name: str | Non
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         job = os.environ.get("TORCHELASTIC_RUN_ID", "none")
         if job in ("", "none"):
-            fail("multi-process training needs --run_name NAME or --output_dir DIR, so every process writes the "
+            fail("multi-process training needs --run-name NAME or --output-dir DIR, so every process writes the "
                  "same run folder")
         return str(base / f"ddp-{job}")
+    # one folder per workflow: MONAI evaluates output_dir again after a reset, and `--tracking` evaluates it first
+    parser = _calling_parser()
+    claimed = parser.__dict__.setdefault("_medgen_run_dirs", {}) if parser is not None else {}
+    if (str(base), bundle) in claimed and Path(claimed[str(base), bundle]).is_dir():
+        return claimed[str(base), bundle]
     base.mkdir(parents=True, exist_ok=True)
     stamp = _timestamp()
     for k in range(1, 1000):
@@ -64,6 +85,7 @@ def run_dir(runs_dir: str | os.PathLike | None, bundle: str, run_name: str | Non
             path.mkdir()
         except FileExistsError:
             continue
+        claimed[str(base), bundle] = str(path)
         return str(path)
     fail(f"cannot make a new run folder in {base}")
     raise AssertionError  # unreachable: fail() raises

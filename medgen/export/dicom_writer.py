@@ -1,10 +1,12 @@
 """Write generated images as synthetic DICOM (Secondary Capture, CR or MR) and export sample folders.
 
 Every file is built from scratch (nothing is copied from a real header) and carries SyntheticData = YES,
-ImageType DERIVED\\SECONDARY, BurnedInAnnotation NO, a synthetic patient, fresh UIDs, MONOCHROME2, a window
-matching the pixel range, the class label (ImageComments, which viewers show per instance) and the provenance
-(checkpoint sha256, seed, sampler, steps, guidance) in ImageComments, DerivationDescription and
-ContributingEquipmentSequence.
+ImageType DERIVED\\SECONDARY, BurnedInAnnotation NO, a synthetic patient, UIDs derived from what the image is
+(weights sha256, class, seed, sampler settings, IOD, UID root: the same image exported twice gets the same UIDs),
+MONOCHROME2, a window matching the pixel range, the class label (ImageComments, which viewers show per instance),
+the provenance (checkpoint sha256, seed, sampler, steps, guidance) in ImageComments, DerivationDescription and
+ContributingEquipmentSequence, and a pixel spacing, body part and view only where they are known
+(:mod:`medgen.export.acquisition`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import gzip
+import hashlib
 import json
 import os
 import secrets
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -24,10 +28,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from medgen.export.acquisition import BUNDLE_ACQUISITION, Spacing, resolve_spacing
 from medgen.export.paths import UnsafePathError, confined_path, inside, resolved
 from medgen.fileio import atomic_write, write_bytes_atomic
 
-__all__ = ["FORMATS", "IODS", "SyntheticStudy", "export_images", "provenance_text", "to_stored", "write_dicom"]
+__all__ = ["FORMATS", "IODS", "SyntheticStudy", "derived_uid", "export_images", "provenance_text", "to_stored",
+           "write_dicom"]
 
 _SOFTWARE = "medgen 0.1.0"
 
@@ -39,11 +45,30 @@ IODS: dict[str, tuple[str, str, str]] = {
 }
 
 _PROVENANCE_KEYS = ("checkpoint_sha256", "seed", "sampler", "steps", "guidance_scale")
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgen:synthetic-dicom")
+
+
+def derived_uid(uid_root: str | None, *parts: object) -> str:
+    """A UID that depends only on ``parts`` and the root: ``2.25.<uuid5>`` (ISO/IEC 9834-8 name-based UUID) when
+    no root is set, else pydicom's hash form under ``uid_root`` (at most 64 characters either way)."""
+    name = json.dumps([str(p) for p in parts], separators=(",", ":"))
+    if not uid_root:
+        return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+    try:
+        return str(generate_uid(prefix=uid_root.rstrip(".") + ".", entropy_srcs=[name]))
+    except ValueError as exc:
+        raise ValueError(f"UID root {uid_root!r} is not usable ({exc}); give digits and dots, at most 53 "
+                         "characters (--uid-root), or none for 2.25 UUID-derived UIDs") from None
 
 
 @dataclass
 class SyntheticStudy:
-    """UIDs and synthetic patient shared by all files of one export run (one study, one series)."""
+    """UIDs and synthetic patient shared by the files of one export (one study, one series).
+
+    With ``key`` (what the images come from, e.g. the weights sha256) the patient, study, series and frame of
+    reference are derived from it, the root and the IOD, so exporting the same images again gives the same
+    ones; without it they are fresh per run.
+    """
 
     uid_root: str | None = None
     patient_name: str | None = None
@@ -54,19 +79,31 @@ class SyntheticStudy:
     study_instance_uid: str = ""
     series_instance_uid: str = ""
     frame_of_reference_uid: str = ""
+    key: str | None = None
+    iod: str = "sc"
 
     def __post_init__(self) -> None:
-        run = secrets.token_hex(4).upper()
-        self.patient_name = self.patient_name or f"SYNTHETIC^RUN{run}"
+        if self.key:
+            run = hashlib.sha256(self.key.encode()).hexdigest()[:12].upper()
+            uid = lambda *parts: derived_uid(self.uid_root, self.key, *parts)  # noqa: E731
+            self.patient_name = self.patient_name or f"SYNTHETIC^{run[:8]}"
+        else:
+            run = secrets.token_hex(4).upper()
+            uid = lambda *parts: self.new_uid()  # noqa: E731
+            self.patient_name = self.patient_name or f"SYNTHETIC^RUN{run}"
         self.patient_id = self.patient_id or f"SYN-{run}"
-        self.study_instance_uid = self.study_instance_uid or self.new_uid()
-        self.series_instance_uid = self.series_instance_uid or self.new_uid()
-        self.frame_of_reference_uid = self.frame_of_reference_uid or self.new_uid()
+        self.study_instance_uid = self.study_instance_uid or uid("study")
+        self.series_instance_uid = self.series_instance_uid or uid("series", self.iod)
+        self.frame_of_reference_uid = self.frame_of_reference_uid or uid("frame of reference", self.iod)
 
     def new_uid(self) -> str:
-        """A fresh UID under ``uid_root`` (pydicom's 2.25 UUID form when no root is set)."""
+        """A fresh random UID under ``uid_root`` (pydicom's 2.25 UUID form when no root is set)."""
         prefix = None if not self.uid_root else self.uid_root.rstrip(".") + "."
         return str(generate_uid(prefix=prefix))
+
+    def instance_uid(self, *parts: object) -> str:
+        """The SOPInstanceUID of the image that ``parts`` identify in this study (derived, see :func:`derived_uid`)."""
+        return derived_uid(self.uid_root, self.key or self.study_instance_uid, "instance", self.iod, *parts)
 
     @property
     def study_date(self) -> str:
@@ -119,16 +156,22 @@ def _build(
     instance_number: int,
     class_name: str,
     provenance: dict,
-    body_part: str,
+    body_part: str | None,
     bits: int,
     window: tuple[float, float],
-    pixel_spacing: tuple[float, float] | None,
+    spacing: Spacing | None,
+    view_position: str | None = None,
+    patient_orientation: tuple[str, str] | None = None,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
     sop_class, modality, iod_name = IODS[iod]
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     text = provenance_text(class_name, provenance)
+    if spacing is not None:
+        text += f"; pixel_spacing={spacing.describe(pixels.shape)}"
+    elif iod != "mr":
+        text += "; pixel_spacing=unknown (the source has none and no field of view was given)"
     sop_uid = sop_instance_uid or study.new_uid()
 
     ds = Dataset()
@@ -153,15 +196,16 @@ def _build(
     ds.PatientID = study.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    ds.BodyPartExamined = body_part.upper()[:16]
+    if body_part:
+        ds.BodyPartExamined = body_part.upper()[:16]
     if iod == "mr":
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
         ds.MRAcquisitionType = "2D"
         ds.SliceThickness = ""
         ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
         ds.PatientPosition = "HFS"
-    if iod == "cr":
-        ds.ViewPosition = "PA" if body_part.upper() == "CHEST" else ""
+    if iod == "cr":  # Type 2: present, empty when the view is not known
+        ds.ViewPosition = view_position.upper() if view_position else ""
     ds.SoftwareVersions = _SOFTWARE
     ds.StudyInstanceUID = study.study_instance_uid
     ds.SeriesInstanceUID = study.series_instance_uid
@@ -174,19 +218,17 @@ def _build(
         ds.FrameOfReferenceUID = study.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
     else:
-        ds.PatientOrientation = ["L", "F"] if body_part.upper() == "CHEST" else ""
+        ds.PatientOrientation = list(patient_orientation) if patient_orientation else ""
     ds.ImageComments = text[:10240]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
-    spacing = pixel_spacing or ((1.0, 1.0) if iod == "mr" else None)
     if spacing is not None:
-        values = [float(spacing[0]), float(spacing[1])]
+        values = [round(float(v), 6) for v in spacing.values]
+        ds.PixelSpacing = values
         if iod == "cr":
             ds.ImagerPixelSpacing = values
-        elif iod == "mr":
-            ds.PixelSpacing = values
-        else:
+        elif iod == "sc":
             ds.NominalScannedPixelSpacing = values
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     ds.BurnedInAnnotation = "NO"
@@ -222,14 +264,21 @@ def write_dicom(
     instance_number: int,
     class_name: str,
     provenance: dict,
-    body_part: str = "CHEST",
+    body_part: str | None = None,
     bits: int = 16,
-    pixel_spacing: tuple[float, float] | None = None,
+    pixel_spacing: tuple[float, float] | Spacing | None = None,
+    spacing_source: str = "given by the caller",
+    view_position: str | None = None,
+    patient_orientation: tuple[str, str] | None = None,
     sop_instance_uid: str | None = None,
 ) -> Path:
     """Write one (H, W) image (float in [0, 1] or uint16) as a synthetic DICOM file; atomic; returns the path.
 
-    ``pixel_spacing`` is (row, column) mm: PixelSpacing (MR), ImagerPixelSpacing (CR), NominalScannedPixelSpacing (SC).
+    ``pixel_spacing`` is (row, column) mm (or a :class:`~medgen.export.acquisition.Spacing`), written as
+    PixelSpacing, plus ImagerPixelSpacing (CR) or NominalScannedPixelSpacing (SC), with ``spacing_source`` in
+    ImageComments, DerivationDescription and ContributionDescription (PixelSpacingCalibrationDescription needs a
+    calibration type, and no calibration was made). Left out when None, except for MR, which requires it.
+    ``body_part``, ``view_position`` (CR) and ``patient_orientation`` are written only when given.
     Float input fills the full stored range and gets the window of that range; integer input keeps its values
     and gets the window of its own min..max.
     """
@@ -237,6 +286,12 @@ def write_dicom(
         raise ValueError(f"unknown iod {iod!r}; choose one of {sorted(IODS)}")
     if bits not in (12, 16):
         raise ValueError(f"bits must be 12 or 16, got {bits}")
+    spacing = pixel_spacing
+    if spacing is not None and not isinstance(spacing, Spacing):
+        spacing = Spacing(float(spacing[0]), float(spacing[1]), spacing_source)
+    if spacing is None and iod == "mr":
+        raise ValueError("an MR image needs its pixel spacing (PixelSpacing is required): give --field-of-view-mm "
+                         "(e.g. 240 for a head) or --pixel-spacing")
     pixels = to_stored(image, bits)
     if np.asarray(image).dtype.kind == "f":
         lo, hi = 0, 2**bits - 1
@@ -253,7 +308,9 @@ def write_dicom(
         body_part=body_part,
         bits=bits,
         window=window,
-        pixel_spacing=pixel_spacing,
+        spacing=spacing,
+        view_position=view_position,
+        patient_orientation=patient_orientation,
         sop_instance_uid=sop_instance_uid,
     )
     path = Path(path)
@@ -326,6 +383,32 @@ def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) ->
     write_bytes_atomic(gzip.compress(nii.to_bytes(), mtime=0), path)
 
 
+def _record(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _samples_weights_meta(samples_dir: Path, records: list[dict | None]) -> dict | None:
+    """The metadata of the weights named by ``samples.jsonl`` (their sidecar), or None."""
+    if not any(r and r.get("checkpoint") for r in records):
+        return None  # nothing to read (and no need to import torch)
+    from medgen.networks.weights_meta import samples_meta
+
+    try:
+        return samples_meta(samples_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def _spacing_recorded(records: list[dict | None], weights_meta: dict | None) -> bool:
+    keys = ("pixel_spacing", "source_pixel_spacing")
+    sections = [r for r in records if r] + [weights_meta or {}, (weights_meta or {}).get("config") or {}]
+    return any(section.get(k) for section in sections for k in keys)
+
+
 def export_images(
     samples_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -335,16 +418,21 @@ def export_images(
     patient_name: str | None = None,
     patient_id: str | None = None,
     bits: int = 16,
-    body_part: str = "CHEST",
-    pixel_spacing: tuple[float, float] | None = None,
+    body_part: str | None = None,
+    pixel_spacing: float | tuple[float, float] | None = None,
+    field_of_view_mm: float | tuple[float, float] | None = None,
+    view_position: str | None = None,
 ) -> dict:
     """Export every image listed in ``samples_dir/samples.jsonl`` to ``out_dir`` and write ``manifest.csv``.
 
-    One study and series per call. A bad line or missing image is reported and skipped; the rest go on. Every
-    path stays inside its folder (:mod:`medgen.export.paths`): a line whose ``file`` has ``..``, is absolute or
-    leads through a symlink out of ``samples_dir``, or whose output would land outside ``out_dir``, is refused
-    with one line naming it. Files are written through a temporary file and a rename, so an existing symlink in
-    ``out_dir`` is replaced, never followed.
+    One study and series per call, derived (like each SOPInstanceUID) from the weights sha256, the IOD and the
+    UID root, so a second export of the same samples gives the same UIDs (a PACS updates instead of adding).
+    Pixel spacing, body part and view come from the arguments, else from what the samples and the weights record
+    (:mod:`medgen.export.acquisition`); unknown ones are left out. A bad line or missing image is reported and
+    skipped; the rest go on. Every path stays inside its folder (:mod:`medgen.export.paths`): a line whose
+    ``file`` has ``..``, is absolute or leads through a symlink out of ``samples_dir``, or whose output would land
+    outside ``out_dir``, is refused with one line naming it. Files are written through a temporary file and a
+    rename, so an existing symlink in ``out_dir`` is replaced, never followed.
     Returns ``{"written": n, "errors": [(line, message)], "manifest": path, "files": [paths], "study": study}``.
     """
     if fmt not in FORMATS:
@@ -355,10 +443,27 @@ def export_images(
     index = samples_dir / "samples.jsonl"
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no samples.jsonl (is {samples_dir} a sampler output folder?)")
+    if pixel_spacing is not None or field_of_view_mm is not None:  # a bad value stops before anything is written
+        resolve_spacing((1, 1), pixel_spacing=pixel_spacing, field_of_view_mm=field_of_view_mm)
+    text = index.read_text()
+    lines = text.splitlines()
+    records = [_record(line) for line in lines]
+    weights_sha = next((r["checkpoint_sha256"] for r in records if r and r.get("checkpoint_sha256")), None)
+    weights_meta = _samples_weights_meta(samples_dir, records)
+    bundle = (weights_meta or {}).get("bundle") or next((r["bundle"] for r in records if r and r.get("bundle")), None)
+    acquisition = BUNDLE_ACQUISITION.get(str(bundle)) if bundle else None
+    body_part = body_part or (acquisition.body_part if acquisition else None)
+    view_position = view_position or (acquisition.view_position if acquisition else None)
+    orientation = acquisition.patient_orientation if acquisition else None
+    if fmt == "dicom" and iod == "mr" and pixel_spacing is None and field_of_view_mm is None \
+            and not (acquisition and acquisition.field_of_view_mm) and not _spacing_recorded(records, weights_meta):
+        raise ValueError(f"{index}: the samples record no pixel spacing and MR requires one; give "
+                         "--field-of-view-mm (e.g. 240 for a head) or --pixel-spacing")
+    study_key = f"weights:{weights_sha}" if weights_sha else f"samples:{hashlib.sha256(text.encode()).hexdigest()}"
+    study = SyntheticStudy(uid_root=uid_root, patient_name=patient_name, patient_id=patient_id, key=study_key,
+                           iod=iod)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = SyntheticStudy(uid_root=uid_root, patient_name=patient_name, patient_id=patient_id)
     rows, errors, files = [], [], []
-    lines = index.read_text().splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -368,7 +473,8 @@ def export_images(
                 raise ValueError('not a sample record (a JSON object with "file")')
             rel = rec["file"]
             image = load_sample_image(samples_dir, rel)
-            spacing = pixel_spacing or tuple(rec.get("pixel_spacing") or (1.0, 1.0))
+            spacing = resolve_spacing(image.shape, pixel_spacing=pixel_spacing, field_of_view_mm=field_of_view_mm,
+                                      record=rec, weights_meta=weights_meta, acquisition=acquisition)
             stem = PurePosixPath(rel.replace("\\", "/")).with_suffix("")
             target = confined_path(out_dir, str(stem.with_name(stem.name + FORMATS[fmt])), "the output folder")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +485,9 @@ def export_images(
             row["class"] = str(rec.get("class", rec.get("label", "")))
             if fmt == "dicom":
                 provenance = {k: rec.get(k) for k in _PROVENANCE_KEYS}
-                sop_uid = study.new_uid()
+                source = rec.get("checkpoint_sha256") or "pixels:" + hashlib.sha256(image.tobytes()).hexdigest()
+                sop_uid = study.instance_uid(source, row["class"], rec.get("label"), rec.get("seed"),
+                                             rec.get("sampler"), rec.get("steps"), rec.get("guidance_scale"), bits)
                 write_dicom(
                     image,
                     target,
@@ -391,13 +499,15 @@ def export_images(
                     body_part=body_part,
                     bits=bits,
                     pixel_spacing=spacing,
+                    view_position=view_position,
+                    patient_orientation=orientation,
                     sop_instance_uid=sop_uid,
                 )
                 row["sop_instance_uid"] = sop_uid
                 row["series_instance_uid"] = study.series_instance_uid
                 row["study_instance_uid"] = study.study_instance_uid
-            elif fmt == "nifti":
-                _write_nifti(image, target, spacing)
+            elif fmt == "nifti":  # NIfTI always has a voxel size: 1 mm when nothing is known
+                _write_nifti(image, target, spacing.values if spacing else (1.0, 1.0))
             else:
                 _write_png(image, target, 8 if fmt == "png" else 16)
         except UnsafePathError as exc:

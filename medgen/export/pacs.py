@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _STORE_OK = {0x0000, 0xB000, 0xB006, 0xB007}  # success, or success with coercion/elements discarded warnings
+_ABORTS = ("A_ABORT_RQ", "A_ABORT", "A_P_ABORT")  # an abort from the PACS (PDU or primitive, pynetdicom names)
 
 
 class PacsError(RuntimeError):
@@ -175,6 +176,7 @@ class DimseClient:
 
     def __init__(self, ae_title: str, host: str, port: int, calling_aet: str = "MEDGEN", timeout: float = 10.0):
         self.ae_title, self.host, self.port, self.calling_aet, self.timeout = ae_title, host, port, calling_aet, timeout
+        self._received: list = []
 
     @property
     def target(self) -> str:
@@ -189,15 +191,17 @@ class DimseClient:
             ae.add_requested_context(abstract, syntaxes)
         seen: list = []
         opened: list = []
+        self._received = seen  # ACSE primitives and PDUs from the PACS on the latest association
         handlers = list(handlers or []) + [
             (evt.EVT_ACSE_RECV, lambda event: seen.append(event.primitive)),
             (evt.EVT_CONN_OPEN, lambda event: opened.append(True)),
+            (evt.EVT_PDU_RECV, lambda event: seen.append(event.pdu)),
         ]
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, ext_neg=ext_neg, evt_handlers=handlers)
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
-            rj = seen[-1] if seen else None
+            rj = next((x for x in reversed(seen) if type(x).__name__ == "A_ASSOCIATE"), None)
             why = f"{rj.result_str}, {rj.source_str}: {rj.reason_str}" if rj is not None else "rejected"
             transient = rj is not None and rj.result_str == "Rejected Transient"
             raise PacsError(
@@ -244,22 +248,24 @@ class DimseClient:
         pending = list(headers)
         for path in pending:
             results[path] = SendResult(str(path), self.target, "failed", str(headers[path].SOPInstanceUID))
-        attempt = 0
+        attempt, refusals = 0, 0
         while pending and attempt <= retries:
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
             attempt += 1
+            for path in pending:
+                results[path].attempts = attempt
             try:
                 assoc = self._associate(contexts)
             except PacsError as exc:
                 for path in pending:
-                    results[path].detail, results[path].attempts = str(exc), attempt
+                    results[path].detail = str(exc)
                 if not exc.transient:
                     break
                 continue
+            stored_here = 0
             try:
                 for path in list(pending):
-                    results[path].attempts = attempt
                     try:
                         status = assoc.send_c_store(path)
                     except (ValueError, RuntimeError, AttributeError) as exc:
@@ -267,8 +273,13 @@ class DimseClient:
                         pending.remove(path)
                         continue
                     if not status:  # no response: association aborted or timed out -> retry the rest
-                        results[path].detail = "no C-STORE response (association aborted or timed out)"
+                        by_pacs = any(type(p).__name__ in _ABORTS for p in self._received)
+                        why = self._no_response(by_pacs, first=stored_here == 0)
+                        for left in pending:
+                            results[left].detail = why
+                        refusals = refusals + 1 if by_pacs and stored_here == 0 else 0
                         break
+                    stored_here += 1
                     code = int(status.Status)
                     if code in _STORE_OK:
                         results[path].status, results[path].detail = "sent", f"C-STORE status 0x{code:04X}"
@@ -281,7 +292,20 @@ class DimseClient:
             finally:
                 if assoc.is_established:
                     assoc.release()
+            if refusals >= 2:  # aborted at the first C-STORE twice: a refusal, not a hiccup
+                break
         return [results[p] for p in files]
+
+    def _no_response(self, aborted: bool, first: bool) -> str:
+        """Why a C-STORE got no answer, for every file not sent."""
+        if aborted and first:
+            return (f"{self.target}: association aborted by the PACS at the first C-STORE: it accepted calling AE "
+                    f"{self.calling_aet!r} but refuses to store from it; allow C-STORE from this AE on the PACS "
+                    "(Orthanc: DicomModalities \"AllowStore\" or DicomAlwaysAllowStore) or use an allowed "
+                    "--calling-aet")
+        if aborted:
+            return f"{self.target}: association aborted by the PACS during C-STORE; not sent"
+        return f"{self.target}: no C-STORE response within {self.timeout:g} s (timed out); not sent"
 
     def find(self, query: Dataset | dict, level: str = "STUDY") -> list[Dataset]:
         """C-FIND (Study Root) with ``query`` keys (empty values = return keys); returns matching identifiers."""

@@ -1,4 +1,5 @@
-"""The REST service: ``create_app(settings)`` builds the FastAPI app (OpenAPI at ``/docs``, web page at ``/ui``).
+"""The REST service: ``create_app(settings)`` builds the FastAPI app (OpenAPI at ``/docs``, Swagger UI on the local
+copy of its files from ``fastapi-offline``; web page at ``/ui``).
 
 Every route but ``/healthz`` and the static page and docs needs an API key; a job and its images are visible
 only to the key that made it (others get 404, as if it did not exist). Paths on disk are built only from
@@ -40,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 STATIC = FsPath(__file__).resolve().parent / "static"
 API = "/api/v1"
+DOCS_ASSETS = "/docs/static"
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id from POST /api/v1/generate")]
 Key = Annotated[KeyRecord, Depends(require_key)]
+KEYED: dict[int | str, dict[str, Any]] = {401: {"description": "missing, invalid or revoked API key"}}
 
 
 def invalid(field: str, message: str, allowed: list[Any] | None = None) -> NoReturn:
@@ -52,17 +55,31 @@ def invalid(field: str, message: str, allowed: list[Any] | None = None) -> NoRet
     raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[detail])
 
 
-def docs_page(openapi_url: str, title: str) -> HTMLResponse:
-    """FastAPI's Swagger UI page with a policy that allows its CDN files and exactly its own inline script (by
-    hash), nothing else inline."""
-    page = get_swagger_ui_html(openapi_url=openapi_url, title=title)
+def docs_assets() -> FsPath | None:
+    """The Swagger UI files (``swagger-ui-bundle.js``, ``swagger-ui.css``, ``favicon.png``) that the
+    ``fastapi-offline`` package ships, or None when it is not installed; FastAPI itself links them from a CDN."""
+    try:
+        from importlib.resources import files
+
+        folder = FsPath(str(files("fastapi_offline") / "static"))
+    except (ImportError, TypeError):
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+def docs_page(openapi_url: str, title: str, assets_url: str = DOCS_ASSETS) -> HTMLResponse:
+    """FastAPI's Swagger UI page on the local copy of its files, with a policy that allows only this server's
+    files and exactly the page's own inline script (by hash), nothing else inline and nothing from elsewhere."""
+    page = get_swagger_ui_html(openapi_url=openapi_url, title=title,
+                               swagger_js_url=f"{assets_url}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{assets_url}/swagger-ui.css",
+                               swagger_favicon_url=f"{assets_url}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})
     html = bytes(page.body).decode("utf-8")
     hashes = " ".join("'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
                       for code in re.findall(r"<script>(.*?)</script>", html, re.S))
-    cdn = "https://cdn.jsdelivr.net"
-    csp = (f"default-src 'none'; script-src {cdn} {hashes}; style-src {cdn}; img-src 'self' data: "
-           f"https://fastapi.tiangolo.com; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-           "frame-ancestors 'none'")
+    csp = (f"default-src 'none'; script-src 'self' {hashes}; style-src 'self'; img-src 'self' data:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
     return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
 
@@ -70,12 +87,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The service over ``settings.data_dir`` serving ``settings.bundles``; the worker starts with the app.
 
     Each bundle's pipeline is built now, so a missing, truncated or mismatched weights file shows at once as an
-    unavailable bundle (``/api/v1/models``, ``/healthz``), not at the first job."""
+    unavailable bundle (``/api/v1/models``, ``/healthz``), not at the first job; a bundle whose weights have no
+    measured cost yet runs two denoising steps now to calibrate ``estimated_time_seconds``."""
     store = SQLiteJobStore(settings.db_path)
     bundles: dict[str, BundleInfo] = {}
     worker = Worker(store, bundles, settings.results_dir, settings.queue_size, settings.retention_days)
     for name, spec in settings.bundles.items():
         bundles[name] = open_bundle(spec, worker.pipelines)
+        if bundles[name].available:
+            worker.calibrate(name)
     samplers = available_samplers()
     formats = output_formats()
     submit_lock = threading.Lock()
@@ -93,9 +113,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="medgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Class-conditional synthetic medical images from MONAI diffusion bundles. "
-                              "Send the API key as `X-API-Key` or `Authorization: Bearer`.")
+                              "Send the API key as `X-API-Key` or `Authorization: Bearer` (on this page: "
+                              "**Authorize**).")
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
+    swagger_files = docs_assets()
+    if swagger_files is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_files), name="docs-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: the 413s carry the headers too
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -129,10 +153,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
             invalid("num_images", f"num_images must be at most {settings.max_images} on this server")
         if req.steps > settings.max_steps:
             invalid("steps", f"steps must be at most {settings.max_steps} on this server")
-        if req.sampler.lower() not in samplers:
-            invalid("sampler", f"unknown sampler {prefix(req.sampler)!r}", samplers)
+        allowed = info.samplers or samplers
+        if req.sampler is not None and req.sampler.lower() not in allowed:
+            invalid("sampler", f"unknown sampler {prefix(req.sampler)!r} for bundle {req.bundle}", allowed)
         if formats.get(req.output_format):
             invalid("output_format", str(formats[req.output_format]))
+        for name, formats_ in (("iod", ("dicom",)), ("bits", ("dicom",)), ("field_of_view_mm", ("dicom", "nifti"))):
+            if getattr(req, name) is not None and req.output_format not in formats_:
+                invalid(name, f"{name} applies to output_format {' or '.join(formats_)} only, not {req.output_format}")
+        if req.iod == "mr" and req.field_of_view_mm is None and not info.pixel_spacing_known():
+            invalid("field_of_view_mm", f"iod mr needs a pixel spacing and the weights of bundle {req.bundle} record "
+                    "none; give field_of_view_mm (e.g. 240 for a head)")
         if req.quality_check and (problem := info.quality_gate_problem()):
             invalid("quality_check", problem)
 
@@ -159,38 +190,39 @@ def create_app(settings: ServeSettings) -> FastAPI:
         down = sorted(name for name, b in bundles.items() if not b.available)
         return {"status": "degraded" if down else "ok", "version": __version__, "unavailable_bundles": down}
 
-    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse, responses=KEYED)
     def metrics(key: Key) -> PlainTextResponse:
         """Prometheus text: jobs by status, generation latency p50/p95/p99, images generated."""
         text = prom.render(store, worker.queue.qsize(), len(worker.pipelines))
         return PlainTextResponse(text, media_type=prom.CONTENT_TYPE)
 
-    @app.get(f"{API}/models", tags=["models"])
+    @app.get(f"{API}/models", tags=["models"], responses=KEYED)
     def list_models(key: Key) -> ModelList:
         """The bundles served, their classes, and the server's limits."""
         models = [ModelInfo(name=name, version=b.version, description=b.description, available=b.available,
                             unavailable_reason=b.problem, weights_sha256=b.weights_sha256, classes=b.classes,
-                            image_size=b.image_size, samplers=samplers,
+                            image_size=b.image_size, samplers=b.samplers or samplers,
                             output_formats=[f for f, why in formats.items() if why is None],
-                            quality_check=b.available and b.quality_gate_problem() is None)
+                            quality_check=b.available and b.quality_gate_problem() is None,
+                            seconds_per_image_step=worker.cost(name).seconds_per_image_step if b.available else None)
                   for name, b in sorted(bundles.items())]
         return ModelList(models=models, limits={"max_images": settings.max_images, "max_steps": settings.max_steps,
                                                 "max_active_jobs": key.max_jobs})
 
-    @app.post(f"{API}/generate", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    @app.post(f"{API}/generate", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED, responses=KEYED)
     def generate(req: GenerateRequest, key: Key) -> JobCreated:
         """Queue a job; poll ``status_url``. 422 names the allowed values; 429 over the key's active-job limit."""
         validate(req)
         request = req.model_dump()
-        request["sampler"] = req.sampler.lower()
+        request["sampler"] = (req.sampler or (bundles[req.bundle].samplers or samplers)[0]).lower()
         return enqueue(request, key)
 
-    @app.get(f"{API}/jobs/{{job_id}}", tags=["jobs"])
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["jobs"], responses=KEYED)
     def get_job(job_id: JobId, key: Key) -> JobInfo:
         """Status, progress (%), error and, when done, metrics and the result URL."""
         return job_info(owned_job(job_id, key))
 
-    @app.delete(f"{API}/jobs/{{job_id}}", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    @app.delete(f"{API}/jobs/{{job_id}}", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED, responses=KEYED)
     def cancel_job(job_id: JobId, key: Key) -> JobInfo:
         """Cancel a queued job at once or a running one at its next denoising step."""
         job = owned_job(job_id, key)
@@ -198,7 +230,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is already {job.status}")
         return job_info(worker.cancel(job_id) or job)
 
-    @app.post(f"{API}/jobs/{{job_id}}/retry", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED)
+    @app.post(f"{API}/jobs/{{job_id}}/retry", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED, responses=KEYED)
     def retry_job(job_id: JobId, key: Key) -> JobCreated:
         """Run a failed-and-retryable (or cancelled) job again as a new job with the same request."""
         job = owned_job(job_id, key)
@@ -220,7 +252,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                 f"{settings.retention_days:g} day(s) after a job finishes")
         return worker.job_dir(job.id)
 
-    @app.get(f"{API}/jobs/{{job_id}}/result", tags=["jobs"], response_class=FileResponse)
+    @app.get(f"{API}/jobs/{{job_id}}/result", tags=["jobs"], response_class=FileResponse, responses=KEYED)
     def job_result(job_id: JobId, key: Key) -> FileResponse:
         """A zip of the images (in the requested format) and ``samples.jsonl``."""
         job = owned_job(job_id, key)
@@ -230,14 +262,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return FileResponse(path, media_type="application/zip",
                             filename=f"medgen_{job.request['bundle']}_{job_id[:8]}.zip")
 
-    @app.get(f"{API}/jobs/{{job_id}}/images", tags=["jobs"])
+    @app.get(f"{API}/jobs/{{job_id}}/images", tags=["jobs"], responses=KEYED)
     def job_images(job_id: JobId, key: Key) -> list[ImageInfo]:
         """The PNG previews of a finished job, in order."""
         records = read_samples(finished_dir(owned_job(job_id, key)) / "samples")
         return [ImageInfo(index=i, url=f"{API}/jobs/{job_id}/images/{i}", class_label=r["class"], seed=r["seed"])
                 for i, r in enumerate(records)]
 
-    @app.get(f"{API}/jobs/{{job_id}}/images/{{index}}", tags=["jobs"], response_class=FileResponse)
+    @app.get(f"{API}/jobs/{{job_id}}/images/{{index}}", tags=["jobs"], response_class=FileResponse, responses=KEYED)
     def job_image(job_id: JobId, index: Annotated[int, Path(ge=0, le=100_000)], key: Key) -> FileResponse:
         """One PNG preview."""
         samples = (finished_dir(owned_job(job_id, key)) / "samples").resolve()
@@ -259,6 +291,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     def docs() -> HTMLResponse:
+        if swagger_files is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the API docs page needs the Swagger UI files "
+                                "of fastapi-offline: pip install 'medgen[serve]' (the API itself is at /openapi.json)")
         return docs_page(app.openapi_url or "/openapi.json", f"{app.title} API")
 
     @app.exception_handler(Exception)

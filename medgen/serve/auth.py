@@ -2,7 +2,8 @@
 
 A key is 32 random bytes (``mg_`` + URL-safe base64), so a plain SHA-256 is enough at rest: there is nothing to
 brute-force that a slow password hash would protect. The key travels as ``X-API-Key: <key>`` or
-``Authorization: Bearer <key>``.
+``Authorization: Bearer <key>``; both are declared to OpenAPI as security schemes (FastAPI's ``APIKeyHeader`` and
+``HTTPBearer``, either one suffices), so ``/docs`` offers "Authorize" and sends the key with "Try it out".
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from medgen.serve.jobs import JobStore, KeyRecord
 
 KEY_PREFIX = "mg_"
+KEY_HELP = "API key from `medgen serve create-key NAME`"
+
+#: the two ways to send a key, as OpenAPI security schemes; neither raises itself, :func:`require_key` does
+api_key_header = APIKeyHeader(name="X-API-Key", scheme_name="APIKey", description=KEY_HELP, auto_error=False)
+bearer = HTTPBearer(scheme_name="Bearer", description=KEY_HELP + ", as `Authorization: Bearer <key>`",
+                    auto_error=False)
 
 
 def hash_key(key: str) -> str:
@@ -32,19 +40,13 @@ def create_key(store: JobStore, name: str, max_jobs: int) -> str:
     return key
 
 
-def key_from_headers(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
-def require_key(request: Request) -> KeyRecord:
-    """FastAPI dependency: the caller's key record, or 401."""
-    key = key_from_headers(request)
+def require_key(
+    request: Request,
+    header_key: str | None = Security(api_key_header),
+    bearer_key: HTTPAuthorizationCredentials | None = Security(bearer),
+) -> KeyRecord:
+    """FastAPI dependency: the caller's key record (``X-API-Key`` first, then ``Authorization: Bearer``), or 401."""
+    key = (header_key or "").strip() or (bearer_key.credentials.strip() if bearer_key else "") or None
     challenge = {"WWW-Authenticate": 'Bearer realm="medgen"'}
     if key is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send X-API-Key or Authorization: "

@@ -57,6 +57,8 @@ class BundleInfo:
     description: str | None
     weights_sha256: str | None = None
     problem: str | None = field(default=None)
+    samplers: list[str] = field(default_factory=list)
+    _spacing_known: bool | None = field(default=None, repr=False)
 
     @property
     def available(self) -> bool:
@@ -75,6 +77,19 @@ class BundleInfo:
         if self.gate_features() == "domain" and not (self.gate_path.parent / DOMAIN_WEIGHTS_FILE).is_file():
             return f"quality_check needs the gate's feature network at {self.spec.name}:models/{DOMAIN_WEIGHTS_FILE}"
         return None
+
+    def pixel_spacing_known(self) -> bool:
+        """Whether a DICOM export of this bundle's images has a pixel spacing without being given one: recorded in
+        the weights' metadata, or the nominal field of view of the bundle that trained them (read once)."""
+        if self._spacing_known is None:
+            from medgen.export.acquisition import BUNDLE_ACQUISITION, resolve_spacing
+            from medgen.networks.weights_meta import read_meta
+
+            meta = read_meta(self.spec.weights, warn=False) or {}
+            acquisition = BUNDLE_ACQUISITION.get(str(meta.get("bundle")))
+            self._spacing_known = resolve_spacing(self.image_size, weights_meta=meta, acquisition=acquisition) \
+                is not None
+        return self._spacing_known
 
     def gate_features(self) -> str:
         sidecar = Path(str(self.gate_path) + ".json")
@@ -122,7 +137,7 @@ def open_bundle(spec: BundleSpec, pipelines: PipelineCache | None = None) -> Bun
         info.weights_sha256 = sha256_of(spec.weights)
         if pipelines is not None:
             pipelines.bundles[spec.name] = info
-            pipelines.get(spec.name)
+            info.samplers = bundle_samplers(pipelines.get(spec.name))
     except Exception as err:  # a weights file that does not load must not stop the other bundles
         logger.error("bundle %s is unavailable: %s", spec.name, err)
         info.problem = public_reason(err, spec)
@@ -171,6 +186,17 @@ def available_samplers() -> list[str]:
     except ImportError:
         SOLVERS = {}
     return sorted({*SAMPLERS, *SOLVERS})
+
+
+def bundle_samplers(pipeline: Any) -> list[str]:
+    """The sampler names ``pipeline`` takes, its default first: a score bundle's Langevin pipeline has its own
+    (``pc``, ``als``, ``reverse``), a DDPM bundle's takes :func:`available_samplers` (``ddim`` first)."""
+    from medgen.diffusion.langevin import SAMPLERS as LANGEVIN_SAMPLERS
+    from medgen.diffusion.langevin import LangevinPipeline
+
+    if isinstance(pipeline, LangevinPipeline):
+        return [pipeline.sampler, *(s for s in LANGEVIN_SAMPLERS if s != pipeline.sampler)]
+    return available_samplers()
 
 
 def output_formats() -> dict[str, str | None]:

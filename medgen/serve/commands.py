@@ -140,8 +140,8 @@ def revoke_key_command(name_or_id: str, data_dir: str | Path | None = None) -> i
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``medgen serve`` and its ``create-key`` subcommand (shared by ``medgen`` and
     ``python -m medgen.serve``)."""
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--data-dir", help="service state (default: $MEDGEN_SERVE_DIR or ~/.medgen/serve)")
     parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
                         help="serve this bundle folder (repeatable); bundles with models/model.pt are found anyway")
@@ -158,13 +158,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 30)")
     verbs = parser.add_subparsers(dest="serve_verb")
     key = verbs.add_parser("create-key", help="create an API key (printed once)")
-    key.add_argument("name")
+    key.add_argument("name", help="a name for the key (who or what uses it)")
     key.add_argument("--data-dir", dest="key_data_dir", help="as for serve")
     key.add_argument("--max-jobs", type=int, default=4, help="active (queued + running) jobs allowed at once")
     listing = verbs.add_parser("list-keys", help="list API keys (id, name, limit, created, active/revoked)")
     listing.add_argument("--data-dir", dest="key_data_dir", help="as for serve")
     revoke = verbs.add_parser("revoke-key", help="revoke an API key by id or name (401 from the next request)")
-    revoke.add_argument("name_or_id", metavar="NAME|ID")
+    revoke.add_argument("name_or_id", metavar="NAME|ID", help="the key's id (see list-keys) or name")
     revoke.add_argument("--data-dir", dest="key_data_dir", help="as for serve")
 
 

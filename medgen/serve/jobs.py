@@ -65,6 +65,22 @@ class KeyRecord:
     revoked: bool = False
 
 
+@dataclass
+class StepCost:
+    """What a bundle's jobs cost on this server, kept per bundle and weights file and updated after each job.
+
+    A job of ``n`` images and ``s`` steps (doubled with guidance, which runs the network twice) should take
+    ``seconds_per_image_step * n * s + overhead_seconds_per_image * n``; ``jobs`` counts the finished jobs behind
+    the figures (0: a start-up calibration only)."""
+
+    bundle: str
+    weights_sha256: str
+    seconds_per_image_step: float
+    overhead_seconds_per_image: float
+    jobs: int = 0
+    updated_at: str = field(default_factory=utcnow)
+
+
 class JobStore(abc.ABC):
     """What the service needs from a database."""
 
@@ -90,6 +106,14 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def images_generated(self) -> int: ...
+
+    @abc.abstractmethod
+    def step_cost(self, bundle: str) -> StepCost | None:
+        """The bundle's kept :class:`StepCost`, or None before any."""
+
+    @abc.abstractmethod
+    def save_step_cost(self, cost: StepCost) -> None:
+        """Keep ``cost`` as its bundle's (replacing the one before)."""
 
     @abc.abstractmethod
     def fail_interrupted(self, message: str) -> list[str]:
@@ -126,6 +150,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_key_status ON jobs (key_id, status);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS step_costs (
+    bundle TEXT PRIMARY KEY, weights_sha256 TEXT NOT NULL, seconds_per_image_step REAL NOT NULL,
+    overhead_seconds_per_image REAL NOT NULL, jobs INTEGER NOT NULL, updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, max_jobs INTEGER NOT NULL,
     created_at TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
@@ -235,6 +263,17 @@ class SQLiteJobStore(JobStore):
         with self._conn() as db:
             return int(db.execute("SELECT COALESCE(SUM(images), 0) FROM jobs WHERE status = 'succeeded'")
                        .fetchone()[0])
+
+    def step_cost(self, bundle: str) -> StepCost | None:
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM step_costs WHERE bundle = ?", (bundle,)).fetchone()
+        return StepCost(**dict(row)) if row else None
+
+    def save_step_cost(self, cost: StepCost) -> None:
+        data = asdict(cost)
+        with self._conn() as db:
+            db.execute(f"INSERT OR REPLACE INTO step_costs ({', '.join(data)}) VALUES ({', '.join('?' * len(data))})",
+                       tuple(data.values()))
 
     def fail_interrupted(self, message: str) -> list[str]:
         with self._conn() as db:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES = ("queued", "running")
 MAX_SEED = 2**31 - 1
+#: DICOM IODs and bit depths, as ``medgen export --iod/--bits`` accepts them
+DICOM_IODS = ("sc", "cr", "mr")
+DICOM_BITS = (12, 16)
 
 
 class GenerateRequest(BaseModel):
@@ -25,12 +28,30 @@ class GenerateRequest(BaseModel):
     class_label: str = Field(min_length=1, max_length=100, examples=["PNEUMONIA"])
     num_images: int = Field(default=4, ge=1, le=1024, strict=True)
     seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="image k of the job uses seed + k")
-    sampler: str = Field(default="ddim", max_length=32)
+    sampler: str | None = Field(default=None, max_length=32, description="one of the bundle's `samplers` "
+                                "(GET /api/v1/models); default its first: `ddim` for DDPM bundles, the configured "
+                                "Langevin sampler (`pc`) for score bundles")
     steps: int = Field(default=50, ge=1, le=1000, strict=True)
     guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, strict=True,
                                   description="classifier-free guidance; 1 = off")
     output_format: Literal["png", "dicom", "nifti"] = "png"
+    iod: Literal["sc", "cr", "mr"] | None = Field(
+        default=None, description="DICOM only: Secondary Capture (`sc`, the default), Computed Radiography (`cr`) "
+        "or MR Image (`mr`), as `medgen export --iod`")
+    bits: Literal[12, 16] | None = Field(
+        default=None, description="DICOM only: BitsStored, 12 or 16 (the default), as `medgen export --bits`")
+    field_of_view_mm: float | None = Field(
+        default=None, gt=0, le=2000, strict=True, description="DICOM and NIfTI only: the images' field of view in "
+        "mm, as `medgen export --field-of-view-mm`; by default the spacing the weights record or their bundle's "
+        "nominal one (required for `mr` when neither is known)")
     quality_check: bool = Field(default=False, strict=True)
+
+    @field_validator("bits", mode="before")
+    @classmethod
+    def bits_is_an_integer(cls, value: object) -> object:
+        if value is not None and type(value) is not int:
+            raise ValueError("bits must be the JSON integer 12 or 16")
+        return value
 
 
 class JobCreated(BaseModel):
@@ -78,6 +99,9 @@ class ModelInfo(BaseModel):
     samplers: list[str]
     output_formats: list[str]
     quality_check: bool = Field(description="whether quality_check=true is available for this bundle")
+    seconds_per_image_step: float | None = Field(
+        default=None, description="measured cost on this server (start-up calibration, then finished jobs), "
+        "behind estimated_time_seconds")
 
 
 class ModelList(BaseModel):

@@ -28,13 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from medgen.serve.catalog import DOMAIN_WEIGHTS_FILE, BundleInfo, PipelineCache, public_reason
-from medgen.serve.jobs import Job, JobStore, utcnow
+from medgen.serve.jobs import Job, JobStore, StepCost, utcnow
 from medgen.serve.private import FILE_MODE, make_private, private_dir
 
 logger = logging.getLogger(__name__)
 
 RESULT_ZIP = "result.zip"
-DEFAULT_SECONDS_PER_IMAGE_STEP = 0.05
+#: used only when a bundle has no measured cost and its start-up calibration failed: on the slow side for a
+#: 64-pixel UNet on a busy CPU, so a first estimate errs long rather than short
+PRIOR_SECONDS_PER_IMAGE_STEP = 0.5
+PRIOR_OVERHEAD_SECONDS_PER_IMAGE = 0.1
+CALIBRATION_STEPS = 2
+#: after a few jobs each new one moves the kept cost by this fraction of the difference (a running estimate)
+COST_UPDATE_WEIGHT = 0.25
 RETENTION_SWEEP_SECONDS = 3600.0
 
 
@@ -150,6 +156,7 @@ class Worker:
         self._stopping = threading.Event()
         self.current: str | None = None
         self._queued_estimates: dict[str, float] = {}
+        self._running: tuple[float, float] | None = None  # (estimated seconds, monotonic start) of the running job
         self._estimates_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="medgen-serve-worker", daemon=True)
 
@@ -169,12 +176,65 @@ class Worker:
     def job_dir(self, job_id: str) -> Path:
         return self.results_dir / job_id
 
+    @staticmethod
+    def work_units(request: dict[str, Any], images: int | None = None) -> int:
+        """Image-steps of a job: images x denoising steps, doubled with guidance (the network runs twice)."""
+        images = request["num_images"] if images is None else images
+        return images * request["steps"] * (2 if request.get("guidance_scale", 1.0) != 1.0 else 1)
+
+    def cost(self, bundle: str) -> StepCost:
+        """The bundle's kept :class:`StepCost` if it was measured on the weights served now, else the prior."""
+        info = self.bundles.get(bundle)
+        sha = (info.weights_sha256 if info else None) or ""
+        kept = self.store.step_cost(bundle)
+        if kept is not None and kept.weights_sha256 == sha:
+            return kept
+        return StepCost(bundle, sha, PRIOR_SECONDS_PER_IMAGE_STEP, PRIOR_OVERHEAD_SECONDS_PER_IMAGE, jobs=0)
+
+    def calibrate(self, bundle: str, steps: int = CALIBRATION_STEPS) -> StepCost | None:
+        """Time ``steps`` denoising steps of one image with the bundle's loaded pipeline (after one untimed step)
+        and keep that as its cost until a job is measured; nothing is run when a cost measured on these weights is
+        kept already. One image per pass is the slowest per image, so the first estimate errs long. Returns the
+        kept cost (None if the pipeline could not run; the prior is then used)."""
+        info = self.bundles[bundle]
+        kept = self.store.step_cost(bundle)
+        if kept is not None and kept.weights_sha256 == (info.weights_sha256 or ""):
+            return kept
+        try:
+            pipeline = self.pipelines.get(bundle)
+            pipeline.generate_batch([0], [0], 1)  # the first pass pays one-off set-up (kernels, memory layout)
+            t0 = time.monotonic()
+            pipeline.generate_batch([0], [0], steps)
+            per_step = (time.monotonic() - t0) / steps
+        except Exception as err:  # the jobs will report the problem; the estimate falls back to the prior
+            logger.warning("bundle %s: calibration run failed (%s); estimates use the prior until a job ends",
+                           bundle, err)
+            return None
+        cost = StepCost(bundle, info.weights_sha256 or "", round(per_step, 6), PRIOR_OVERHEAD_SECONDS_PER_IMAGE)
+        self.store.save_step_cost(cost)
+        logger.info("bundle %s: calibrated at %.4f s per image-step (%d steps, 1 image)", bundle, per_step, steps)
+        return cost
+
+    def learn(self, request: dict[str, Any], metrics: dict[str, Any]) -> StepCost:
+        """Fold a finished job's measured cost into its bundle's kept cost: the first job replaces the calibration,
+        the next few are averaged in, later ones move it by :data:`COST_UPDATE_WEIGHT`."""
+        old = self.cost(request["bundle"])
+        images = max(int(metrics["images"]), 1)
+        per_step = metrics["generation_seconds"] / max(self.work_units(request, images), 1)
+        overhead = max(metrics["total_seconds"] - metrics["generation_seconds"], 0.0) / images
+        weight = 1.0 if old.jobs <= 0 else max(1.0 / (old.jobs + 1), COST_UPDATE_WEIGHT)
+        new = StepCost(old.bundle, old.weights_sha256,
+                       round(old.seconds_per_image_step + weight * (per_step - old.seconds_per_image_step), 6),
+                       round(old.overhead_seconds_per_image + weight * (overhead - old.overhead_seconds_per_image), 6),
+                       jobs=old.jobs + 1)
+        self.store.save_step_cost(new)
+        return new
+
     def own_estimate(self, request: dict[str, Any]) -> float:
-        """Seconds a job with ``request`` will run, from past jobs of its bundle (a default rate before any)."""
-        history = self.store.run_times(request["bundle"], limit=20)
-        work = sum(images * steps for _, images, steps in history)
-        rate = sum(s for s, _, _ in history) / work if work else DEFAULT_SECONDS_PER_IMAGE_STEP
-        return rate * request["num_images"] * request["steps"] * (2 if request["guidance_scale"] != 1.0 else 1)
+        """Seconds a job with ``request`` will run, from its bundle's measured cost per image-step."""
+        cost = self.cost(request["bundle"])
+        return (cost.seconds_per_image_step * self.work_units(request)
+                + cost.overhead_seconds_per_image * request["num_images"])
 
     def submit(self, job: Job) -> float:
         """Store ``job`` and queue it; returns the seconds until it should be done (its run plus the jobs ahead).
@@ -186,6 +246,8 @@ class Worker:
             self.store.add_job(job)
             with self._estimates_lock:
                 ahead = sum(self._queued_estimates.values())
+                if self._running is not None:
+                    ahead += max(self._running[0] - (time.monotonic() - self._running[1]), 0.0)
                 self._queued_estimates[job.id] = own
             self.queue.put_nowait(job.id)
         return round(own + ahead, 1)
@@ -246,11 +308,15 @@ class Worker:
                 continue
             if job_id is None:
                 break
-            self._forget_estimate(job_id)
+            with self._estimates_lock:
+                self._running = (self._queued_estimates.pop(job_id, 0.0), time.monotonic())
             try:
                 self._execute(job_id)
             except Exception:  # the loop must outlive any job
                 logger.exception("job %s: unexpected worker error", job_id)
+            finally:
+                with self._estimates_lock:
+                    self._running = None
 
     def _check_cancel(self) -> None:
         if self._stopping.is_set():
@@ -299,6 +365,10 @@ class Worker:
             self.store.update_job(job_id, status="succeeded", progress=100.0, metrics=metrics, result=RESULT_ZIP,
                                   images=metrics["images"], run_seconds=metrics["generation_seconds"],
                                   finished_at=utcnow())
+            try:
+                self.learn(job.request, metrics)
+            except Exception:  # a failed estimate update must not fail a finished job
+                logger.exception("job %s: could not update the cost estimate", job_id)
         finally:
             self.current = None
             if not succeeded:
@@ -331,12 +401,12 @@ class Worker:
         runner.run()
         t2 = time.monotonic()
         self._check_cancel()
-        public_samples(samples, info)
         records = read_samples(samples)
         metrics: dict[str, Any] = {
             "images": len(records),
             "generation_seconds": round(t2 - t1, 3),
             "seconds_per_image": round((t2 - t1) / max(len(records), 1), 4),
+            "seconds_per_image_step": round((t2 - t1) / max(self.work_units(req, len(records)), 1), 6),
             "model_load_seconds": round(t1 - t0, 3),
             "bundle_version": info.version,
             "checkpoint_sha256": (records[0].get("checkpoint_sha256") if records else None) or info.weights_sha256,
@@ -344,7 +414,7 @@ class Worker:
         if req.get("quality_check"):
             metrics["quality"] = self._quality(info, samples, records)
         self._check_cancel()
-        self._package(req["output_format"], samples, out)
+        self._package(req, samples, out, info)
         make_private(out)
         metrics["total_seconds"] = round(time.monotonic() - t0, 3)
         return metrics
@@ -370,15 +440,21 @@ class Worker:
                 "pass_rate": float(passed.mean()) if len(passed) else 0.0}
 
     @staticmethod
-    def _package(fmt: str, samples: Path, out: Path) -> Path:
+    def _package(req: dict[str, Any], samples: Path, out: Path, info: BundleInfo) -> Path:
+        """Zip the PNGs, or export them first (while ``samples.jsonl`` still names the weights, whose metadata
+        gives the export its pixel spacing and anatomy); ``samples.jsonl`` is made public before zipping."""
+        fmt = req["output_format"]
         if fmt == "png":
+            public_samples(samples, info)
             return zip_folder(samples, out / RESULT_ZIP)
         from medgen.export.dicom_writer import export_images
 
         exported = out / fmt
-        report = export_images(samples, exported, fmt=fmt)
+        options = {"iod": req.get("iod") or "sc", "bits": req.get("bits") or 16} if fmt == "dicom" else {}
+        report = export_images(samples, exported, fmt=fmt, field_of_view_mm=req.get("field_of_view_mm"), **options)
         if report["errors"]:
             raise RuntimeError(f"export to {fmt} failed for {len(report['errors'])} image(s): {report['errors'][0][1]}")
+        public_samples(samples, info)
         for name in ("samples.jsonl", "quality.json"):
             if (samples / name).is_file():
                 shutil.copy2(samples / name, exported / name)

@@ -43,7 +43,7 @@ def test_processes_of_one_torchrun_job_share_a_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
     assert run_dir(tmp_path, "b") == run_dir(tmp_path, "b") == str(tmp_path / "b" / "ddp-abc")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    with pytest.raises(SystemExit, match="--run_name"):
+    with pytest.raises(SystemExit, match="--run-name"):
         run_dir(tmp_path, "b")
 
 

@@ -155,7 +155,7 @@ def test_resume_refuses_other_data_classes_or_size_and_continues_the_same(runs, 
     other_data = medgen(runs["work"], "train", "cxr_ddpm", "--output_dir", str(run), "--dataset-dir", str(noyes),
                         "--classes", '["no", "yes"]', *TINY, ok=False)
     line = one_line_error(other_data)
-    assert "cannot resume" in line and "classes" in line and "--resume false" in line and "--run_name" in line
+    assert "cannot resume" in line and "classes" in line and "--resume false" in line and "--run-name" in line
     other_size = medgen(runs["work"], "train", "cxr_ddpm", "--output_dir", str(run), "--dataset-dir", str(kermany),
                         *TINY, "--image_size", "16", ok=False)
     assert "image_size 32 (checkpoint) vs 16 (this run)" in one_line_error(other_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -27,17 +28,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_samples_dir(root: Path, per_class: int = 2, with_npy: bool = True) -> Path:
-    """A folder as the sampler writes it: samples.jsonl + 8-bit grey PNGs (+ .npy float copies for class 0)."""
+#: teaches Orthanc 1.10's dictionary SyntheticData (0008,001C), as docs/dicom.md tells a PACS administrator
+ORTHANC_DICTIONARY = {"0008,001c": ["CS", "SyntheticData", 1, 1]}
+
+
+def make_samples_dir(root: Path, per_class: int = 2, with_npy: bool = True, size: int = 64, **fields) -> Path:
+    """A folder as the sampler writes it: samples.jsonl + 8-bit grey PNGs (+ .npy float copies for class 0);
+    ``fields`` are added to every line (e.g. ``checkpoint``/``checkpoint_sha256`` of real weights)."""
     root.mkdir(parents=True, exist_ok=True)
     lines = []
     for label, cls in enumerate(["NORMAL", "PNEUMONIA"]):
         sources = sorted((KERMANY / cls).glob("*.jpeg"))[:per_class] if (KERMANY / cls).is_dir() else []
         for i in range(per_class):
             if i < len(sources):
-                grey = np.asarray(Image.open(sources[i]).convert("L").resize((64, 64)))
+                grey = np.asarray(Image.open(sources[i]).convert("L").resize((size, size)))
             else:  # data set absent: a smooth synthetic picture instead
-                yy, xx = np.mgrid[:64, :64]
+                yy, xx = np.mgrid[:size, :size]
                 grey = ((np.sin(xx / (5 + i)) * np.cos(yy / 7) + 1) * 127).astype(np.uint8)
             rel = f"{cls}/{len(lines):06d}_s{len(lines)}.png"
             (root / cls).mkdir(exist_ok=True)
@@ -46,7 +52,7 @@ def make_samples_dir(root: Path, per_class: int = 2, with_npy: bool = True) -> P
                 np.save((root / rel).with_suffix(".npy"), (grey.astype(np.float32) / 255.0)[None])
             lines.append({"file": rel, "class": cls, "label": label, "seed": len(lines), "sampler": "ddim",
                           "steps": 50, "guidance_scale": 1.0, "checkpoint_sha256": "0f" * 32,
-                          "timestamp": "2026-11-26T00:00:00Z"})  # fmt: skip
+                          "timestamp": "2026-11-26T00:00:00Z", **fields})  # fmt: skip
     (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return root
 
@@ -58,7 +64,8 @@ def unused_port() -> int:
 
 @pytest.fixture
 def samples_dir(tmp_path: Path) -> Path:
-    return make_samples_dir(tmp_path / "samples")
+    """Samples of weights of their own (a fresh checkpoint sha256), so their UIDs are theirs alone in a PACS."""
+    return make_samples_dir(tmp_path / "samples", checkpoint_sha256=secrets.token_hex(32))
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Orthanc:
     password: str
     scu_aet: str
     log: Path
+    nostore_aet: str = "NOSTORE"
 
     @property
     def url(self) -> str:
@@ -87,7 +95,12 @@ class Orthanc:
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
-    """A real Orthanc on free 127.0.0.1 ports: auth on, no remote access, DICOMweb, own storage; stopped after."""
+    """A real Orthanc on free 127.0.0.1 ports: auth on, no remote access, DICOMweb, own storage; stopped after.
+
+    As a PACS administrator sets it up: the called AE title checked, C-STORE only from the declared modality
+    (``scu_aet``; ``nostore_aet`` is declared without store rights; any other calling AE is unknown), and the
+    dictionary entry for SyntheticData.
+    """
     if not Path(ORTHANC).exists():
         pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
     plugin = next((p for p in DICOMWEB_PLUGINS if Path(p).exists()), None)
@@ -104,7 +117,13 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {o.user: o.password},
-        "DicomModalities": {"medgen": {"AET": o.scu_aet, "Host": "127.0.0.1", "Port": free_port()}},
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowEcho": False,
+        "DicomModalities": {
+            "medgen": {"AET": o.scu_aet, "Host": "127.0.0.1", "Port": free_port()},
+            "nostore": {"AET": o.nostore_aet, "Host": "127.0.0.1", "Port": free_port(), "AllowStore": False},
+        },
+        "Dictionary": ORTHANC_DICTIONARY,
         "Plugins": [plugin] if plugin else [],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "StorageCompression": False,

@@ -33,7 +33,8 @@ def ramp(h: int = 48, w: int = 40) -> np.ndarray:
 def write(tmp_path: Path, iod: str = "sc", bits: int = 16, study: SyntheticStudy | None = None, n: int = 1) -> Path:
     study = study or SyntheticStudy(uid_root=UID_ROOT)
     return write_dicom(ramp(), tmp_path / f"{iod}{bits}_{n}.dcm", iod=iod, study=study, instance_number=n,
-                       class_name="PNEUMONIA", provenance=PROVENANCE, bits=bits, pixel_spacing=(0.5, 0.5))  # fmt: skip
+                       class_name="PNEUMONIA", provenance=PROVENANCE, bits=bits, pixel_spacing=(0.5, 0.5),
+                       body_part="HEAD" if iod == "mr" else "CHEST")  # fmt: skip
 
 
 @pytest.mark.parametrize("iod", sorted(IODS))
@@ -47,7 +48,9 @@ def test_required_attributes(tmp_path, iod, bits):
     assert ds.BurnedInAnnotation == "NO" and ds.PhotometricInterpretation == "MONOCHROME2"
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation) == (16, bits, bits - 1, 0)
     assert float(ds.WindowCenter) == 2 ** (bits - 1) and float(ds.WindowWidth) == 2**bits
-    assert ds.BodyPartExamined == "CHEST"
+    assert ds.BodyPartExamined == ("HEAD" if iod == "mr" else "CHEST")
+    assert list(ds.PixelSpacing) == [0.5, 0.5] and "pixel_spacing=0.5\\0.5 mm over 48x40 px" in ds.ImageComments
+    assert ds.get("ViewPosition", "") == ""  # nobody said which view (CR: Type 2, present and empty)
     assert (ds.PatientName, ds.PatientID) == ("SYNTH^ONE", "SYN-1")
     assert ds.StudyInstanceUID == study.study_instance_uid and ds.SeriesInstanceUID == study.series_instance_uid
     for uid in (ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID):
@@ -195,5 +198,6 @@ def test_export_goes_on_after_a_bad_line(samples_dir, tmp_path):
 
 
 def test_export_command_ok(samples_dir, tmp_path, capsys):
-    assert export_command(samples_dir, tmp_path / "out", fmt="dicom", iod="mr", bits=12) == 0
+    assert export_command(samples_dir, tmp_path / "out", fmt="dicom", iod="mr", bits=12, field_of_view_mm=240,
+                          body_part="HEAD") == 0  # fmt: skip
     assert "exported 4 dicom file(s)" in capsys.readouterr().out

@@ -172,3 +172,55 @@ def test_export_then_send_with_credentials_file_and_json_report(orthanc, samples
     rows = json.loads(report.read_text())
     assert len(rows) == 4 and {r["status"] for r in rows} == {"sent"}
     assert send_command(tmp_path / "out", f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}") == 0  # re-send ok
+
+
+@pytest.mark.slow
+def test_sending_the_same_images_twice_updates_instead_of_duplicating(orthanc, samples_dir, tmp_path, monkeypatch):
+    dimse = f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    first = export_images(samples_dir, tmp_path / "first", iod="cr")
+    assert [r.status for r in send(first["files"], dimse)] == ["sent"] * 4
+    count = orthanc.rest("/statistics").json()["CountInstances"]
+    series = orthanc.rest("/tools/lookup", method="POST", data=first["study"].series_instance_uid).json()[0]["ID"]
+    assert len(orthanc.rest(f"/series/{series}").json()["Instances"]) == 4
+    again = export_images(samples_dir, tmp_path / "again", iod="cr")  # a second export of the same samples
+    assert [r.status for r in send(again["files"], dimse)] == ["sent"] * 4
+    monkeypatch.setenv("MEDGEN_PACS_USER", orthanc.user)
+    monkeypatch.setenv("MEDGEN_PACS_PASSWORD", orthanc.password)
+    web = send(again["files"], f"dicomweb://127.0.0.1:{orthanc.http_port}/dicom-web")
+    assert [r.status for r in web] == ["sent"] * 4, [r.detail for r in web]
+    assert orthanc.rest("/statistics").json()["CountInstances"] == count
+    assert len(orthanc.rest(f"/series/{series}").json()["Instances"]) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calling, reason", [
+    ("INTRUDER", "association rejected (Rejected Permanent, Service User: Calling AE title not recognised)"),
+    ("NOSTORE", "association aborted by the PACS at the first C-STORE: it accepted calling AE 'NOSTORE' but "
+                "refuses to store from it"),
+])  # fmt: skip
+def test_a_calling_aet_the_pacs_refuses_is_named_on_every_row(orthanc, series, tmp_path, capsys, calling, reason):
+    """Orthanc checks calling AEs (DicomAlwaysAllowStore false): an unknown one is rejected at association, one
+    declared without store rights is aborted at the first C-STORE; every file's row and line says so."""
+    summary, by_uid = series
+    report = tmp_path / "report.csv"
+    code = send_command(summary["files"][0].parent.parent, f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                        retries=2, report=report, calling_aet=calling)  # fmt: skip
+    assert code == 1
+    rows = list(csv.DictReader(open(report)))
+    assert len(rows) == 4 and all(r["status"] == "failed" and reason in r["detail"] for r in rows), rows
+    failed_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED: ")]
+    assert len(failed_lines) == 4 and all(reason in line for line in failed_lines)
+    for uid in by_uid:  # nothing reached Orthanc
+        assert orthanc.rest("/tools/lookup", method="POST", data=uid).json() == []
+
+
+@pytest.mark.slow
+def test_orthanc_names_the_synthetic_data_tag(orthanc, series):
+    """With the Dictionary entry of docs/dicom.md, Orthanc 1.10 shows (0008,001C) as SyntheticData = YES."""
+    summary, by_uid = series
+    assert send(summary["files"][:1], f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")[0].status == "sent"
+    uid = pydicom.dcmread(summary["files"][0], stop_before_pixels=True).SOPInstanceUID
+    orthanc_id = orthanc.rest("/tools/lookup", method="POST", data=uid).json()[0]["ID"]
+    tags = orthanc.rest(f"/instances/{orthanc_id}/tags").json()
+    assert tags["0008,001c"] == {"Name": "SyntheticData", "Type": "String", "Value": "YES"}
+    assert orthanc.rest(f"/instances/{orthanc_id}/simplified-tags").json()["SyntheticData"] == "YES"

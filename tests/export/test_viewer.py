@@ -28,7 +28,8 @@ def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
 def test_orthanc_explorer_shows_the_synthetic_instance(orthanc, samples_dir, tmp_path):
-    summary = export_images(samples_dir, tmp_path / "dicom", fmt="dicom", iod="cr", patient_name="SYNTHETIC^VIEWER")
+    summary = export_images(samples_dir, tmp_path / "dicom", fmt="dicom", iod="cr", patient_name="SYNTHETIC^VIEWER",
+                            body_part="CHEST")  # fmt: skip
     results = send(summary["files"], f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
     assert {r.status for r in results} == {"sent"}
     ds = pydicom.dcmread(summary["files"][0], stop_before_pixels=True)

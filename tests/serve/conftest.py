@@ -1,13 +1,16 @@
-"""Fixtures: micro cxr_ddpm weights, a live server for a test module, and API keys on it."""
+"""Fixtures: micro cxr_ddpm weights, a live server for a test module, API keys on it, and a browser."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from serve_harness import BUNDLE, MICRO, Server, fit_gate, make_key
+from serve_harness import BUNDLE, CHROMIUM, MICRO, OFFLINE, Page, Server, fit_gate, free_port, make_key
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,49 @@ def keys(server: Server) -> dict[str, str]:
         "bob": make_key(server.data_dir, "bob", 4),
         "solo": make_key(server.data_dir, "solo", 1),
     }
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> Iterator[tuple[Page, Path]]:
+    """Headless Debian chromium, offline (it resolves no host but 127.0.0.1), driven over CDP; and its downloads."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            OFFLINE,
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1100,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
+                ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+                break
+            except (httpx.TransportError, StopIteration, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        page = Page(ws_url)
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        page.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+        yield page, downloads
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

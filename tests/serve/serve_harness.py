@@ -7,14 +7,17 @@ not the images, and sampling then takes a fraction of a second per step on a loa
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,6 +31,11 @@ MICRO = {
     "image_size": "16",
     "precision": "fp32",
 }
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: chromium resolves no host name but 127.0.0.1, as on a machine with no network
+OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 
 def free_port() -> int:
@@ -139,3 +147,54 @@ def fit_gate(folder: Path, size: int = 16) -> None:
     reference = np.random.default_rng(0).uniform(0, 1, (24, 1, size, size)).astype(np.float32)
     QualityGate(k=3).fit(DomainFeatures(weights)(reference)).save(folder / "quality_gate.npz")
     (folder / "quality_gate.npz.json").write_text(json.dumps({"features": "domain", "size": size}))
+
+
+class Page:
+    """Just enough CDP: evaluate JavaScript, wait for a condition, take a screenshot."""
+
+    def __init__(self, ws_url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: Any) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def js(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 300.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.2)
+        status = self.js("(document.getElementById('status') || document.body).textContent.slice(0, 300)")
+        raise AssertionError(f"timed out waiting for {expression!r}; page status: {status!r}")
+
+    def set_value(self, element_id: str, value: Any, event: str = "change") -> None:
+        self.js(
+            f"(() => {{ const e = document.getElementById({element_id!r}); e.value = {json.dumps(str(value))};"
+            f" e.dispatchEvent(new Event({event!r}, {{bubbles: true}})); }})()"
+        )
+
+    def click(self, element_id: str) -> None:
+        self.js(f"document.getElementById({element_id!r}).click()")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path

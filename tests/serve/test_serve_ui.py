@@ -2,120 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import re
-import shutil
-import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from serve_harness import ARTIFACTS, Server, free_port
+from serve_harness import ARTIFACTS, Page, Server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 STATIC = Path(__file__).resolve().parents[2] / "medgen" / "serve" / "static"
-
-
-class Page:
-    """Just enough CDP: evaluate JavaScript, wait for a condition, take a screenshot."""
-
-    def __init__(self, ws_url: str) -> None:
-        import websocket
-
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params: Any) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def js(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait(self, expression: str, timeout: float = 300.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.2)
-        status = self.js("document.getElementById('status').textContent")
-        raise AssertionError(f"timed out waiting for {expression!r}; page status: {status!r}")
-
-    def set_value(self, element_id: str, value: Any, event: str = "change") -> None:
-        self.js(
-            f"(() => {{ const e = document.getElementById({element_id!r}); e.value = {json.dumps(str(value))};"
-            f" e.dispatchEvent(new Event({event!r}, {{bubbles: true}})); }})()"
-        )
-
-    def click(self, element_id: str) -> None:
-        self.js(f"document.getElementById({element_id!r}).click()")
-
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-
-@pytest.fixture()
-def browser(tmp_path: Path) -> Iterator[tuple[Page, Path]]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            f"--remote-debugging-port={port}",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1100,1000",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                targets = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
-                ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-                break
-            except (httpx.TransportError, StopIteration, ValueError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        page = Page(ws_url)
-        downloads = tmp_path / "downloads"
-        downloads.mkdir()
-        page.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-        yield page, downloads
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_page_uses_no_external_resources() -> None:

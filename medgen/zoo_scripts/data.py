@@ -1,0 +1,54 @@
+"""The training list of a folder of class sub-folders, for an exported bundle (MONAI has no folder-per-class lister).
+
+``dataset_dir`` is a folder with one sub-folder per source class (``NORMAL/``, ``PNEUMONIA/`` ...), or a data set
+with its own training split inside (``train/`` or ``Training/``, as the Kermany and brain tumour sets ship).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TRAINING_SPLITS = ("train", "training", "Train", "Training")
+
+
+def training_folder(dataset_dir: str) -> str:
+    """``dataset_dir`` or its training-split sub-folder."""
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"dataset_dir {dataset_dir}: no such folder; pass --dataset_dir <folder of classes>")
+    for name in TRAINING_SPLITS:
+        if os.path.isdir(os.path.join(dataset_dir, name)):
+            return os.path.join(dataset_dir, name)
+    return dataset_dir
+
+
+def class_folders(classes: Sequence[str], class_map: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """Model class -> the source folders merged into it (each class is its own folder without a map)."""
+    if not class_map:
+        return {c: [c] for c in classes}
+    return {c: list(class_map[c]) for c in classes}
+
+
+def folder_datalist(dataset_dir: str, classes: Sequence[str], class_map: Mapping[str, Sequence[str]] | None = None,
+                    max_items_per_class: int | None = None) -> list[dict]:
+    """``[{"image": path, "label": class index}, ...]`` for every image in the classes' folders, sorted; at most
+    ``max_items_per_class`` per class (spread evenly over its files) for brief runs."""
+    root = training_folder(dataset_dir)
+    items = []
+    for label, (name, folders) in enumerate(class_folders(classes, class_map).items()):
+        found = []
+        for folder in folders:
+            path = os.path.join(root, folder)
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"{path}: no folder for class {name!r} (classes {list(classes)})")
+            for file in sorted(os.listdir(path)):
+                if file.lower().endswith(IMAGE_SUFFIXES):
+                    found.append({"image": os.path.join(path, file), "label": label})
+        if not found:
+            raise ValueError(f"{root}: class {name!r} has no images in {folders}")
+        if max_items_per_class and len(found) > max_items_per_class:
+            step = len(found) / max_items_per_class
+            found = [found[int(i * step)] for i in range(max_items_per_class)]
+        items += found
+    return items

@@ -1,0 +1,201 @@
+"""`medgen zoo-export` writes bundles that the MONAI Model Zoo's own CI scripts accept, and that run without medgen.
+
+The zoo's scripts are unmodified copies (tests/fixtures/model_zoo_ci, Apache-2.0). The zoo's full mode is run with
+exactly the exclusions its ci/bundle_custom_data.py grants its generative bundles (brats_mri_generative_diffusion,
+brats_mri_axial_slices_generative_diffusion): exclude_verify_shape_list and exclude_verify_torchscript_list.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO_CI = REPO / "tests" / "fixtures" / "model_zoo_ci"
+SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+EXPORTABLE = BUNDLES  # a bundle without shipped weights is exported with stand-in weights (see `sources`)
+DATA = Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data"))
+DATASETS = {"cxr_ddpm": "chest_xray_kermany_224", "brain_mri_score": "brain_tumor_mri_224"}
+TIMEOUT = 1800
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SCHEMA.is_file(), reason=f"zoo metadata schema not found at {SCHEMA}")]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def stand_in(name: str, tmp: Path) -> Path:
+    """A copy of a bundle that ships no weights, with weights from a one-epoch training on 4 real images per class
+    at 32 px (its real configs, `--export_to_bundle True`), so its exported form is checked all the same."""
+    copy = tmp / "stand_in" / name
+    shutil.copytree(REPO / "bundles" / name, copy, ignore=shutil.ignore_patterns("runs"))
+    tiny = ["--image_size", "32", "--unet_channels", "[16,32,32]", "--attention_levels", "[False,False,True]",
+            "--num_res_blocks", "1", "--norm_num_groups", "8", "--max_items_per_class", "4", "--batch_size", "8",
+            "--max_epochs", "1", "--samples_per_class_in_grid", "1", "--num_workers", "0"]
+    tiny += ["--sigma_max", "40", "--grid_inference_steps", "2"] if name == "brain_mri_score" else []
+    done = run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                str(copy / "configs" / "train.yaml"), "--dataset_dir", str(DATA / DATASETS[name]),
+                "--export_to_bundle", "True", "--runs_dir", str(tmp / "runs"), *tiny], cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return copy
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every bundle exported with `medgen zoo-export`, laid out as the zoo's models/ folder: the schema in
+    <bundle>/eval/schema.json (what the zoo's prepare_schema.py downloads) and a model_info.json with no entry."""
+    tmp = tmp_path_factory.mktemp("zoo")
+    out = tmp / "models"
+    sources = [str(REPO / "bundles" / name) if (REPO / "bundles" / name / "models" / "model.pt").is_file()
+               else str(stand_in(name, tmp)) for name in EXPORTABLE]
+    done = run([sys.executable, "-m", "medgen.cli", "zoo-export", *sources, "--out", str(out)], cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in EXPORTABLE:
+        (out / name / "eval").mkdir()
+        shutil.copy(SCHEMA, out / name / "eval" / "schema.json")
+    (out / "model_info.json").write_text("{}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def zoo_ci_with_generative_exclusions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zoo's CI scripts with our bundles added to the two lists its generative bundles are on."""
+    ci = tmp_path_factory.mktemp("ci")
+    for script in ZOO_CI.glob("*.py"):
+        shutil.copy(script, ci / script.name)
+    with open(ci / "bundle_custom_data.py", "a") as f:
+        f.write(f"\nexclude_verify_shape_list += {EXPORTABLE!r}\nexclude_verify_torchscript_list += {EXPORTABLE!r}\n")
+    return ci
+
+
+def zoo_verify(ci: Path, models: Path, name: str, mode: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(ci / "verify_bundle.py"), "-b", name, "-p", str(models), "-m", mode], cwd=cwd)
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_zoo_min_mode_passes_unmodified(models: Path, name: str, tmp_path: Path) -> None:
+    done = zoo_verify(ZOO_CI, models, name, "min", tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "version and changelog are verified correctly." in done.stdout
+    assert "metadata format is verified correctly." in done.stdout
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_zoo_full_mode_passes_with_the_generative_exclusions(models: Path, name: str, tmp_path: Path,
+                                                                   zoo_ci_with_generative_exclusions: Path) -> None:
+    done = zoo_verify(zoo_ci_with_generative_exclusions, models, name, "full", tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"skip verifying the data shape of bundle: {name}." in done.stdout
+    assert f"bundle: {name} does not support torchscript, skip verifying." in done.stdout
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_medgen_verify_fails_exactly_where_the_zoo_full_mode_fails(models: Path, name: str, tmp_path: Path) -> None:
+    zoo = zoo_verify(ZOO_CI, models, name, "full", tmp_path)
+    assert zoo.returncode != 0 and "missing 1 required positional argument: 'timesteps'" in zoo.stderr
+    strict = run([sys.executable, "-m", "medgen.cli", "verify", str(models / name)], cwd=tmp_path)
+    assert strict.returncode == 1, strict.stdout
+    assert "[error] shape: data shape fails as in the zoo's full mode" in strict.stdout
+    assert "missing 1 required positional argument: 'timesteps'" in strict.stdout
+    assert "[error] torchscript: TorchScript fails" in strict.stdout
+    granted = run([sys.executable, "-m", "medgen.cli", "verify", str(models / name), "--zoo-exclusions",
+                   "generative"], cwd=tmp_path)
+    assert granted.returncode == 0, granted.stdout
+    assert "verified in the zoo's full mode (0 error(s)" in granted.stdout and "shape, torchscript" in granted.stdout
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_zoo_requirements_step_names_only_what_is_installed_from_an_index(models: Path, name: str,
+                                                                               tmp_path: Path) -> None:
+    done = run([sys.executable, str(ZOO_CI / "get_bundle_requirements.py"), "-b", name, "-p", str(models)],
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / done.stdout.strip()).read_text().split()
+    pins = dict(line.split("==") for line in lines)
+    assert "medgen" not in pins and {"monai", "torch", "numpy"} <= set(pins)
+    for package, version in pins.items():  # what this test run itself uses, installed from PyPI by .ci/run
+        assert importlib.metadata.version(package).split("+")[0] == version, package
+
+
+@pytest.fixture()
+def no_medgen(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import medgen` fails, as on a machine with MONAI and the listed packages only."""
+    stub = tmp_path / "stub" / "medgen"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('medgen is not installed here')\n")
+    return {"PYTHONPATH": str(stub.parent)}
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_monai_bundle_load_returns_the_network_without_medgen(models: Path, name: str, tmp_path: Path,
+                                                              no_medgen: dict[str, str]) -> None:
+    code = ("import monai, sys\n"
+            f"net = monai.bundle.load(name={name!r}, bundle_dir={str(models)!r}, workflow_type='inference')\n"
+            "print(type(net).__name__, sum(p.numel() for p in net.parameters()), 'medgen' in sys.modules)\n")
+    done = run([sys.executable, "-c", code], cwd=tmp_path, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kind, params, imported = done.stdout.split()[-3:]
+    import torch
+
+    weights = torch.load(models / name / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert kind == "DiffusionModelUNet" and imported == "False"
+    assert int(params) == sum(v.numel() for v in weights.values())  # every weight loaded, nothing else
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_exported_inference_runs_from_any_folder_without_medgen(models: Path, name: str, tmp_path: Path,
+                                                                    no_medgen: dict[str, str]) -> None:
+    bundle = tmp_path / name
+    shutil.copytree(models / name, bundle)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    steps = "2" if name != "brain_mri_score" else "3"
+    done = run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" /
+                "inference.json"), "--per_class", "1", "--num_inference_steps", steps, "--batch_size", "2"],
+               cwd=elsewhere, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (bundle / "samples" / "samples.jsonl").read_text().splitlines()]
+    classes = json.loads((bundle / "configs" / "inference.json").read_text())["classes"]
+    assert [line["class"] for line in lines] == classes and all(line["synthetic"] for line in lines)
+    assert all((bundle / "samples" / line["image"]).stat().st_size > 100 for line in lines)
+    assert not (elsewhere / "samples").exists()  # bundle_root is the config file's folder, not the current one
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_exported_training_runs_on_real_data_without_medgen(models: Path, name: str, tmp_path: Path,
+                                                                no_medgen: dict[str, str]) -> None:
+    dataset = DATA / DATASETS[name]
+    bundle = tmp_path / name
+    shutil.copytree(models / name, bundle)
+    tiny = ["--image_size", "32", "--network_def#channels", "[8,16]", "--network_def#attention_levels",
+            "[false,true]", "--network_def#num_res_blocks", "1", "--network_def#norm_num_groups", "8",
+            "--network_def#num_head_channels", "8"]
+    done = run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
+                "--dataset_dir", str(dataset), "--max_items_per_class", "4", "--max_epochs", "1", "--batch_size", "4",
+                *tiny], cwd=tmp_path, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((bundle / "runs" / "checkpoints").glob("checkpoint_final_iteration=*.pt"))
+    assert list((bundle / "runs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_zoo_export_refuses_to_overwrite_and_to_export_without_weights(tmp_path: Path) -> None:
+    (tmp_path / "cxr_ddpm").mkdir()
+    done = run([sys.executable, "-m", "medgen.cli", "zoo-export", "cxr_ddpm", "--out", str(tmp_path)], cwd=REPO)
+    assert done.returncode == 2 and "exists; pass --force" in done.stdout and not any((tmp_path / "cxr_ddpm").iterdir())
+    bare = tmp_path / "bare"
+    shutil.copytree(REPO / "bundles" / "cxr_ddpm", bare, ignore=shutil.ignore_patterns("*.pt", "model.json", "runs"))
+    done = run([sys.executable, "-m", "medgen.cli", "zoo-export", str(bare), "--out", str(tmp_path / "out")],
+               cwd=REPO)
+    assert done.returncode == 2 and "no weights to export; train the bundle first" in done.stdout
+    assert not (tmp_path / "out" / "bare").exists()

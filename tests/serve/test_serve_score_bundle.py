@@ -1,0 +1,63 @@
+"""The score bundle (brain_mri_score, Langevin sampling) behind a live server: its own samplers, the start-up
+calibration, a job with the bundle's default sampler, and MR DICOM output with a pixel spacing."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from serve_harness import REPO, Server, make_key, wait_for
+
+pytestmark = pytest.mark.slow
+
+BRAIN = REPO / "bundles" / "brain_mri_score"
+MICRO = {"unet_channels": "[32,32]", "attention_levels": "[false,false]", "num_res_blocks": "1", "image_size": "16",
+         "norm_num_groups": "8", "num_levels": "10", "precision": "fp32"}
+
+
+def micro_brain_weights(folder: Path) -> Path:
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BRAIN / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(BRAIN), "ckpt_path": str(folder / "none.pt"),
+                   **{k: yaml.safe_load(v) for k, v in MICRO.items()}})
+    torch.manual_seed(0)
+    path = folder / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    weights = micro_brain_weights(tmp_path)
+    extra = ("--bundle", f"brain={BRAIN}", "--ckpt", f"brain={weights}",
+             *(f"--override=brain:{k}={v}" for k, v in MICRO.items()))
+    server = Server(tmp_path / "state", {}, extra=extra).start()
+    try:
+        key = make_key(server.data_dir, "mri")
+        with server.client(key) as client:
+            (model,) = client.get("/api/v1/models").json()["models"]
+            assert model["available"] and model["samplers"] == ["pc", "als", "reverse"]
+            assert model["seconds_per_image_step"] > 0
+            job = {"bundle": "brain", "class_label": model["classes"][0], "num_images": 2, "steps": 3}
+            refused = client.post("/api/v1/generate", json={**job, "sampler": "ddim"})
+            assert refused.status_code == 422 and refused.json()["detail"][0]["allowed"] == model["samplers"]
+            created = client.post("/api/v1/generate", json={**job, "output_format": "dicom", "iod": "mr",
+                                                            "field_of_view_mm": 240}).json()
+            assert created["estimated_time_seconds"] > 0
+            info = wait_for(client, created["job_id"], ("succeeded", "failed"))
+            assert info["status"] == "succeeded", info.get("error")
+            assert info["request"]["sampler"] == "pc"
+            archive = zipfile.ZipFile(io.BytesIO(client.get(info["result_url"]).content))
+    finally:
+        server.stop()
+    files = [pydicom.dcmread(io.BytesIO(archive.read(n))) for n in archive.namelist() if n.endswith(".dcm")]
+    assert len(files) == 2
+    for ds in files:
+        assert (ds.Modality, ds.SOPClassUID) == ("MR", "1.2.840.10008.5.1.4.1.1.4")
+        assert [float(v) for v in ds.PixelSpacing] == [15.0, 15.0]
