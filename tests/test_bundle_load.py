@@ -88,5 +88,5 @@ def test_the_bundle_command_works_from_any_folder(tmp_path: Path) -> None:
                            str(copy / "configs" / "inference.yaml"), "--per_class", "1", "--sampler", "dpmpp2m",
                            "--num_inference_steps", "1"], cwd=cwd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (copy / "runs" / "samples").glob("*/*.png")) == ["000000.png", "000000.png"]
+    assert sorted(p.parent.name for p in (copy / "runs" / "samples").glob("*/*.png")) == ["NORMAL", "PNEUMONIA"]
     assert not any(cwd.iterdir())

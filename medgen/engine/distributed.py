@@ -18,14 +18,16 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
+from monai.handlers import LrScheduleHandler
 
 from medgen.engine.checkpoints import ResumeFromLatest
 from medgen.fileio import append_line
 
 logger = logging.getLogger(__name__)
 
-#: handlers every rank must run (restoring state, updating its EMA copy); the rest run on rank 0 only
-EVERY_RANK_HANDLERS: tuple[type, ...] = (ResumeFromLatest, EMAHandler)
+#: handlers every rank must run (restoring state, updating its EMA copy, stepping its optimizer's learning-rate
+#: schedule, or the replicas would train with different rates); the rest run on rank 0 only
+EVERY_RANK_HANDLERS: tuple[type, ...] = (ResumeFromLatest, EMAHandler, LrScheduleHandler)
 
 
 def rank() -> int:

@@ -78,30 +78,45 @@ def _loss_lines(out: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def _temp(folder: Path, prefix: str) -> list[Path]:
-    return [p for p in temp_files(folder) if p.name.startswith(prefix)]
+def _temp(folder: Path, prefix: str, ctx: Ctx | None = None) -> list[Path]:
+    """Temporary files of an unfinished write; with ``ctx``, only those this run started (a run killed earlier may
+    have left one, which this run removes at start)."""
+    left = ctx.seen.setdefault("left", set()) if ctx is not None else set()
+    found = [p for p in temp_files(folder) if p.name.startswith(prefix)]
+    if ctx is not None and "started" not in ctx.seen:
+        ctx.seen["started"] = True
+        left.update(p.name for p in found)
+    return [p for p in found if p.name not in left]
 
 
 def _mid_epoch(ctx: Ctx) -> bool:
-    """0.5 s after this run logged an epoch's loss: training the next epoch."""
-    if "t" not in ctx.seen and _loss_lines(ctx.out) > ctx.loss_lines_at_start:
+    """0.5 s after this run wrote an epoch's checkpoint (the end-of-epoch writes are over): training the next epoch."""
+    if "t" not in ctx.seen and _ckpts(ctx.ckpt) - ctx.ckpts_at_start and not temp_files(ctx.out):
         ctx.seen["t"] = time.monotonic()
     return "t" in ctx.seen and time.monotonic() - ctx.seen["t"] > 0.5
+
+
+def _new_grid(ctx: Ctx) -> bool:
+    """A grid this run wrote: the write itself takes milliseconds and polling can miss it, so the kill then lands
+    right after it, before the epoch's remaining writes."""
+    grids = {p.name for p in (ctx.out / "grids").glob("grid_*.png")}
+    return bool(grids - ctx.seen.setdefault("grids", grids))
 
 
 # (label, when to kill, the temporary file the kill should leave if it landed inside that write)
 PLAN: list[tuple[str, Callable[[Ctx], bool], Callable[[Ctx], list[Path]] | None]] = [
     ("starting up (2 s)", lambda c: c.elapsed() > 2.0, None),
-    ("inside a checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_epoch=")),
-     lambda c: _temp(c.ckpt, ".checkpoint_epoch=")),
-    ("inside a model.pt write", lambda c: bool(_temp(c.out, ".model.pt.")), lambda c: _temp(c.out, ".model.pt.")),
+    ("inside a checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_epoch=", c)),
+     lambda c: _temp(c.ckpt, ".checkpoint_epoch=", c)),
+    ("inside a model.pt write", lambda c: bool(_temp(c.out, ".model.pt.", c)),
+     lambda c: _temp(c.out, ".model.pt.", c)),
     ("mid-epoch (training)", _mid_epoch, None),
-    ("inside a checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_epoch=")),
-     lambda c: _temp(c.ckpt, ".checkpoint_epoch=")),
-    ("inside the sample-grid write", lambda c: bool(_temp(c.out / "grids", ".grid_")),
-     lambda c: _temp(c.out / "grids", ".grid_")),
-    ("inside the final checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_final.pt.")),
-     lambda c: _temp(c.ckpt, ".checkpoint_final.pt.")),
+    ("inside a checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_epoch=", c)),
+     lambda c: _temp(c.ckpt, ".checkpoint_epoch=", c)),
+    ("inside the sample-grid write", lambda c: bool(_temp(c.out / "grids", ".grid_", c)) or _new_grid(c),
+     lambda c: _temp(c.out / "grids", ".grid_", c)),
+    ("inside the final checkpoint write", lambda c: bool(_temp(c.ckpt, ".checkpoint_final.pt.", c)),
+     lambda c: _temp(c.ckpt, ".checkpoint_final.pt.", c)),
     ("(none: runs to the end)", lambda c: False, None),
 ]
 

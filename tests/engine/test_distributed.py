@@ -163,3 +163,18 @@ def test_weights_digest_sees_a_one_bit_change_and_ignores_the_ddp_wrapper() -> N
         weight = net.conv_in.conv.weight.view(-1)
         weight[0] = torch.nextafter(weight[0], torch.tensor(float("inf")))
     assert weights_digest(net) != before
+
+
+def test_every_rank_steps_its_learning_rate_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks other than 0 drop logging and checkpoint handlers but keep the LR schedule (else with a cosine schedule
+    each replica would train at a different rate)."""
+    from monai.handlers import LrScheduleHandler, StatsHandler
+
+    import medgen.engine.distributed as distributed
+
+    network = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    schedule = LrScheduleHandler(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5), print_lr=False)
+    stats = StatsHandler()
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.handlers_for_rank([schedule, stats]) == [schedule]
