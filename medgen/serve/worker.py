@@ -220,7 +220,9 @@ class Worker:
         the next few are averaged in, later ones move it by :data:`COST_UPDATE_WEIGHT`."""
         old = self.cost(request["bundle"])
         images = max(int(metrics["images"]), 1)
-        per_step = metrics["generation_seconds"] / max(self.work_units(request, images), 1)
+        per_step = metrics.get("seconds_per_image_step")  # the job's own figure, not one re-derived from rounded parts
+        if per_step is None:
+            per_step = metrics["generation_seconds"] / max(self.work_units(request, images), 1)
         overhead = max(metrics["total_seconds"] - metrics["generation_seconds"], 0.0) / images
         weight = 1.0 if old.jobs <= 0 else max(1.0 / (old.jobs + 1), COST_UPDATE_WEIGHT)
         new = StepCost(old.bundle, old.weights_sha256,
