@@ -83,7 +83,7 @@ def cmd_data_index(args: argparse.Namespace) -> int:
     datalist, summary = build_datalist(
         args.source, classes=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, image_column=args.image_column, label_column=args.label_column, uncertain=args.uncertain,
-        root=args.root, views=args.views, verify=not args.no_verify,
+        root=args.root, views=args.views, verify=not args.no_verify, channels=args.channels,
     )
     write_datalist(datalist, args.out)
     if Path(args.source).suffix.lower() == ".csv":
@@ -182,12 +182,28 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     existing(args.samples_dir, "SAMPLES_DIR", SAMPLES)
     existing(args.datalist, "DATALIST", DATALIST)
+    if args.judge_classifier:
+        existing(args.judge_classifier, "--judge-classifier", "the judge_classifier.pt a `medgen judge` wrote")
     from medgen.metrics.commands import evaluate_command
 
     return evaluate_command(args.samples_dir, args.datalist, args.out, size=args.size, features=args.features,
                             domain_weights=args.domain_weights, max_real_per_class=args.max_real_per_class,
                             utility_sizes=args.utility_sizes, report=not args.no_report,
-                            utility_json=args.utility_json, redact_paths=args.redact_paths)
+                            utility_json=args.utility_json, redact_paths=args.redact_paths,
+                            judge=not args.no_judge, judge_classifier=args.judge_classifier)
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    existing(args.samples_dir, "SAMPLES_DIR", SAMPLES)
+    existing(args.datalist, "DATALIST", DATALIST)
+    if args.classifier:
+        existing(args.classifier, "--classifier", "the judge_classifier.pt an earlier `medgen judge` wrote")
+    from medgen.metrics.judge import judge_command
+
+    return judge_command(args.samples_dir, args.datalist, args.out, classifier=args.classifier, seed=args.seed,
+                         epochs=args.epochs, train_per_class=args.train_per_class or None,
+                         heldout_per_class=args.heldout_per_class or None, size=args.size, max_gap=args.max_gap,
+                         batch_size=args.batch_size)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -290,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "count it negative/positive, soft trains as ones and keeps soft_label 0.5 for metrics")
     index.add_argument("--no-verify", action="store_true", help="skip decoding every image at index time (faster "
                        "for a large CSV such as CheXpert's; a broken file is then skipped when loaded)")
+    index.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                       help="the model's channels (1 grey, 3 RGB): the summary then counts the grey files a colour "
+                       "model replicates, or the colour files a grey model reads as ITU-R 601 luma")
     index.set_defaults(func=cmd_data_index, takes_extra=False)
 
     def keys_help(example: str, key: str) -> str:
@@ -355,7 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-report", action="store_true", help="write metrics.json only, no report.html")
     ev.add_argument("--redact-paths", action="store_true", help="name training files by their place in the "
                     "datalist and leave real training pixels out of report.html (PHI)")
+    ev.add_argument("--no-judge", action="store_true", help="skip the classifier-judged section (medgen judge)")
+    ev.add_argument("--judge-classifier", help="reuse this judge_classifier.pt instead of training the judge's "
+                    "classifier")
     ev.set_defaults(func=cmd_evaluate, takes_extra=False)
+
+    judge = verbs.add_parser("judge", help="label the samples with a classifier trained on the real training split: "
+                             "accuracy real vs synthetic, confusion matrices, chi-square/KL/KS tests, calibration")
+    judge.add_argument("samples_dir", help=SAMPLES)
+    judge.add_argument("datalist", help="the real data's datalist JSON (training split: the classifier; test, else "
+                       "validation: the real held-out images)")
+    judge.add_argument("--out", required=True, help="folder for judge.json, the PNGs and judge_classifier.pt")
+    judge.add_argument("--classifier", help="reuse this judge_classifier.pt (from an earlier run) instead of training")
+    judge.add_argument("--seed", type=int, default=0, help="seeds the classifier and which real images are drawn")
+    judge.add_argument("--epochs", type=int, default=8, help="classifier training epochs")
+    judge.add_argument("--batch-size", type=int, default=64, help="classifier training batch size")
+    judge.add_argument("--train-per-class", type=int, default=500, help="real training images per class (0: all)")
+    judge.add_argument("--heldout-per-class", type=int, default=500, help="real held-out images per class (0: all)")
+    judge.add_argument("--size", type=int, help="image size (default: the samples')")
+    judge.add_argument("--max-gap", type=float, help="exit 1 when real minus synthetic accuracy exceeds this many "
+                       "points (e.g. 5)")
+    judge.set_defaults(func=cmd_judge, takes_extra=False)
 
     audit = verbs.add_parser("audit", help="memorisation audit; exit 1 when any image is too close to a training image")
     audit.add_argument("samples_dir", help=SAMPLES)
@@ -393,13 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--k", type=int, default=5, help="k of the k-NN distance")
     gate.set_defaults(func=cmd_fit_gate, takes_extra=False)
 
-    export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR), PNG, 16-bit PNG or NIfTI")
+    export = verbs.add_parser("export", help="write a samples folder as DICOM (SC/CR/MR/VL microscopic), PNG, "
+                              "16-bit PNG or NIfTI")
     export.add_argument("samples_dir", help="folder written by `medgen sample` (with samples.jsonl)")
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--format", default="dicom", choices=["dicom", "png", "png16", "nifti"],
                         help="output format (default: %(default)s)")
-    export.add_argument("--iod", default="sc", choices=["sc", "cr", "mr"],
-                        help="DICOM IOD: Secondary Capture, Computed Radiography or MR")
+    export.add_argument("--iod", default=None, choices=["sc", "cr", "mr", "vlm"],
+                        help="DICOM IOD: Secondary Capture (grey or RGB), Computed Radiography or MR (grey), VL "
+                        "Microscopic Image (RGB) (default: sc for grey samples, vlm for colour)")
     export.add_argument("--uid-root", help="UID prefix for the study/series/instance UIDs")
     export.add_argument("--patient-name", help="synthetic patient name (default: one per run)")
     export.add_argument("--patient-id", help="synthetic patient ID (default: one per run)")

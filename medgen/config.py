@@ -249,7 +249,7 @@ SPEC: dict[str, Rule] = {
     "image_size": integer(1), "channels": integer(1), "resize_mode": choice("crop", "pad", "stretch"),
     "window": optional(window), "window_preset": optional(window_preset),
     "max_items_per_class": optional(integer(1)), "cache_rate": number(ge=0, le=1), "num_workers": integer(0),
-    "seed": integer(0),
+    "seed": integer(0), "val_fraction": number(ge=0, lt=1), "test_fraction": number(ge=0, lt=1), "augment": boolean,
     # model and diffusion
     "num_train_timesteps": integer(1), "prediction_type": choice("epsilon", "v_prediction", "sample"),
     "label_dropout": number(ge=0, lt=1), "unet_channels": int_list, "attention_levels": bool_list,
@@ -279,7 +279,7 @@ SPEC: dict[str, Rule] = {
     "snr": optional(number(gt=0)), "step_lr": number(gt=0), "denoise": boolean,
     "quality_gate": optional(existing_file), "domain_weights": optional(existing_file),
     # export and evaluation
-    "export_format": optional(choice("dicom", "png", "png16", "nifti")), "dicom_iod": choice("sc", "cr", "mr"),
+    "export_format": optional(choice("dicom", "png", "png16", "nifti")), "dicom_iod": choice("sc", "cr", "mr", "vlm"),
     "uid_root": optional(text), "send_to": optional(text), "max_real_per_class": optional(integer(1)),
     "utility_sizes": optional(utility_sizes),
     "num_eval_levels": integer(1),
@@ -331,6 +331,10 @@ def _cross_checks(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     groups = get("norm_num_groups")
     if _is_int(groups) and isinstance(chans, (list, tuple)) and not int_list(chans) and any(c % groups for c in chans):
         problems.append(("norm_num_groups", f"must divide every unet_channels entry {list(chans)}"))
+    val, test = get("val_fraction"), get("test_fraction")
+    if _is_number(val) and _is_number(test) and val + test >= 1:
+        problems.append(("test_fraction", f"must leave a training share: val_fraction + test_fraction is "
+                                          f"{val + test:g}, must be below 1"))
     lo, hi = get("sigma_min"), get("sigma_max")
     if _is_number(lo) and _is_number(hi) and lo >= hi:
         problems.append(("sigma_min", f"must be below sigma_max ({hi:g})"))

@@ -21,7 +21,7 @@ from medgen.cli import main
 from medgen.config import NOT_KEYS, SPEC, _computed, _plain
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLES = ("cxr_ddpm", "brain_mri_score")
+BUNDLES = ("cxr_ddpm", "brain_mri_score", "blood_cells_ddpm")
 
 BAD = [
     (["train", "cxr_ddpm", "--max_epoch", "1"], "unknown config key 'max_epoch' (did you mean 'max_epochs'?)"),

@@ -45,10 +45,47 @@ class IndexSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> its reason
+    converted: Counter = field(default_factory=Counter)  # what reading does to kept files -> how many
+    colour_kinds: dict[str, Counter] = field(default_factory=dict)  # class -> {"grey": n, "colour": n} (content)
+    stored_grey: int = 0  # kept files stored with one channel (replicated for a colour model)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         logger.warning("%s", message)
+
+    def note_kind(self, kind: Any, class_name: str) -> None:
+        """Count a kept file by its :class:`~medgen.data.image_check.FileKind`: the conversion reading makes of its
+        stored mode (RGBA, palette, CMYK, ...), whether it is stored grey, and whether its class holds it as grey or
+        colour content (a grey picture saved as RGB is grey)."""
+        from medgen.data.image_check import GREY_MODES, MODE_CONVERSIONS
+
+        if kind.mode in MODE_CONVERSIONS:
+            self.converted[MODE_CONVERSIONS[kind.mode]] += 1
+        self.stored_grey += kind.mode is None or kind.mode in GREY_MODES
+        self.colour_kinds.setdefault(class_name, Counter())["colour" if kind.colour else "grey"] += 1
+
+    def decide_channels(self, channels: int | None = None) -> None:
+        """Log what reading does with grey and colour files for a model of ``channels`` channels, with counts: a
+        colour model repeats grey images in 3 channels, a grey model reads colour ones as ITU-R 601 luma; a class
+        folder that mixes both gets a warning of its own. ``None`` (channels unknown): both outcomes are named."""
+        colour = sum(c["colour"] for c in self.colour_kinds.values())
+        if channels == 3 and self.stored_grey:
+            self.converted["grey replicated to 3 channels"] += self.stored_grey
+        elif channels == 1 and colour:
+            self.converted["colour converted to grey (ITU-R 601 luma)"] += colour
+        if channels == 3:
+            decision = "the grey ones are replicated to 3 channels (this model is RGB)"
+        elif channels == 1:
+            decision = "the colour ones are converted to grey with ITU-R 601 luma (this model is grey)"
+        else:
+            decision = ("a grey model reads the colour ones as grey (ITU-R 601 luma), a colour model replicates "
+                        "the grey ones to 3 channels")
+        for name, kinds in sorted(self.colour_kinds.items()):
+            if kinds["grey"] and kinds["colour"]:
+                self.warn(f"class {name!r} mixes {kinds['grey']} grey and {kinds['colour']} colour images: "
+                          f"{decision}")
+        for decision_text, n in sorted(self.converted.items()):
+            logger.info("reading converts %d file(s): %s", n, decision_text)
 
     def skip(self, path: str | Path, reason: str) -> None:
         self.skipped[reason] += 1
@@ -94,21 +131,21 @@ def _readable(path: Path, summary: IndexSummary, verify: bool) -> bool:
 
 def _check_files(paths: list[Path], verify: bool) -> list[Any]:
     """``check_image_file`` on each path, in threads (PIL, zlib and numpy decode without the GIL): the
-    ``ImageLoadError`` for each bad file, None for a good one (and for every file when ``verify`` is off)."""
+    ``ImageLoadError`` for each bad file, else the file's ``FileKind`` (None for NIfTI, and for every file when
+    ``verify`` is off)."""
     if not verify:
         return [None] * len(paths)
     from concurrent.futures import ThreadPoolExecutor
 
     from medgen.data.image_check import ImageLoadError, check_image_file
 
-    def check(path: Path) -> ImageLoadError | None:
+    def check(path: Path) -> Any:
         if suffix_of(path) in (".nii", ".nii.gz"):
             return None  # checked per slice by _nifti_items
         try:
-            check_image_file(path)
+            return check_image_file(path)
         except ImageLoadError as err:
             return err
-        return None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         return list(pool.map(check, paths))
@@ -221,10 +258,12 @@ def index_folder(
                                                                           if p.is_file()))
     candidates = [c for c in candidates if _looks_like_image(c[2], summary)]
     for (split, label, path), problem in zip(candidates, _check_files([c[2] for c in candidates], verify)):
-        if problem is not None:
+        if isinstance(problem, Exception):
             summary.skip(path, problem.reason)
             summary.errors.append((str(path), str(problem)))
             continue
+        if problem is not None:
+            summary.note_kind(problem, classes[label])
         item = {"image": str(path.resolve()), "label": label}
         if suffix_of(path) in (".nii", ".nii.gz"):
             items[split].extend(_nifti_items(item, nifti, summary))
@@ -390,13 +429,21 @@ def build_datalist(
     nifti: dict | None = None,
     root: str | Path | None = None,
     views: str | None = "frontal",
+    channels: int | None = None,
 ) -> tuple[dict[str, Any], IndexSummary]:
     """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree.
 
     ``root`` (image paths of a CSV are relative to it) and ``views`` apply to CSVs (see :func:`index_csv`).
+    A folder without its own splits gets stratified ``validation`` and ``test`` splits of ``val_fraction`` and
+    ``test_fraction`` of every class, drawn from ``seed``. ``channels`` (1 grey, 3 RGB; None: not known) is the
+    model's: what reading does with files of the other kind is logged with counts
+    (:meth:`IndexSummary.decide_channels`).
     """
     source = Path(source)
     summary = IndexSummary()
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DatalistError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must each be in [0, 1) "
+                            "and leave a training share (their sum below 1)")
     if not source.exists():
         raise DatalistError(f"data source {source} does not exist; pass a folder, .npz or .csv, or set MEDGEN_DATA_DIR")
     if source.suffix.lower() == ".npz":
@@ -408,6 +455,7 @@ def build_datalist(
         items, classes = _index_dicom(source, classes, summary, verify)
     else:
         items, classes, summary = index_folder(source, classes, verify=verify, summary=summary, nifti=nifti)
+    summary.decide_channels(channels)
     if len(classes) == 1:
         summary.warn(f"{source}: only one class ({classes[0]!r}); a class-conditional model then has nothing to "
                      "tell apart - point at the folder that holds one sub-folder per class, or pass --classes")
@@ -458,6 +506,7 @@ def summary_table(datalist: dict[str, Any], summary: IndexSummary | None = None)
         skipped = sum(summary.skipped.values())
         detail = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.skipped.items()))
         lines.append(f"skipped {skipped} file(s)" + (f": {detail}" if detail else ""))
+        lines.extend(f"converted on reading: {n} {what}" for what, n in sorted(summary.converted.items()))
         lines.extend(f"warning: {message}" for message in summary.warnings)
         for path, message in summary.errors[:10]:
             lines.append(f"  {message}" if message.startswith(path) else f"  {path}: {message}")
@@ -521,9 +570,12 @@ def resolve_datalist(
     max_items_per_class: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    channels: int | None = None,
 ) -> dict[str, Any]:
     """The datalist a bundle trains on: read ``source`` if it is a datalist JSON, else index it (and write it
-    to ``out``). Class names given must match the data's; ``max_items_per_class`` trims every split."""
+    to ``out``). Class names given must match the data's; ``max_items_per_class`` trims every split. A folder
+    without splits is split by class into ``val_fraction`` / ``test_fraction`` / the rest from ``seed``;
+    ``channels`` is the model's (see :func:`build_datalist`)."""
     source = Path(source)
     if source.suffix.lower() == ".json":
         datalist = load_datalist(source)
@@ -534,7 +586,7 @@ def resolve_datalist(
             logger.warning("datalist %s has only one class (%r): the class label carries nothing", source,
                            datalist["classes"][0])
     else:
-        datalist, summary = build_datalist(source, classes, val_fraction, test_fraction, seed)
+        datalist, summary = build_datalist(source, classes, val_fraction, test_fraction, seed, channels=channels)
     if max_items_per_class:
         for split in ("training", "validation", "test"):
             if split in datalist:

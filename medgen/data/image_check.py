@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -188,42 +189,88 @@ def npy_array(path: str, max_pixels: int) -> np.ndarray:
         raise ImageLoadError(f"{path}: cannot read .npy ({type(err).__name__}: {err})", "truncated image") from err
 
 
-def _open_raster(path: str, max_pixels: int, draft: bool = False) -> np.ndarray:
-    """Decode a PNG/JPEG/BMP/TIFF with PIL as (H, W) or (H, W, 3); ``draft`` decodes JPEG at 1/8 size (cheap)."""
+#: PIL modes read as grey (one channel); every other mode is colour (read as RGB)
+GREY_MODES = {"1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+#: what reading does to a file of each converted PIL mode (the decisions counted at index time)
+MODE_CONVERSIONS = {
+    "RGBA": "RGBA converted to RGB (alpha dropped)", "RGBa": "RGBA converted to RGB (alpha dropped)",
+    "RGBX": "RGBX converted to RGB", "LA": "grey+alpha converted to grey (alpha dropped)",
+    "La": "grey+alpha converted to grey (alpha dropped)", "P": "palette (P) converted to RGB through its palette",
+    "PA": "palette (PA) converted to RGB through its palette (alpha dropped)", "CMYK": "CMYK converted to RGB",
+    "YCbCr": "YCbCr converted to RGB", "LAB": "LAB converted to RGB", "HSV": "HSV converted to RGB",
+    "1": "1-bit converted to grey",
+}
+
+
+def _open_raster(path: str, max_pixels: int, draft: bool = False) -> tuple[np.ndarray, str]:
+    """Decode a PNG/JPEG/BMP/TIFF with PIL as (H, W) or (H, W, 3), with the file's own PIL mode; ``draft`` decodes
+    JPEG at 1/8 size (cheap)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 check_pixel_count(path, (image.height, image.width), max_pixels)
+                mode = image.mode
                 if draft and image.format == "JPEG":
                     image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-                return _pil_array(_pil_mode(image))
+                return _pil_array(_pil_mode(image)), mode
     except ImageLoadError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise ImageLoadError(f"{path}: cannot read image ({type(err).__name__}: {err})", pil_reason(err)) from err
 
 
-def check_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+#: mean difference between colour channels (in 8-bit levels) above which an RGB image is colour, not grey content
+#: stored as RGB (JPEG chroma rounding of a grey picture stays well below it; a stained cell is far above)
+COLOUR_THRESHOLD = 2.0
+
+
+def has_colour(array: np.ndarray) -> bool:
+    """Whether an ``(H, W, 3)`` image holds colour: its channels differ by more than :data:`COLOUR_THRESHOLD` levels
+    on average. Grey pictures saved as RGB (many JPEG X-ray and MRI sets) are grey content."""
+    if array.ndim != 3 or array.shape[-1] < 3:
+        return False
+    a = array[..., :3].astype(np.float32)
+    scale = 1.0 if array.dtype == np.uint8 else 255.0 / max(float(a.max()), 1e-8)
+    diff = (np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])).mean() / 2.0
+    return float(diff) * scale > COLOUR_THRESHOLD
+
+
+class FileKind(NamedTuple):
+    """What an image file is, as stored: its PIL ``mode`` (None for DICOM, NIfTI, .npy) and whether its content is
+    colour (:func:`has_colour`)."""
+
+    mode: str | None
+    colour: bool
+
+
+def check_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> FileKind:
     """Index-time check of one PNG/JPEG/BMP/TIFF, .npy or DICOM file: decode it cheaply (JPEG at 1/8 size, the
     pixel limit checked from the header first) and raise :class:`ImageLoadError` (with ``reason``) when it is
     truncated, undecodable, oversized, too small, non-finite or constant. NIfTI is checked by
-    :func:`nifti_slice_indices`. PIL's ``verify()`` misses truncated JPEGs; decoding does not."""
+    :func:`nifti_slice_indices`. PIL's ``verify()`` misses truncated JPEGs; decoding does not.
+
+    Returns the file's :class:`FileKind`: its PIL mode as stored (``RGBA``, ``P``, ``CMYK``, ``L``, ...; None for
+    non-raster files) and whether it holds colour, so the indexer can count what reading converts
+    (:data:`MODE_CONVERSIONS`) and which class folders mix grey and colour images."""
     path = str(path)
     suffix = suffix_of(path)
+    mode = None
     if suffix == ".npy":
         check_values(path, npy_array(path, max_pixels))
     elif suffix in RASTER_SUFFIXES:
         try:
-            array = _open_raster(path, max_pixels, draft=True)
+            array, mode = _open_raster(path, max_pixels, draft=True)
         except ImageLoadError as err:
             if err.reason != "unreadable image" or not is_dicom_file(path):
                 raise
             array = dicom_unit(path, max_pixels)
         check_values(path, array)
+        return FileKind(mode, has_colour(array))
     elif suffix in (".dcm", ".dicom", ""):
         check_values(path, dicom_unit(path, max_pixels))
+    return FileKind(mode, False)
 
 
 def is_dicom_file(path: str) -> bool:

@@ -52,16 +52,19 @@ def make_grid(images: Sequence[torch.Tensor] | torch.Tensor, ncols: int | None =
 
 
 def save_class_grid(rows: dict[str, Sequence[torch.Tensor]], path: str | Path, pad: int = 2) -> Path:
-    """One row of images per class, each row labelled with its class name."""
+    """One row of images per class, each row labelled with its class name; an RGB PNG when the images have 3
+    channels, grey otherwise."""
     names = list(rows)
     ncols = max(len(v) for v in rows.values())
     label_w = 8 + 7 * max(len(n) for n in names)
     row_images = [make_grid(list(rows[n]) + [torch.ones_like(rows[n][0])] * (ncols - len(rows[n])), ncols, pad)
                   for n in names]
     h = row_images[0].shape[0]
-    canvas = Image.new("L", (label_w + row_images[0].shape[1], h * len(names)), 255)
+    colour = any(row.ndim == 3 for row in row_images)
+    canvas = Image.new("RGB" if colour else "L", (label_w + row_images[0].shape[1], h * len(names)),
+                       (255, 255, 255) if colour else 255)
     draw = ImageDraw.Draw(canvas)
     for i, (name, row) in enumerate(zip(names, row_images)):
-        canvas.paste(Image.fromarray(row if row.ndim == 2 else row.mean(-1).astype(np.uint8)), (label_w, i * h))
-        draw.text((4, i * h + h // 2 - 5), name, fill=0)
+        canvas.paste(Image.fromarray(row).convert(canvas.mode), (label_w, i * h))
+        draw.text((4, i * h + h // 2 - 5), name, fill=(0, 0, 0) if colour else 0)
     return atomic_save(canvas, path, format="PNG")

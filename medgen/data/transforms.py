@@ -12,6 +12,7 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     RandFlipd,
+    RandRotate90d,
     Resized,
     ScaleIntensityRanged,
     SpatialPadd,
@@ -56,6 +57,7 @@ def diffusion_transforms(
     window: Sequence[float] | None = None,
     preset: str | None = None,
     random_flip: bool = False,
+    random_rotate90: bool = False,
     keys: str = "image",
     resize_mode: str = "crop",
     max_pixels: int = MAX_IMAGE_PIXELS,
@@ -66,6 +68,12 @@ def diffusion_transforms(
     channels and ``image_size`` pixels whatever the file was, so mixed sources collate. ``resize_mode``:
     ``crop`` (default), ``pad`` or ``stretch`` (see ``RESIZE_MODES``). Everything up to the random flip is
     deterministic, so a ``CacheDataset`` caches the decoded, resized images and an epoch does not decode again.
+    ``channels=3`` keeps colour files RGB (grey ones repeated in 3 channels); 1 reads colour as ITU-R 601 luma.
+
+    Augmentation (off by default: an X-ray has a left and a right): ``random_flip`` mirrors left-right with
+    probability 0.5 (MONAI ``RandFlipd``); ``random_rotate90`` turns by 0, 90, 180 or 270 degrees, each with
+    probability 1/4 (MONAI ``RandRotate90d``). Both together draw uniformly from the 8 symmetries of the square,
+    valid for images without an orientation (isolated cells in microscopy). Images must be square to rotate.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     steps = [
@@ -78,5 +86,8 @@ def diffusion_transforms(
     ]
     if random_flip:
         steps.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
+    if random_rotate90:
+        # prob 3/4 of a turn of k = 1, 2 or 3 quarter turns (uniform): each of the 4 angles with probability 1/4
+        steps.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(0, 1)))
     return Compose(steps)
 

@@ -338,5 +338,8 @@ class SampleRunner:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """A written sample as ``(C, H, W)`` in [-1, 1]: RGB stays 3 channels (a colour grid), grey 1."""
     with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA", "P"):
+            return np.moveaxis(np.asarray(im.convert("RGB"), dtype=np.float32), -1, 0) / 127.5 - 1.0
         return np.asarray(im.convert("L"), dtype=np.float32)[None] / 127.5 - 1.0

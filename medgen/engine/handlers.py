@@ -168,7 +168,8 @@ class LossProgressBar:
 
 
 class SampleGridHandler:
-    """Every ``interval`` epochs, sample ``per_class`` images per class and save a labelled grid PNG.
+    """Every ``interval`` epochs, sample ``per_class`` images per class and save a labelled grid PNG (RGB when the
+    model makes 3 channels, grey for 1: :func:`medgen.data.image_io.save_class_grid`).
 
     Args:
         pipeline_fn: builds a ``DiffusionPipeline`` over the current (EMA) network.

@@ -69,7 +69,7 @@ def export_command(
     samples_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     fmt: str = "dicom",
-    iod: str = "sc",
+    iod: str | None = None,
     uid_root: str | None = None,
     patient_name: str | None = None,
     patient_id: str | None = None,
@@ -138,7 +138,7 @@ class SampleExporter:
           send_to: null            # e.g. dimse://ORTHANC@pacs:4242 or dicomweb://pacs:8042/dicom-web
     """
 
-    def __init__(self, out_dir: str, fmt: str = "dicom", iod: str = "sc", send_to: str | None = None, **kwargs):
+    def __init__(self, out_dir: str, fmt: str = "dicom", iod: str | None = None, send_to: str | None = None, **kwargs):
         self.out_dir, self.fmt, self.iod, self.send_to, self.kwargs = out_dir, fmt, iod, send_to, kwargs
 
     def __call__(self, samples_dir: str | os.PathLike) -> int:

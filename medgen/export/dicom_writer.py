@@ -1,11 +1,13 @@
-"""Write generated images as synthetic DICOM (Secondary Capture, CR or MR) and export sample folders.
+"""Write generated images as synthetic DICOM (Secondary Capture, CR, MR, VL Microscopic) and export sample folders.
 
 Every file is built from scratch (nothing is copied from a real header) and carries SyntheticData = YES,
 ImageType DERIVED\\SECONDARY, BurnedInAnnotation NO, a synthetic patient, UIDs derived from what the image is
 (weights sha256, class, seed, sampler settings, IOD, UID root: the same image exported twice gets the same UIDs),
-MONOCHROME2, a window matching the pixel range, the class label (ImageComments, which viewers show per instance),
-the provenance (checkpoint sha256, seed, sampler, steps, guidance) in ImageComments, DerivationDescription and
-ContributingEquipmentSequence, and a pixel spacing, body part and view only where they are known
+MONOCHROME2 with a window matching the pixel range (grey) or RGB, 8 bits a sample, pixel-interleaved (colour:
+Secondary Capture or VL Microscopic Image; CR and MR are grey only), the class label (ImageComments, which viewers
+show per instance), the provenance (checkpoint sha256, seed, sampler, steps, guidance) in ImageComments,
+DerivationDescription and ContributingEquipmentSequence, and a pixel spacing, body part and view only where they are
+known
 (:mod:`medgen.export.acquisition`).
 """
 
@@ -32,8 +34,8 @@ from medgen.export.acquisition import BUNDLE_ACQUISITION, Spacing, resolve_spaci
 from medgen.export.paths import UnsafePathError, confined_path, inside, resolved
 from medgen.fileio import atomic_write, write_bytes_atomic
 
-__all__ = ["FORMATS", "IODS", "SyntheticStudy", "derived_uid", "export_images", "provenance_text", "to_stored",
-           "write_dicom"]
+__all__ = ["FORMATS", "IOD_CHANNELS", "IODS", "SyntheticStudy", "channels_of", "check_iod_channels", "derived_uid",
+           "export_images", "provenance_text", "samples_channels", "to_stored", "to_stored_rgb", "write_dicom"]
 
 _SOFTWARE = "medgen 0.1.0"
 
@@ -42,7 +44,10 @@ IODS: dict[str, tuple[str, str, str]] = {
     "sc": ("1.2.840.10008.5.1.4.1.1.7", "OT", "Secondary Capture Image"),
     "cr": ("1.2.840.10008.5.1.4.1.1.1", "CR", "Computed Radiography Image"),
     "mr": ("1.2.840.10008.5.1.4.1.1.4", "MR", "MR Image"),
+    "vlm": ("1.2.840.10008.5.1.4.1.1.77.1.2", "GM", "VL Microscopic Image"),
 }
+#: iod key -> the image channels it takes: 1 grey (MONOCHROME2), 3 colour (RGB)
+IOD_CHANNELS: dict[str, tuple[int, ...]] = {"sc": (1, 3), "cr": (1,), "mr": (1,), "vlm": (3,)}
 
 _PROVENANCE_KEYS = ("checkpoint_sha256", "seed", "sampler", "steps", "guidance_scale")
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medgen:synthetic-dicom")
@@ -127,6 +132,41 @@ def provenance_text(class_name: str, provenance: dict) -> str:
     return "; ".join(parts)
 
 
+def channels_of(image: np.ndarray) -> int:
+    """1 for an (H, W) image, 3 for an (H, W, 3) colour one; ValueError for any other shape."""
+    shape = np.shape(image)
+    if len(shape) == 2:
+        return 1
+    if len(shape) == 3 and shape[-1] == 3:
+        return 3
+    raise ValueError(f"expected a 2D (H, W) grey or (H, W, 3) RGB image, got shape {shape}")
+
+
+def check_iod_channels(iod: str, channels: int, where: str = "the image is", option: str = "--iod") -> None:
+    """One-line ValueError when ``iod`` does not take images of ``channels`` channels, naming the IODs that do."""
+    if iod not in IODS:
+        raise ValueError(f"unknown iod {iod!r}; choose one of {sorted(IODS)}")
+    if channels in IOD_CHANNELS[iod]:
+        return
+    fits = [f"{k} ({IODS[k][2]})" for k in IODS if channels in IOD_CHANNELS[k]]
+    fits = " or ".join([", ".join(fits[:-1]), fits[-1]] if len(fits) > 1 else fits)
+    kind, takes = ("RGB colour (3 channels)", "grey only") if channels == 3 else ("grey (1 channel)", "RGB colour only")
+    raise ValueError(f"{where} {kind}, but {option} {iod} ({IODS[iod][2]}) takes {takes}; give {option} {fits}")
+
+
+def to_stored_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float [0, 1] -> uint8 [0, 255]; uint8 input kept (other integers checked to fit 8 bits)."""
+    image = np.asarray(image)
+    channels_of(image)
+    if image.dtype.kind in "iu":
+        if image.min() < 0 or image.max() > 255:
+            raise ValueError(f"integer RGB values {image.min()}..{image.max()} do not fit 8 bits")
+        return image.astype(np.uint8)
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or inf")
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def to_stored(image: np.ndarray, bits: int = 16) -> np.ndarray:
     """Float [0, 1] -> uint16 in [0, 2**bits - 1]; uint8/uint16 input kept (checked against ``bits``)."""
     image = np.asarray(image)
@@ -146,6 +186,23 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
     return item
+
+
+def _add_microscopy(ds: Dataset, study: SyntheticStudy, class_name: str, sop_uid: str) -> None:
+    """The VL Microscopic Image IOD's Acquisition Context module (Type 2 sequence, empty: no acquisition took
+    place) and Specimen module (a synthetic container and specimen, identified per image, with their Type 2
+    attributes present and empty: no container, issuer or preparation exists)."""
+    ds.AcquisitionContextSequence = Sequence([])
+    ds.ContainerIdentifier = f"{study.patient_id}-{sop_uid[-8:]}"[:64]
+    ds.IssuerOfTheContainerIdentifierSequence = Sequence([])
+    ds.ContainerTypeCodeSequence = Sequence([])
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = ds.ContainerIdentifier
+    specimen.SpecimenUID = derived_uid(study.uid_root, "specimen", sop_uid)
+    specimen.IssuerOfTheSpecimenIdentifierSequence = Sequence([])
+    specimen.SpecimenShortDescription = f"Synthetic image, class {class_name}"[:64]
+    specimen.SpecimenPreparationSequence = Sequence([])
+    ds.SpecimenDescriptionSequence = Sequence([specimen])
 
 
 def _build(
@@ -173,6 +230,7 @@ def _build(
     elif iod != "mr":
         text += "; pixel_spacing=unknown (the source has none and no field of view was given)"
     sop_uid = sop_instance_uid or study.new_uid()
+    colour = pixels.ndim == 3
 
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -198,6 +256,8 @@ def _build(
     ds.PatientSex = ""
     if body_part:
         ds.BodyPartExamined = body_part.upper()[:16]
+    elif iod != "vlm":  # General Series Type 2C: present and empty (unknown) when no body part says it is unpaired
+        ds.Laterality = ""  # (a specimen under a microscope has none)
     if iod == "mr":
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
         ds.MRAcquisitionType = "2D"
@@ -220,9 +280,11 @@ def _build(
     else:
         ds.PatientOrientation = list(patient_orientation) if patient_orientation else ""
     ds.ImageComments = text[:10240]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
+    if colour:  # Image Pixel module, RGB: 8 bits a sample, R1G1B1R2G2B2... (PlanarConfiguration 0)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape[:2]
     if spacing is not None:
         values = [round(float(v), 6) for v in spacing.values]
         ds.PixelSpacing = values
@@ -230,12 +292,18 @@ def _build(
             ds.ImagerPixelSpacing = values
         elif iod == "sc":
             ds.NominalScannedPixelSpacing = values
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    if colour:  # no VOI window: it applies to grey images only
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     ds.BurnedInAnnotation = "NO"
-    ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
-    ds.VOILUTFunction = "LINEAR"
-    ds.WindowCenterWidthExplanation = "FULL RANGE"
+    if not colour:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+        ds.VOILUTFunction = "LINEAR"
+        ds.WindowCenterWidthExplanation = "FULL RANGE"
     ds.LossyImageCompression = "00"
+    if iod == "vlm":
+        _add_microscopy(ds, study, class_name, sop_uid)
     equipment = Dataset()
     equipment.Manufacturer = "medgen"
     equipment.ManufacturerModelName = "medgen diffusion sampler"
@@ -244,7 +312,7 @@ def _build(
     equipment.ContributionDescription = f"Synthetic image generation. {text}"[:1024]
     equipment.PurposeOfReferenceCodeSequence = Sequence([_code("109102", "DCM", "Processing Equipment")])
     ds.ContributingEquipmentSequence = Sequence([equipment])
-    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.PixelData = pixels.astype(np.uint8).tobytes() if colour else pixels.astype("<u2").tobytes()
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
@@ -272,7 +340,9 @@ def write_dicom(
     patient_orientation: tuple[str, str] | None = None,
     sop_instance_uid: str | None = None,
 ) -> Path:
-    """Write one (H, W) image (float in [0, 1] or uint16) as a synthetic DICOM file; atomic; returns the path.
+    """Write one (H, W) image (float in [0, 1] or uint16) or (H, W, 3) RGB image (float in [0, 1] or uint8) as a
+    synthetic DICOM file; atomic; returns the path. Colour goes to ``sc`` or ``vlm`` as 8-bit RGB (``bits`` is
+    for grey), grey to ``sc``, ``cr`` or ``mr``; another pairing is a one-line ValueError.
 
     ``pixel_spacing`` is (row, column) mm (or a :class:`~medgen.export.acquisition.Spacing`), written as
     PixelSpacing, plus ImagerPixelSpacing (CR) or NominalScannedPixelSpacing (SC), with ``spacing_source`` in
@@ -282,8 +352,8 @@ def write_dicom(
     Float input fills the full stored range and gets the window of that range; integer input keeps its values
     and gets the window of its own min..max.
     """
-    if iod not in IODS:
-        raise ValueError(f"unknown iod {iod!r}; choose one of {sorted(IODS)}")
+    channels = channels_of(image)
+    check_iod_channels(iod, channels)
     if bits not in (12, 16):
         raise ValueError(f"bits must be 12 or 16, got {bits}")
     spacing = pixel_spacing
@@ -292,12 +362,12 @@ def write_dicom(
     if spacing is None and iod == "mr":
         raise ValueError("an MR image needs its pixel spacing (PixelSpacing is required): give --field-of-view-mm "
                          "(e.g. 240 for a head) or --pixel-spacing")
-    pixels = to_stored(image, bits)
+    pixels = to_stored_rgb(image) if channels == 3 else to_stored(image, bits)
     if np.asarray(image).dtype.kind == "f":
         lo, hi = 0, 2**bits - 1
     else:
         lo, hi = int(pixels.min()), int(pixels.max())
-    window = ((lo + hi + 1) / 2.0, float(hi - lo + 1))
+    window = ((lo + hi + 1) / 2.0, float(hi - lo + 1))  # unused for colour
     ds = _build(
         pixels,
         iod=iod,
@@ -337,8 +407,13 @@ MANIFEST_COLUMNS = [
 ]  # fmt: skip
 
 
+#: PIL modes read as colour (the sampler writes RGB; the rest are converted to RGB)
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA")
+
+
 def load_sample_image(samples_dir: Path, rel: str) -> np.ndarray:
     """The float copy ``<stem>.npy`` beside the PNG when present (squeezed to 2D, clipped to [0, 1]), else the PNG.
+    A colour sample (an RGB PNG, or a ``(3, H, W)`` copy) comes back as ``(H, W, 3)``.
 
     ``rel`` must stay inside ``samples_dir`` (no ``..``, not absolute, no symlink out, the ``.npy`` included):
     :class:`~medgen.export.paths.UnsafePathError` otherwise.
@@ -352,18 +427,26 @@ def load_sample_image(samples_dir: Path, rel: str) -> np.ndarray:
             raise UnsafePathError(npy.name, samples_dir, f"a symlink to {resolved(npy)}, outside the samples "
                                   f"folder {resolved(samples_dir)}")
         arr = np.squeeze(np.load(npy)).astype(np.float32)
-        if arr.ndim != 2:
-            raise ValueError(f"{npy}: expected a 2D image, got shape {arr.shape}")
+        if arr.ndim == 3 and arr.shape[0] == 3:
+            arr = np.moveaxis(arr, 0, -1)
+        if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] == 3):
+            raise ValueError(f"{npy}: expected a 2D grey or (3, H, W) RGB image, got shape {arr.shape}")
         return np.clip(arr, 0.0, 1.0)
     if not png.is_file():
         raise FileNotFoundError(f"{png}: no such image file")
     with Image.open(png) as im:
-        arr = np.asarray(im.convert("I;16") if im.mode in ("I", "I;16") else im.convert("L"))
+        if im.mode in ("I", "I;16"):
+            arr = np.asarray(im.convert("I;16"))
+        else:
+            arr = np.asarray(im.convert("RGB" if im.mode in _COLOUR_MODES else "L"))
+            if im.mode in ("P", "PA") and (arr == arr[..., :1]).all():  # a grey palette
+                arr = arr[..., 0]
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
     return arr.astype(np.float32) / scale
 
 
 def _write_png(image: np.ndarray, path: Path, bits: int) -> None:
+    """Grey as 8- or 16-bit (``L``/``I;16``), colour as 8-bit RGB (Pillow writes no 16-bit RGB PNG)."""
     from PIL import Image
 
     top = 255 if bits == 8 else 65535
@@ -372,12 +455,23 @@ def _write_png(image: np.ndarray, path: Path, bits: int) -> None:
         Image.fromarray(arr).save(f, format="PNG")
 
 
+#: NIfTI RGB24 (datatype 128): the colour voxel type ITK/SimpleITK, 3D Slicer, ITK-SNAP and FSLeyes show as colour
+RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+
+
 def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) -> None:
-    """(H, W) -> NIfTI with x = columns, y = rows (as MONAI's readers index), pixdim = (col, row) spacing in mm."""
+    """(H, W) -> float32 NIfTI, (H, W, 3) -> RGB24 NIfTI (8 bits a channel, as the sampler's PNGs), with x =
+    columns, y = rows (as MONAI's readers index), pixdim = (col, row) spacing in mm."""
     import nibabel as nib
 
     affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])
-    nii = nib.Nifti1Image(np.ascontiguousarray(image.T[:, :, None], dtype=np.float32), affine)
+    if image.ndim == 3:
+        rgb = to_stored_rgb(image)
+        data = np.empty(rgb.shape[:2], dtype=RGB24)
+        data["R"], data["G"], data["B"] = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        nii = nib.Nifti1Image(np.ascontiguousarray(data.T[:, :, None]), affine)
+    else:
+        nii = nib.Nifti1Image(np.ascontiguousarray(image.T[:, :, None], dtype=np.float32), affine)
     nii.header.set_xyzt_units("mm")
     nii.header["descrip"] = b"synthetic image (medgen)"
     write_bytes_atomic(gzip.compress(nii.to_bytes(), mtime=0), path)
@@ -409,11 +503,24 @@ def _spacing_recorded(records: list[dict | None], weights_meta: dict | None) -> 
     return any(section.get(k) for section in sections for k in keys)
 
 
+def samples_channels(samples_dir: Path, records: list[dict | None], weights_meta: dict | None) -> int | None:
+    """The channels of a samples folder: those its weights record, else those of its first readable image."""
+    if weights_meta and weights_meta.get("channels") in (1, 3):
+        return int(weights_meta["channels"])
+    for rec in records:
+        if rec and isinstance(rec.get("file"), str):
+            try:
+                return channels_of(load_sample_image(samples_dir, rec["file"]))
+            except (OSError, ValueError):
+                continue
+    return None
+
+
 def export_images(
     samples_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     fmt: str = "dicom",
-    iod: str = "sc",
+    iod: str | None = None,
     uid_root: str | None = None,
     patient_name: str | None = None,
     patient_id: str | None = None,
@@ -429,10 +536,13 @@ def export_images(
     UID root, so a second export of the same samples gives the same UIDs (a PACS updates instead of adding).
     Pixel spacing, body part and view come from the arguments, else from what the samples and the weights record
     (:mod:`medgen.export.acquisition`); unknown ones are left out. A bad line or missing image is reported and
-    skipped; the rest go on. Every path stays inside its folder (:mod:`medgen.export.paths`): a line whose
-    ``file`` has ``..``, is absolute or leads through a symlink out of ``samples_dir``, or whose output would land
-    outside ``out_dir``, is refused with one line naming it. Files are written through a temporary file and a
-    rename, so an existing symlink in ``out_dir`` is replaced, never followed.
+    skipped; the rest go on. Colour samples (RGB PNGs, as the sampler writes them for 3 channels) stay RGB: DICOM
+    ``sc`` or ``vlm`` (RGB, 8 bits), 8-bit RGB PNG, RGB24 NIfTI; a folder whose channels the IOD (or ``png16``) does
+    not take is refused with one line before anything is written. Every path stays inside its folder
+    (:mod:`medgen.export.paths`): a line whose ``file`` has ``..``, is absolute or leads through a symlink out of
+    ``samples_dir``, or whose output would land outside ``out_dir``, is refused with one line naming it. Files are
+    written through a temporary file and a rename, so an existing symlink in ``out_dir`` is replaced, never followed.
+    ``iod`` None: ``sc`` for grey samples, ``vlm`` for colour.
     Returns ``{"written": n, "errors": [(line, message)], "manifest": path, "files": [paths], "study": study}``.
     """
     if fmt not in FORMATS:
@@ -450,6 +560,13 @@ def export_images(
     records = [_record(line) for line in lines]
     weights_sha = next((r["checkpoint_sha256"] for r in records if r and r.get("checkpoint_sha256")), None)
     weights_meta = _samples_weights_meta(samples_dir, records)
+    channels = samples_channels(samples_dir, records, weights_meta)
+    iod = iod or ("vlm" if channels == 3 else "sc")
+    if fmt == "dicom" and channels:
+        check_iod_channels(iod, channels, f"{index}: the samples are")
+    if fmt == "png16" and channels == 3:
+        raise ValueError(f"{index}: the samples are RGB colour, but --format png16 is grey only (16-bit PNG); give "
+                         "--format png (8-bit RGB, as the samples are), dicom or nifti")
     bundle = (weights_meta or {}).get("bundle") or next((r["bundle"] for r in records if r and r.get("bundle")), None)
     acquisition = BUNDLE_ACQUISITION.get(str(bundle)) if bundle else None
     body_part = body_part or (acquisition.body_part if acquisition else None)

@@ -1,4 +1,4 @@
-"""A small grey-image classifier (MONAI ResNet-18 layout, few channels, 64 x 64 input).
+"""A small image classifier (MONAI ResNet-18 layout, few channels, 64 x 64 input, grey or RGB).
 
 Used twice: as the fast domain feature extractor (its penultimate 128-d features) and for the downstream utility
 experiment (real-only vs real + synthetic). Training is a short plain loop with MONAI random transforms for the
@@ -24,7 +24,7 @@ CHANNELS = (16, 32, 64, 128)
 
 
 def build_classifier(num_classes: int = 2, in_channels: int = 1, channels: Sequence[int] = CHANNELS) -> ResNet:
-    """MONAI ResNet-18 layout (basic blocks 2-2-2-2) with ``channels`` planes; 2-D, grey input."""
+    """MONAI ResNet-18 layout (basic blocks 2-2-2-2) with ``channels`` planes; 2-D, ``in_channels`` 1 or 3 (RGB)."""
     return ResNet(
         block="basic",
         layers=[2, 2, 2, 2],
@@ -76,7 +76,7 @@ def train_classifier(
     require("classifier training", 2 * num_classes, len(images))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_classifier(num_classes)
+    model = build_classifier(num_classes, in_channels=int(images.shape[1]))
     counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
     weights = torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
@@ -134,12 +134,14 @@ def penultimate_features(model: ResNet, images: np.ndarray, batch_size: int = 25
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def save_classifier(model: ResNet, path: str | os.PathLike, classes: Sequence[str], size: int) -> Path:
-    """Save the state_dict with what is needed to rebuild it (atomic write)."""
+def save_classifier(
+    model: ResNet, path: str | os.PathLike, classes: Sequence[str], size: int, extra: dict | None = None
+) -> Path:
+    """Save the state_dict with what is needed to rebuild it (atomic write); ``extra``: more keys to record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"state_dict": model.state_dict(), "classes": list(classes), "size": size}, tmp)
+    torch.save({**(extra or {}), "state_dict": model.state_dict(), "classes": list(classes), "size": size}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -150,6 +152,7 @@ def load_classifier(path: str | os.PathLike) -> tuple[ResNet, list[str], int]:
     from medgen.diffusion.sample_run import check_weights_file
 
     ckpt = torch.load(check_weights_file(path), map_location="cpu", weights_only=True)
-    model = build_classifier(len(ckpt["classes"]))
+    in_channels = int(ckpt["state_dict"]["conv1.weight"].shape[1])  # 1 grey, 3 RGB
+    model = build_classifier(len(ckpt["classes"]), in_channels=in_channels)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), list(ckpt["classes"]), int(ckpt["size"])

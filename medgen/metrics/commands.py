@@ -29,8 +29,10 @@ def build_extractors(
     datalist: str | os.PathLike | None = None,
     domain_weights: str | os.PathLike | None = None,
     size: int = 64,
+    channels: int | None = None,
 ) -> dict[str, FeatureExtractor]:
-    """``"inception,domain"`` -> extractors; the domain classifier is trained on ``datalist`` once if not given."""
+    """``"inception,domain"`` -> extractors; the domain classifier is trained on ``datalist`` once if not given,
+    on images of ``channels`` (1 grey, 3 RGB; None: the datalist's own)."""
     names = [f.strip() for f in (features.split(",") if isinstance(features, str) else features) if f.strip()]
     out: dict[str, FeatureExtractor] = {}
     for name in names:
@@ -40,7 +42,7 @@ def build_extractors(
             if domain_weights is None and datalist is not None and str(datalist).endswith(".json"):
                 from medgen.metrics.domain_model import ensure_domain_classifier
 
-                domain_weights = ensure_domain_classifier(datalist, size=size, log=True)
+                domain_weights = ensure_domain_classifier(datalist, size=size, log=True, channels=channels)
             if domain_weights is None:
                 raise ValueError(
                     "domain features need --domain-weights (a classifier checkpoint) or a datalist to train one on."
@@ -70,6 +72,8 @@ def evaluate_command(
     report: bool = True,
     utility_json: str | None = None,
     redact_paths: bool = False,
+    judge: bool = True,
+    judge_classifier: str | None = None,
 ) -> int:
     """``medgen evaluate SAMPLES_DIR DATALIST OUT_DIR``: metrics.json + report.html (gate on ``audit``, not here).
 
@@ -79,6 +83,7 @@ def evaluate_command(
     weights trained on other classes than the datalist's are refused.
     """
     from medgen.metrics.evaluate import evaluate
+    from medgen.metrics.image_sets import channels_of
     from medgen.networks.weights_meta import image_size_of, samples_meta
 
     meta = samples_meta(samples_dir)
@@ -94,7 +99,7 @@ def evaluate_command(
             from medgen.metrics.utility import read_utility_json
 
             read_utility_json(utility_json)
-        extractors = build_extractors(features, datalist, domain_weights, size)
+        extractors = build_extractors(features, datalist, domain_weights, size, channels_of(meta))
         m = evaluate(
             samples_dir,
             datalist,
@@ -107,6 +112,8 @@ def evaluate_command(
             utility_json=utility_json,
             report=report,
             redact_paths=redact_paths,
+            judge=judge,
+            judge_classifier=judge_classifier,
         )
     except BAD_INPUT as e:
         return _error(e)
@@ -115,6 +122,10 @@ def evaluate_command(
         f, k = overall[name]["fid"], overall[name]["kid"]
         print(f"{name}: FID {f.get('value', f.get('error'))}, KID {k.get('mean', k.get('error'))}")
     print(f"memorisation: {m['memorisation']['n_flagged']} of {m['n_generated']} generated images flagged")
+    if "judge" in m:  # classifier-judged section
+        from medgen.metrics.judge import judge_table
+
+        print(f"judge: {m['judge']['error']}" if "error" in m["judge"] else judge_table(m["judge"]))
     if not redact_paths:
         print("PHI: metrics.json names training files and report.html shows real training images; treat them as "
               "patient data, or run with --redact-paths")
@@ -149,9 +160,11 @@ def audit_command(
         data = read_datalist(datalist)
         gen = load_samples_dir(samples_dir, size=size, classes=data["classes"])
         prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training did
+        prep["channels"] = gen.channels  # real images compared in the samples' colour (grey or RGB)
         train = load_datalist_split(datalist, "training", size=size, per_class=max_train_per_class, **prep)
         held = load_datalist_split(datalist, heldout_split(data), size=size, **prep)
-        ex = next(iter(build_extractors(features, datalist, domain_weights, size).values()), None) if features else None
+        ex = next(iter(build_extractors(features, datalist, domain_weights, size, gen.channels).values()),
+                  None) if features else None
         f = [extract_features(ex, s) for s in (gen, train, held)] if ex else [None] * 3
         result = memorisation_audit(gen.images, train.images, held.images, *f, percentile=percentile)
     except BAD_INPUT as e:
@@ -201,9 +214,9 @@ def drift_command(
 
     try:
         ref = load_image_set(reference, size=size, split=reference_split)
-        cur = load_image_set(new, size=size, split=new_split)
+        cur = load_image_set(new, size=size, split=new_split, channels=ref.channels)
         dl = reference if str(reference).endswith(".json") else None
-        ex = next(iter(build_extractors(features, dl, domain_weights, size).values()))
+        ex = next(iter(build_extractors(features, dl, domain_weights, size, ref.channels).values()))
         result = mmd_test(extract_features(ex, ref), extract_features(ex, cur), permutations=permutations)
     except BAD_INPUT as e:
         return _error(e)
@@ -234,8 +247,9 @@ def fit_gate_command(
 ) -> int:
     """``medgen fit-gate DATALIST OUT.npz``: fit the quality gate (manifold = training, threshold = held-out).
 
-    The domain classifier the features come from is copied beside the gate and recorded in it (with the datalist
-    and image size), so ``medgen sample --quality-filter OUT.npz`` needs nothing else.
+    The domain classifier the features come from is copied beside the gate and recorded in it (with the datalist,
+    image size and channels), so ``medgen sample --quality-filter OUT.npz`` needs nothing else. The gate is fitted
+    on the datalist's images in their own channels (RGB for a colour data set) and later refuses the other kind.
     """
     from medgen.metrics.evaluate import heldout_split
     from medgen.metrics.image_sets import load_datalist_split, read_datalist
@@ -243,18 +257,20 @@ def fit_gate_command(
 
     try:
         data = read_datalist(datalist)
+        train = load_datalist_split(datalist, "training", size=size)
+        held = load_datalist_split(datalist, heldout_split(data), size=size, channels=train.channels)
         if str(features).split(",")[0].strip() == "domain" and domain_weights is None:
             from medgen.metrics.domain_model import ensure_domain_classifier
 
-            domain_weights = ensure_domain_classifier(datalist, size=size, log=True)
-        name, ex = next(iter(build_extractors(features, datalist, domain_weights, size).items()))
-        train = load_datalist_split(datalist, "training", size=size)
-        held = load_datalist_split(datalist, heldout_split(data), size=size)
+            domain_weights = ensure_domain_classifier(datalist, size=size, log=True, channels=train.channels)
+        name, ex = next(iter(build_extractors(features, datalist, domain_weights, size, train.channels).items()))
         gate = QualityGate(k, percentile).fit(extract_features(ex, train), extract_features(ex, held))
     except BAD_INPUT as e:
         return _error(e)
     gate.meta = {"features": name, "size": size, "k": k, "percentile": percentile,
                  "datalist": str(Path(datalist).resolve())}
+    if train.channels != 1:  # grey gates stay as they were; a gate without the key is grey
+        gate.meta["channels"] = train.channels
     if name == "domain":
         beside = gate_weights_file(out)
         beside.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +279,8 @@ def fit_gate_command(
         gate.meta.update(domain_weights=beside.name, domain_weights_cached=str(Path(domain_weights).resolve()))
     gate.save(out)
     Path(str(out) + ".json").write_text(json.dumps({**gate.meta, "threshold": gate.threshold}))
-    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}, {name} features); "
+    colour = ", RGB images" if train.channels == 3 else ""
+    print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}, {name} features{colour}); "
           f"wrote {out}" + (f" and {gate_weights_file(out)}" if name == "domain" else ""))
     return 0
 
@@ -286,7 +303,9 @@ def load_gate(gate_path: str | os.PathLike, domain_weights: str | os.PathLike | 
     if not meta and sidecar.is_file():  # a gate fitted before the gate recorded its own metadata
         meta = json.loads(sidecar.read_text())
     features = meta.get("features", "domain")
-    info = {"quality_gate": str(gate_path.resolve()), "threshold": gate.threshold, "features": features}
+    info = {"quality_gate": str(gate_path.resolve()), "threshold": gate.threshold, "features": features,
+            "channels": int(meta.get("channels", 1))}
+    gate.meta.setdefault("channels", int(meta.get("channels", 1)))
     if features == "inception":
         return gate, InceptionFeatures(), info
     candidates = [domain_weights]
@@ -305,7 +324,8 @@ def load_gate(gate_path: str | os.PathLike, domain_weights: str | os.PathLike | 
         from medgen.metrics.domain_model import ensure_domain_classifier
 
         print(f"quality filter: training the gate's domain classifier on {datalist} (once; cached)")
-        weights = ensure_domain_classifier(datalist, size=int(meta.get("size", 64)), log=True)
+        weights = ensure_domain_classifier(datalist, size=int(meta.get("size", 64)), log=True,
+                                           channels=int(meta.get("channels", 1)))
     info["domain_weights"] = str(Path(weights).resolve())
     return gate, DomainFeatures(weights), info
 
@@ -333,6 +353,8 @@ def quality_filtered_generate(
     from medgen.metrics.quality_gate import generate_until_pass
 
     gate, ex = gate_and_extractor or load_gate(gate_path, domain_weights)[:2]
+    if isinstance(getattr(pipeline, "in_channels", None), int):  # refuse before any image is generated
+        gate.check_channels(pipeline.in_channels, f"the quality gate {gate_path}")
     extra = {"sampler": sampler} if sampler else {}
 
     def generate(lab: Sequence[int], seeds: Sequence[int]):

@@ -28,7 +28,7 @@ def ms_ssim_config(size: int) -> dict:
 
 
 def ms_ssim_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MS-SSIM of each pair (a[i], b[i]) of N x 1 x H x W images in [0, 1]."""
+    """MS-SSIM of each pair (a[i], b[i]) of N x C x H x W images in [0, 1] (RGB: MONAI averages the channels)."""
     cfg = ms_ssim_config(a.shape[-1])
     metric = MultiScaleSSIMMetric(
         spatial_dims=2, data_range=1.0, kernel_size=cfg["kernel_size"], weights=cfg["weights"]

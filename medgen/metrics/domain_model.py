@@ -30,9 +30,11 @@ def ensure_domain_classifier(
     epochs: int = 3,
     max_per_class: int | None = 1500,
     log: bool = False,
+    channels: int | None = None,
 ) -> Path:
-    """The cached domain classifier for ``datalist`` (trained on its ``split`` the first time)."""
-    train = load_datalist_split(datalist, split, size=size, per_class=max_per_class)
+    """The cached domain classifier for ``datalist`` (trained on its ``split`` the first time), taking ``channels``
+    (1 grey, 3 RGB; None: the images' own, see :func:`medgen.metrics.image_sets.settle_channels`)."""
+    train = load_datalist_split(datalist, split, size=size, per_class=max_per_class, channels=channels)
     key = hashlib.sha256(f"{train.fingerprint}|{epochs}".encode()).hexdigest()[:16]
     path = cache_dir() / "domain" / f"classifier_{key}.pt"
     if not path.is_file():

@@ -48,8 +48,9 @@ def mode_collapse(fake_feats: np.ndarray, real_feats: np.ndarray, clusters: int 
 
 
 def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean radially averaged power spectrum of N x 1 x H x W images: (frequency in cycles/pixel, power)."""
-    x = images[:, 0].astype(np.float64)
+    """Mean radially averaged power spectrum of N x C x H x W images (RGB: the mean over channels too):
+    (frequency in cycles/pixel, power)."""
+    x = images.reshape(-1, *images.shape[-2:]).astype(np.float64)
     x = x - x.mean(axis=(1, 2), keepdims=True)
     power = (np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(1, 2))) ** 2).mean(0)
     h, w = power.shape

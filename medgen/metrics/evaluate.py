@@ -4,7 +4,8 @@ Roles of the real splits: the *reference* (training split, capped per class) is 
 with (FID/KID/PRDC, histograms, spectra, realism); the *held-out* split (test, else validation) gives the
 memorisation-audit reference distances, the real-vs-real floor and the utility test set. The caps and the
 ``protocol`` section (FID / floor per class at equal N) are the quality protocol's (:mod:`medgen.metrics.protocol`),
-the same definition ``python -m benchmarks.quality`` uses.
+the same definition ``python -m benchmarks.quality`` uses. Real images are loaded in the samples' channels (RGB for
+a colour model, grey for a grey one), so every metric compares like with like and colour is kept throughout.
 """
 
 from __future__ import annotations
@@ -105,17 +106,21 @@ def evaluate(
     seed: int = 0,
     utility_json: str | os.PathLike | None = None,
     redact_paths: bool = False,
+    judge: bool = True,
+    judge_classifier: str | os.PathLike | None = None,
 ) -> dict:
     """Compute every metric of issue 3 for ``samples_dir``, write ``metrics.json`` (and ``report.html``).
 
     The memorisation section names training files and the report shows real training pixels (PHI);
-    ``redact_paths`` names them by their place in the datalist and leaves real pixels out of the report."""
+    ``redact_paths`` names them by their place in the datalist and leaves real pixels out of the report.
+    ``judge``: the classifier-judged section (:mod:`medgen.metrics.judge`; ``judge_classifier`` reuses one)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_datalist(datalist)
     generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
     prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training prepared them
+    prep["channels"] = generated.channels  # and in the samples' colour: grey or RGB
     ref_cap, held_cap = (REFERENCE_CAP, HELDOUT_CAP) if max_real_per_class is None else (max_real_per_class,) * 2
     reference = load_datalist_split(datalist, "training", size=size, per_class=ref_cap, seed=seed, **prep)
     heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=held_cap, seed=seed, **prep)
@@ -125,6 +130,7 @@ def evaluate(
         "samples_dir": str(samples_dir),
         "datalist": str(datalist),
         "image_size": size,
+        "channels": generated.channels,
         "classes": data["classes"],
         "extractors": {n: e.name for n, e in extractors.items()},
         "n_reference": len(reference),
@@ -193,6 +199,11 @@ def evaluate(
         found = read_utility_json(utility_json or Path(samples_dir) / "utility.json", required=bool(utility_json))
         if found:
             metrics["utility"] = found
+    if judge:  # classifier-judged section: judge/ holds judge.json, the PNGs and the classifier
+        from medgen.metrics.judge import evaluation_judge
+
+        metrics["judge"] = evaluation_judge(samples_dir, datalist, out_dir / "judge", classifier=judge_classifier,
+                                            size=size, channels=generated.channels, seed=seed)
     metrics["seconds"] = round(time.time() - t0, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report:

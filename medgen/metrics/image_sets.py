@@ -1,4 +1,9 @@
-"""Image sets for evaluation: datalist items, image folders and samples folders as N x 1 x H x W float32 in [0, 1].
+"""Image sets for evaluation: datalist items, image folders and samples folders as N x C x H x W float32 in [0, 1].
+
+C is 1 (grey) or 3 (RGB): a set knows its channels. They come from the caller (the weights' metadata ``channels``),
+else from the files: each image counts as colour when its channels differ (an RGB file holding grey pixels is grey),
+and the majority decides. A set that mixes grey and colour images is brought to its mode (grey repeated to RGB,
+colour to ITU-R 601 luma, as training's loader does) with one logged line giving the counts.
 
 Real images (datalist items, image folders) are read exactly as training reads them: the training pipeline
 :func:`medgen.data.transforms.diffusion_transforms` (``LoadMedicalImage``: PIL modes, EXIF, 16-bit, DICOM windowing,
@@ -37,7 +42,7 @@ REAL_PREPARATION = "training-pipeline-1"
 
 @dataclass
 class ImageSet:
-    """Grey images ``images`` (N x 1 x H x W, float32, [0, 1]) with integer ``labels`` indexing ``classes``."""
+    """Images ``images`` (N x C x H x W, float32, [0, 1]; C = 1 grey or 3 RGB) with ``labels`` indexing ``classes``."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -66,6 +71,11 @@ class ImageSet:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def channels(self) -> int:
+        """1 (grey) or 3 (RGB)."""
+        return int(self.images.shape[1])
+
     def subset(self, index: Sequence[int] | np.ndarray) -> ImageSet:
         """The images at ``index`` (fingerprint derived from the parent's and the index)."""
         index = np.asarray(index, dtype=np.int64)
@@ -83,11 +93,14 @@ class ImageSet:
         return self.subset(np.flatnonzero(self.labels == label))
 
 
-def to_common_form(images: np.ndarray | torch.Tensor, size: int | None = None) -> np.ndarray:
-    """Bring images to N x 1 x H x W float32 in [0, 1], optionally resized to ``size`` x ``size``.
+def to_common_form(
+    images: np.ndarray | torch.Tensor, size: int | None = None, channels: int | None = None
+) -> np.ndarray:
+    """Bring images to N x C x H x W float32 in [0, 1], optionally resized to ``size`` x ``size``.
 
-    Accepts N x H x W, N x C x H x W with C in (1, 3, 4) (RGB averaged to grey, alpha dropped), uint8 (0..255) or float
-    in [0, 1] / [-1, 1] (detected by a negative minimum). Anything else is refused with a message saying what was seen.
+    Accepts N x H x W, N x C x H x W with C in (1, 3, 4) (alpha dropped), uint8 (0..255) or float in [0, 1] /
+    [-1, 1] (detected by a negative minimum). ``channels``: None keeps grey grey and RGB RGB; 1 averages RGB to grey;
+    3 repeats grey to RGB. Anything else is refused with a message saying what was seen.
     """
     x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if x.ndim == 3:
@@ -101,8 +114,10 @@ def to_common_form(images: np.ndarray | torch.Tensor, size: int | None = None) -
     x = x.astype(np.float32, copy=False)
     if x.shape[1] == 4:
         x = x[:, :3]
-    if x.shape[1] == 3:
+    if x.shape[1] == 3 and channels == 1:
         x = x.mean(axis=1, keepdims=True)
+    elif x.shape[1] == 1 and channels == 3:
+        x = np.repeat(x, 3, axis=1)
     if x.size and float(x.min()) < -1e-6:
         x = (x + 1.0) / 2.0
     x = np.clip(x, 0.0, 1.0)
@@ -112,35 +127,90 @@ def to_common_form(images: np.ndarray | torch.Tensor, size: int | None = None) -
 
 
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of N x 1 x H x W images to ``size`` x ``size``."""
+    """Antialiased bilinear resize of N x C x H x W images to ``size`` x ``size``."""
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return t.clamp_(0.0, 1.0).numpy()
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """One 8-bit (or 16-bit) image file, e.g. a generated sample, as 1 x size x size float32 grey in [0, 1]."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+#: mean spread between an image's channels (of [0, 1]) above which it counts as colour; JPEG chroma noise on grey
+#: content stays far below it, stained cells and colour photographs far above
+COLOUR_SPREAD = 0.01
+
+
+def load_image(path: str | os.PathLike, size: int, channels: int | None = 1) -> np.ndarray:
+    """One 8-bit (or 16-bit) image file, e.g. a generated sample, as C x size x size float32 in [0, 1].
+
+    ``channels``: 1 grey (as always), 3 RGB (grey repeated), None the file's own (RGB for a colour mode)."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if im.mode != "I;16" else "I"), dtype=np.float32)
+            if channels == 3 or (channels is None and im.mode not in GREY_MODES):
+                arr = np.moveaxis(np.asarray(im.convert("RGB"), dtype=np.float32), -1, 0)
+            else:
+                arr = np.asarray(im.convert("L" if im.mode != "I;16" else "I"), dtype=np.float32)[None]
     except Exception as e:  # PIL raises many types
         raise ImageSetError(f"cannot read image {path}: {e}") from e
     arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-    return resize(arr[None, None], size)[0]
+    return resize(arr[None], size)[0]
+
+
+def is_colour(image: np.ndarray) -> bool:
+    """Whether a C x H x W image in [0, 1] has colour content (3 channels that differ, see :data:`COLOUR_SPREAD`)."""
+    if image.shape[0] != 3:
+        return False
+    return float((image.max(axis=0) - image.min(axis=0)).mean()) > COLOUR_SPREAD
+
+
+def settle_channels(images: Sequence[np.ndarray], channels: int | None = None, what: str = "image set") -> np.ndarray:
+    """Stack C x H x W images (C 1 or 3) in one mode: ``channels``, else the majority's (colour on a tie).
+
+    Grey images in a colour set are repeated to RGB; colour images in a grey set become ITU-R 601 luma (training's
+    conversion); RGB images with grey content become grey exactly (their first channel). A set that mixes grey and
+    colour content gets one log line with the counts and the decision."""
+    colour = [is_colour(im) for im in images]
+    n_colour = sum(colour)
+    n_grey = len(images) - n_colour
+    if channels is None:
+        channels = 3 if n_colour and n_colour >= n_grey else 1
+    if channels not in (1, 3):
+        raise ImageSetError(f"{what}: channels must be 1 (grey) or 3 (RGB), got {channels}")
+    out = []
+    for im, c in zip(images, colour):
+        if channels == 3 and im.shape[0] == 1:
+            im = np.repeat(im, 3, axis=0)
+        elif channels == 1 and im.shape[0] == 3:
+            im = (0.299 * im[0] + 0.587 * im[1] + 0.114 * im[2])[None] if c else im[:1]
+        out.append(np.asarray(im, dtype=np.float32))
+    if n_colour and n_grey:
+        moved, kept = (n_grey, "grey images repeated to RGB") if channels == 3 else (n_colour, "colour images "
+                                                                                      "converted to grey (luma)")
+        logger.warning("%s mixes %d colour and %d grey images: the set is %s, %d %s", what, n_colour, n_grey,
+                       "colour (3 channels)" if channels == 3 else "grey (1 channel)", moved, kept)
+    return np.stack(out)
+
+
+def channels_of(meta: dict | None) -> int | None:
+    """``channels`` recorded in the weights' metadata, else None (decided from the files)."""
+    from medgen.networks.weights_meta import meta_value
+
+    value = meta_value(meta, "channels", None)
+    return int(value) if value is not None else None
 
 
 def real_image_loader(
-    size: int, resize_mode: str = "crop", window: Sequence[float] | None = None, preset: str | None = None
+    size: int, resize_mode: str = "crop", window: Sequence[float] | None = None, preset: str | None = None,
+    channels: int = 1,
 ) -> Callable[[dict], np.ndarray]:
-    """A function from a datalist item to its image as training prepares it, as 1 x size x size float32 in [0, 1].
+    """A function from a datalist item to its image as training prepares it, as C x size x size float32 in [0, 1].
 
-    It is the training pipeline itself (:func:`medgen.data.transforms.diffusion_transforms`, grey, no flip), its
-    [-1, 1] output mapped back to [0, 1]; errors are those of training (``ImageLoadError`` naming the file).
+    It is the training pipeline itself (:func:`medgen.data.transforms.diffusion_transforms`, ``channels``, no flip),
+    its [-1, 1] output mapped back to [0, 1]; errors are those of training (``ImageLoadError`` naming the file).
     """
     from medgen.data.transforms import diffusion_transforms
 
     pipeline = diffusion_transforms(
-        image_size=size, channels=1, window=window, preset=preset, random_flip=False, resize_mode=resize_mode
+        image_size=size, channels=channels, window=window, preset=preset, random_flip=False, resize_mode=resize_mode
     )
 
     def load(item: dict) -> np.ndarray:
@@ -191,14 +261,16 @@ def load_items(
     resize_mode: str = "crop",
     window: Sequence[float] | None = None,
     preset: str | None = None,
+    channels: int | None = None,
 ) -> ImageSet:
     """Load MONAI datalist items (``{"image": path, "label": int}``, plus ``npz_key``/``npz_index`` or
     ``slice_axis``/``slice_index`` where the file holds several images) as training prepares them (see
     :func:`real_image_loader`). An item that fails to load is skipped with one warning line naming the file and
-    counted in ``skipped``; when none loads, :class:`ImageSetError` gives the counts by reason."""
+    counted in ``skipped``; when none loads, :class:`ImageSetError` gives the counts by reason. ``channels``: 1 or
+    3 as the weights were trained, else decided from the images (see :func:`settle_channels`)."""
     from medgen.data.dataset import describe_failure
 
-    load = real_image_loader(size, resize_mode, window, preset)
+    load = real_image_loader(size, resize_mode, window, preset, channels=1 if channels == 1 else 3)
     images, labels, ids, keys = [], [], [], []
     skipped: Counter = Counter()
     failures: list[tuple[str, str]] = []
@@ -230,18 +302,23 @@ def load_items(
         raise ImageSetError(f"none of the {len(items)} datalist items could be loaded ({counts}); first: {first}")
     if failures:
         logger.warning("left out %d of %d items that failed to load (%s)", len(failures), len(items), counts)
-    preparation = f"{REAL_PREPARATION}|{resize_mode}|{window}|{preset}"
-    return ImageSet(np.stack(images), np.asarray(labels), list(classes), ids, _fingerprint(keys, size, preparation),
+    stacked = settle_channels(images, channels, "real image set")
+    preparation = f"{REAL_PREPARATION}|{resize_mode}|{window}|{preset}" + ("|rgb" if stacked.shape[1] == 3 else "")
+    return ImageSet(stacked, np.asarray(labels), list(classes), ids, _fingerprint(keys, size, preparation),
                     skipped=skipped, failures=failures)
 
 
-def _load_sample_files(paths: Sequence[str], labels: Sequence[int], classes: Sequence[str], size: int) -> ImageSet:
-    """Generated samples (8-bit PNGs of ``medgen sample``) read with PIL; a missing or broken one is an error."""
-    images = [load_image(p, size) for p in paths]
+def _load_sample_files(paths: Sequence[str], labels: Sequence[int], classes: Sequence[str], size: int,
+                       channels: int | None = None) -> ImageSet:
+    """Generated samples (8-bit PNGs of ``medgen sample``) read with PIL; a missing or broken one is an error.
+    ``channels``: 1 or 3, else decided from the images (:func:`settle_channels`)."""
+    images = [load_image(p, size, channels=None if channels is None else channels) for p in paths]
     if not images:
         raise ImageSetError("no images in the given samples.")
     keys = [_stat_key(p) for p in paths]
-    return ImageSet(np.stack(images), np.asarray(labels), list(classes), list(paths), _fingerprint(keys, size))
+    stacked = settle_channels(images, channels, "samples set")
+    prep = "rgb" if stacked.shape[1] == 3 else ""
+    return ImageSet(stacked, np.asarray(labels), list(classes), list(paths), _fingerprint(keys, size, prep))
 
 
 def read_datalist(path: str | os.PathLike) -> dict:
@@ -269,10 +346,12 @@ def load_datalist_split(
     resize_mode: str = "crop",
     window: Sequence[float] | None = None,
     preset: str | None = None,
+    channels: int | None = None,
 ) -> ImageSet:
     """Load one split (or several, concatenated) of a datalist; ``per_class`` draws at most that many per class.
 
-    ``resize_mode``, ``window`` and ``preset`` are training's keys of the same names (defaults as the bundles')."""
+    ``resize_mode``, ``window``, ``preset`` and ``channels`` are training's keys of the same names (defaults as the
+    bundles'; ``channels`` None: decided from the images)."""
     data = datalist if isinstance(datalist, dict) else read_datalist(datalist)
     root = None if isinstance(datalist, dict) else os.path.dirname(os.path.abspath(datalist))
     splits = [split] if isinstance(split, str) else list(split)
@@ -289,7 +368,7 @@ def load_datalist_split(
             chosen += sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
         items = [items[j] for j in sorted(chosen)]
     return load_items(items, data["classes"], size=size, root=root, resize_mode=resize_mode, window=window,
-                      preset=preset)
+                      preset=preset, channels=channels)
 
 
 def _folder_items(folder: Path, classes: Sequence[str] | None) -> tuple[list[dict], list[str]]:
@@ -311,18 +390,25 @@ def _folder_items(folder: Path, classes: Sequence[str] | None) -> tuple[list[dic
 
 def load_folder(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None, **prep) -> ImageSet:
     """Load a folder of real images as training would; sub-folder names are the classes (images directly inside
-    get class 0). ``prep``: ``resize_mode``, ``window``, ``preset`` as in :func:`load_items`."""
+    get class 0). ``prep``: ``resize_mode``, ``window``, ``preset``, ``channels`` as in :func:`load_items`."""
     items, classes = _folder_items(Path(folder), classes)
     return load_items(items, classes, size=size, **prep)
 
 
-def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None) -> ImageSet:
-    """Load a samples folder (``samples.jsonl`` + 8-bit PNGs); without ``samples.jsonl``, the folder's images."""
+def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequence[str] | None = None,
+                     channels: int | None = None) -> ImageSet:
+    """Load a samples folder (``samples.jsonl`` + 8-bit PNGs); without ``samples.jsonl``, the folder's images.
+
+    ``channels``: 1 or 3; else the ``channels`` of the weights that made the samples, else decided from the images."""
     folder = Path(folder)
     meta = folder / "samples.jsonl"
     if not meta.is_file():
         items, classes = _folder_items(folder, classes)
-        return _load_sample_files([i["image"] for i in items], [i["label"] for i in items], classes, size)
+        return _load_sample_files([i["image"] for i in items], [i["label"] for i in items], classes, size, channels)
+    if channels is None:
+        from medgen.networks.weights_meta import samples_meta
+
+        channels = channels_of(samples_meta(folder))
     records = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
     if not records:
         raise ImageSetError(f"{meta} lists no samples.")
@@ -330,7 +416,7 @@ def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequenc
         by_label = {int(r["label"]): r.get("class", str(r["label"])) for r in records}
         classes = [by_label.get(i, str(i)) for i in range(max(by_label) + 1)]
     out = _load_sample_files([str(folder / r["file"]) for r in records], [int(r["label"]) for r in records],
-                             classes, size)
+                             classes, size, channels)
     out.records = records
     return out
 
@@ -338,12 +424,13 @@ def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequenc
 def load_image_set(source: str | os.PathLike, size: int = 64, split: str = "test", **kw) -> ImageSet:
     """A datalist JSON (its ``split``), a samples folder (with ``samples.jsonl``) or a folder of real images
     (read as training would, see :func:`load_folder`), whichever ``source`` is. ``kw``: ``per_class``, ``seed``
-    (datalists), ``resize_mode``, ``window``, ``preset`` (real images)."""
+    (datalists), ``resize_mode``, ``window``, ``preset`` (real images), ``channels`` (all)."""
     if str(source).endswith(".json"):
         return load_datalist_split(source, split, size=size, **kw)
     if (Path(source) / "samples.jsonl").is_file():
-        return load_samples_dir(source, size=size)
-    return load_folder(source, size=size, **{k: v for k, v in kw.items() if k in ("resize_mode", "window", "preset")})
+        return load_samples_dir(source, size=size, channels=kw.get("channels"))
+    keep = ("resize_mode", "window", "preset", "channels")
+    return load_folder(source, size=size, **{k: v for k, v in kw.items() if k in keep})
 
 
 def write_samples_dir(
@@ -354,7 +441,7 @@ def write_samples_dir(
     seeds: Sequence[int] | None = None,
     extra: dict | Sequence[dict] | None = None,
 ) -> Path:
-    """Write images (any form :func:`to_common_form` accepts) as 8-bit grey PNGs plus ``samples.jsonl``."""
+    """Write images (any form :func:`to_common_form` accepts) as 8-bit grey or RGB PNGs plus ``samples.jsonl``."""
     folder = Path(folder)
     x = to_common_form(images)
     seeds = list(range(len(x))) if seeds is None else list(seeds)
@@ -364,7 +451,8 @@ def write_samples_dir(
         name = classes[int(label)]
         rel = f"{name}/{i:06d}_s{seeds[i]}.png"
         (folder / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(img[0] * 255).astype(np.uint8)).save(folder / rel)
+        pixels = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
+        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(folder / rel)
         rec = {"file": rel, "class": name, "label": int(label), "seed": int(seeds[i]), "timestamp": now}
         more = extra[i] if isinstance(extra, Sequence) else extra
         rec.update(more or {})

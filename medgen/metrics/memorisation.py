@@ -17,6 +17,10 @@ Three measures per generated image, each against the training set:
   The grid and the refinement warp with torch's ``affine_grid``/``grid_sample`` (batched and differentiable: the
   spatial transformer MONAI's ``AffineTransform`` wraps) and blur with MONAI's ``GaussianSmooth``.
 * **pixel**: root-mean-square pixel distance (reported, and an exact copy is always flagged).
+
+RGB images are compared in colour: pixel distances over all three channels, and the NCC of the aligned measure
+standardises each channel on its own (a colour cast or a stain shift of a copy does not hide it, as brightness does
+not for grey) before correlating the three together, so structure must match in every channel.
 * **feature** (when features are given): cosine distance of e.g. the domain classifier's features.
 
 The same distances from real held-out images to the training set are the reference: a generated image closer to the
@@ -79,9 +83,10 @@ def nearest_cosine(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarr
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """Images (N, 1, h, w) -> zero-mean unit-norm vectors: their dot product is the normalised cross-correlation."""
-    v = x.flatten(1)
-    return F.normalize(v - v.mean(1, keepdim=True), dim=1)
+    """Images (N, C, h, w) -> unit-norm vectors, each channel zero-mean: their dot product is the normalised
+    cross-correlation (for RGB, of the three channels together after removing each channel's mean)."""
+    v = x.flatten(2)
+    return F.normalize((v - v.mean(2, keepdim=True)).flatten(1), dim=1)
 
 
 def _rotation(degrees: float) -> torch.Tensor:
@@ -148,7 +153,9 @@ class AlignedSearch:
             return x
         from monai.transforms import GaussianSmooth
 
-        return torch.as_tensor(GaussianSmooth(sigma * x.shape[-1] / 64)(x[:, 0])).as_tensor().float()[:, None]
+        flat = x.reshape(-1, *x.shape[-2:])  # every channel of every image blurred alike
+        out = torch.as_tensor(GaussianSmooth(sigma * x.shape[-1] / 64)(flat)).as_tensor().float()
+        return out.reshape(x.shape)
 
     def _coarse(self, x: torch.Tensor, thetas: list[torch.Tensor]) -> torch.Tensor:
         """(N, views, coarse_size**2) standardised thumbnails of ``x`` warped by each theta."""
@@ -348,7 +355,8 @@ def memorisation_audit(
     aligned: bool = True,
     copy_distance: float = COPY_DISTANCE,
 ) -> AuditResult:
-    """Audit N x 1 x H x W ``generated`` images against ``train``, with ``heldout`` real images as the reference.
+    """Audit N x C x H x W ``generated`` images (C = 1 grey or 3 RGB, as ``train`` and ``heldout``) against
+    ``train``, with ``heldout`` real images as the reference.
 
     Flags by the aligned measure (``search``, default :class:`AlignedSearch`; ``aligned=False`` skips it) and the
     feature measure (when the three feature arrays are given); exact pixel copies are always flagged. The aligned
@@ -359,6 +367,10 @@ def memorisation_audit(
     require("memorisation audit", 1, len(generated), "generated images")
     require("memorisation audit", 1, len(train), "training images")
     require("memorisation audit", HELDOUT_MIN, len(heldout), "held-out images (reference distances)")
+    shapes = {"generated": generated.shape[1:], "training": train.shape[1:], "held-out": heldout.shape[1:]}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"memorisation audit: images must share channels and size, got {shapes} (C x H x W): load "
+                         "all three sets with the same size and channels")
     nn_px, d_px = nearest_pixel_l2(generated, train)
     _, h_px = nearest_pixel_l2(heldout, train)
     thr_px = float(np.percentile(h_px, percentile))
@@ -388,21 +400,23 @@ def closest_pairs_canvas(
     generated: np.ndarray, train: np.ndarray, result: AuditResult, n: int = 8, gap: int = 4
 ) -> np.ndarray:
     """Rows of (generated | nearest training image) for the ``n`` generated images closest to the training set
-    (aligned measure when computed, else pixel L2), in [0, 1]. The right half is real patient pixels."""
+    (aligned measure when computed, else pixel L2), in [0, 1]: H x W for grey images, H x W x 3 for RGB. The right
+    half is real patient pixels."""
     order = np.argsort(result.closeness, kind="stable")[:n]
-    h, w = generated.shape[-2:]
-    canvas = np.ones((len(order) * (h + gap) - gap, 2 * w + gap), dtype=np.float32)
+    c, (h, w) = generated.shape[1], generated.shape[-2:]
+    canvas = np.ones((c, len(order) * (h + gap) - gap, 2 * w + gap), dtype=np.float32)
     for r, i in enumerate(order):
         y = r * (h + gap)
-        canvas[y : y + h, :w] = generated[i, 0]
-        canvas[y : y + h, w + gap :] = train[result.nearest[i], 0]
-    return canvas
+        canvas[:, y : y + h, :w] = generated[i]
+        canvas[:, y : y + h, w + gap :] = train[result.nearest[i]]
+    return canvas[0] if c == 1 else np.moveaxis(canvas, 0, -1)
 
 
 def closest_pairs_png(
     generated: np.ndarray, train: np.ndarray, result: AuditResult, path: str | Path, n: int = 8
 ) -> Path:
-    """Side-by-side PNG of the ``n`` generated images closest to the training set: generated | training (PHI)."""
+    """Side-by-side PNG (grey or RGB, as the images) of the ``n`` generated images closest to the training set:
+    generated | training (PHI)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas = closest_pairs_canvas(generated, train, result, n)

@@ -3,6 +3,9 @@
 The realism score is the distance from an image's features to its k-th nearest real feature (the k-NN radius used by
 precision/recall). The threshold is the ``percentile``-th percentile of the scores of real held-out images (or, when
 only one real set is given, of its leave-one-out scores), so about ``100 - percentile`` % of real images would fail.
+
+A gate knows the channels of the images it was fitted on (``meta["channels"]``: 1 grey, the default of gates that
+record none, or 3 RGB) and refuses images with other channels in one line (:meth:`QualityGate.check_channels`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ class QualityGate:
             scores = knn_distance(np.asarray(heldout_feats, dtype=np.float32), self.reference, self.k)
         self.threshold = float(np.percentile(scores, self.percentile))
         return self
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images the gate was fitted on (1 grey, 3 RGB)."""
+        return int(self.meta.get("channels", 1))
+
+    def check_channels(self, channels: int, where: str = "quality gate") -> None:
+        """Stop with one line when images of ``channels`` meet a gate fitted on the other kind."""
+        if int(channels) != self.channels:
+            kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+            raise ValueError(
+                f"{where} was fitted on {kind.get(self.channels, self.channels)} images but these are "
+                f"{kind.get(int(channels), channels)}: fit a gate on the images' own data with `medgen fit-gate "
+                "DATALIST GATE` (it takes the channels of the datalist's images)")
 
     def _check(self) -> None:
         if self.reference is None or self.threshold is None:
@@ -81,8 +98,9 @@ def generate_until_pass(
 ) -> dict:
     """Generate until every requested label has an image that passes the gate (``medgen sample --quality-filter``).
 
-    ``generate(labels, seeds)`` returns N x C x H x W in [-1, 1] (e.g. ``DiffusionPipeline.generate``); rejected slots
-    are retried with fresh seeds. Returns the kept images ([-1, 1]), their labels, seeds and scores, and the rejection
+    ``generate(labels, seeds)`` returns N x C x H x W in [-1, 1] (e.g. ``DiffusionPipeline.generate``), scored in
+    their channels (grey or RGB; refused when the gate was fitted on the other kind); rejected slots are retried
+    with fresh seeds. Returns the kept images ([-1, 1]), their labels, seeds and scores, and the rejection
     rate over all generated images.
     """
     pending = list(range(len(labels)))
@@ -94,8 +112,9 @@ def generate_until_pass(
         seeds = list(range(next_seed, next_seed + len(pending)))
         next_seed += len(pending)
         images = generate([labels[i] for i in pending], seeds)
-        grey = ((images.detach().float().cpu().mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1).numpy()
-        scores = gate.score(extractor(grey))
+        unit = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy()
+        gate.check_channels(unit.shape[1])
+        scores = gate.score(extractor(unit))
         ok = scores <= gate.threshold
         tried += len(pending)
         rejected += int((~ok).sum())

@@ -1,4 +1,6 @@
-"""Figures for the evaluation report, returned as base64 PNG data URIs (matplotlib Agg backend, PIL)."""
+"""Figures for the evaluation report, returned as base64 PNG data URIs (matplotlib Agg backend, PIL).
+
+Image rows and pairs keep the images' colour: grey images give a grey PNG, RGB images an RGB PNG."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 
 def png_data_uri(array: np.ndarray) -> str:
-    """A 2-D array in [0, 1] as a ``data:image/png;base64,...`` URI."""
+    """An H x W (grey) or H x W x 3 (RGB) array in [0, 1] as a ``data:image/png;base64,...`` URI."""
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -29,22 +31,33 @@ def figure_data_uri(fig: plt.Figure) -> str:
 
 
 def image_row(images: np.ndarray, n: int = 8, gap: int = 2) -> np.ndarray:
-    """Up to ``n`` N x 1 x H x W images side by side on a white background."""
+    """Up to ``n`` N x C x H x W images side by side on a white background: H x W' for grey, H x W' x 3 for RGB."""
     images = images[:n]
-    h, w = images.shape[-2:]
-    row = np.ones((h, max(len(images), 1) * (w + gap) - gap), dtype=np.float32)
+    c, (h, w) = (images.shape[1] if images.ndim == 4 else 1), images.shape[-2:]
+    row = np.ones((c, h, max(len(images), 1) * (w + gap) - gap), dtype=np.float32)
     for i, img in enumerate(images):
-        row[:, i * (w + gap) : i * (w + gap) + w] = img[0]
-    return row
+        row[:, :, i * (w + gap) : i * (w + gap) + w] = img
+    return row[0] if c == 1 else np.moveaxis(row, 0, -1)
 
 
 def histogram_figure(per_class: dict[str, dict]) -> str:
-    """Pixel-intensity histograms, real vs generated, one panel per class."""
+    """Pixel-intensity histograms, real vs generated, one panel per class; for RGB sets (a ``per_channel`` entry)
+    the R, G and B histograms in their colours (real solid, generated dashed)."""
     names = [c for c, m in per_class.items() if "hist_real" in m]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3), squeeze=False)
     for ax, name in zip(axes[0], names):
         h = per_class[name]
         x = (np.arange(len(h["hist_real"])) + 0.5) / len(h["hist_real"])
+        if "per_channel" in h:
+            for channel, colour in zip(("R", "G", "B"), ("tab:red", "tab:green", "tab:blue")):
+                ch = h["per_channel"][channel]
+                ax.plot(x, ch["hist_real"], color=colour, label=f"{channel} real")
+                ax.plot(x, ch["hist_fake"], color=colour, ls="--", label=f"{channel} generated")
+            kl = ", ".join(f"{c} {h['per_channel'][c]['kl_real_fake']:.3f}" for c in ("R", "G", "B"))
+            ax.set_title(f"{name}: KL {kl}", fontsize=9)
+            ax.set_xlabel("intensity")
+            ax.legend(fontsize=6, ncol=2)
+            continue
         ax.plot(x, h["hist_real"], label="real")
         ax.plot(x, h["hist_fake"], label="generated")
         ax.set_title(f"{name}: KL {h['kl_real_fake']:.3f}")

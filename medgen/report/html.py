@@ -1,4 +1,7 @@
-"""A self-contained ``report.html`` (inline CSS, images as base64 PNG; opens offline) from an evaluation's metrics."""
+"""A self-contained ``report.html`` (inline CSS, images as base64 PNG; opens offline) from an evaluation's metrics.
+
+Images keep their colour: a colour (RGB) evaluation shows colour sample rows, closest pairs and realism rows, and
+histograms per channel (R, G, B in their colours); a grey one shows them grey."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}
 .err{color:#a00}.note{color:#555;font-size:90%}"""
 
 SECTIONS = ("protocol", "summary", "samples", "histograms", "mse-ssim", "memorisation", "error-analysis",
-            "utility")
+            "utility", "judge")
 
 
 def _fmt(v, nd: int = 4) -> str:
@@ -190,7 +193,8 @@ def write_report(
     classes, ex = metrics["classes"], list(metrics["extractors"])
     parts = [
         f"<h1>medgen evaluation</h1><p class='note'>samples: {html.escape(metrics['samples_dir'])}<br>"
-        f"real: {html.escape(metrics['datalist'])}; image size {metrics['image_size']}; "
+        f"real: {html.escape(metrics['datalist'])}; image size {metrics['image_size']}"
+        f"{' (RGB)' if metrics.get('channels') == 3 else ''}; "
         f"{metrics['n_generated']} generated, {metrics['n_reference']} real reference (training), "
         f"{metrics['n_heldout']} real held-out. Feature extractors: "
         f"{html.escape(', '.join(f'{k} = {v}' for k, v in metrics['extractors'].items()))}</p>"
@@ -229,10 +233,14 @@ def write_report(
         parts.append(f"<p>generated</p>{_img(gen_row, 'generated')}")
 
     hist = {c: m["histogram"] for c, m in metrics["generated"].items() if c != "overall"}
-    hist_rows = [
-        [c, _fmt(h)] if "error" in h else [c, h["chi2"], h["chi2_per_pixel"], h["p_value"], h["kl_real_fake"]]
-        for c, h in hist.items()
-    ]
+    hist_rows = []
+    for c, h in hist.items():
+        if "error" in h:
+            hist_rows.append([c, _fmt(h)])
+            continue
+        hist_rows.append([c, h["chi2"], h["chi2_per_pixel"], h["p_value"], h["kl_real_fake"]])
+        hist_rows += [[f"{c} ({name})", ch["chi2"], ch["chi2_per_pixel"], ch["p_value"], ch["kl_real_fake"]]
+                      for name, ch in h.get("per_channel", {}).items()]
     parts.append(
         f'<h2 id="histograms">Pixel-intensity histograms</h2>{_img(histogram_figure(hist), "histograms")}'
         f"{_table(['class', 'chi2', 'chi2 / pixel', 'p', 'KL(real||gen)'], hist_rows)}"
@@ -315,5 +323,11 @@ def write_report(
         parts.append(_img(spectrum_figure(ea["spectrum"]), "spectrum"))
 
     parts.append(utility_section(metrics.get("utility")))
+
+    # ---- classifier judge section (metrics["judge"]) goes here: one self-contained call appending its HTML ----
+    from medgen.report.judge import judge_section
+
+    parts.append(judge_section(metrics.get("judge")))
+
 
     return _write_page(path, "medgen evaluation", "".join(parts))

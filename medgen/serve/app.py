@@ -55,6 +55,17 @@ def invalid(field: str, message: str, allowed: list[Any] | None = None) -> NoRet
     raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[detail])
 
 
+def colour_mismatch(bundle: str, channels: int, iod: str) -> str:
+    """One line: the bundle's images do not fit ``iod`` (grey vs RGB colour), and the iods that do."""
+    from medgen.export.dicom_writer import check_iod_channels
+
+    try:
+        check_iod_channels(iod, channels, f"bundle {bundle} makes images that are", option="iod")
+    except ValueError as err:
+        return str(err)
+    return f"iod {iod} does not fit bundle {bundle}"
+
+
 def docs_assets() -> FsPath | None:
     """The Swagger UI files (``swagger-ui-bundle.js``, ``swagger-ui.css``, ``favicon.png``) that the
     ``fastapi-offline`` package ships, or None when it is not installed; FastAPI itself links them from a CDN."""
@@ -161,6 +172,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         for name, formats_ in (("iod", ("dicom",)), ("bits", ("dicom",)), ("field_of_view_mm", ("dicom", "nifti"))):
             if getattr(req, name) is not None and req.output_format not in formats_:
                 invalid(name, f"{name} applies to output_format {' or '.join(formats_)} only, not {req.output_format}")
+        if req.iod is not None and req.iod not in info.dicom_iods():
+            invalid("iod", colour_mismatch(req.bundle, info.channels, req.iod), info.dicom_iods())
+        if req.bits is not None and info.channels == 3:
+            invalid("bits", f"bits applies to grey images; bundle {req.bundle} makes RGB colour images, written as "
+                    "8 bits a channel: leave bits out")
         if req.iod == "mr" and req.field_of_view_mm is None and not info.pixel_spacing_known():
             invalid("field_of_view_mm", f"iod mr needs a pixel spacing and the weights of bundle {req.bundle} record "
                     "none; give field_of_view_mm (e.g. 240 for a head)")
@@ -201,7 +217,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """The bundles served, their classes, and the server's limits."""
         models = [ModelInfo(name=name, version=b.version, description=b.description, available=b.available,
                             unavailable_reason=b.problem, weights_sha256=b.weights_sha256, classes=b.classes,
-                            image_size=b.image_size, samplers=b.samplers or samplers,
+                            image_size=b.image_size, channels=b.channels,
+                            dicom_iods=b.dicom_iods() if formats.get("dicom") is None else [],
+                            samplers=b.samplers or samplers,
                             output_formats=[f for f, why in formats.items() if why is None],
                             quality_check=b.available and b.quality_gate_problem() is None,
                             seconds_per_image_step=worker.cost(name).seconds_per_image_step if b.available else None)

@@ -58,6 +58,7 @@ class BundleInfo:
     weights_sha256: str | None = None
     problem: str | None = field(default=None)
     samplers: list[str] = field(default_factory=list)
+    channels: int = 1
     _spacing_known: bool | None = field(default=None, repr=False)
 
     @property
@@ -90,6 +91,12 @@ class BundleInfo:
             self._spacing_known = resolve_spacing(self.image_size, weights_meta=meta, acquisition=acquisition) \
                 is not None
         return self._spacing_known
+
+    def dicom_iods(self) -> list[str]:
+        """The DICOM IODs this bundle's images fit: ``sc``/``cr``/``mr`` for grey, ``sc``/``vlm`` for RGB colour."""
+        from medgen.export.dicom_writer import IOD_CHANNELS
+
+        return [iod for iod, channels in IOD_CHANNELS.items() if self.channels in channels]
 
     def gate_features(self) -> str:
         sidecar = Path(str(self.gate_path) + ".json")
@@ -145,14 +152,17 @@ def open_bundle(spec: BundleSpec, pipelines: PipelineCache | None = None) -> Bun
 
 
 def read_bundle(spec: BundleSpec) -> BundleInfo:
-    """Classes, image size and metadata of ``spec``; raises with the file to fix when the config is unusable."""
+    """Classes, image size, channels (1 grey, 3 RGB; 1 when the config has no ``channels``) and metadata of
+    ``spec``; raises with the file to fix when the config is unusable."""
     parser = _parser(spec, tempfile.gettempdir())
     classes = [str(c) for c in parser.get_parsed_content("classes")]
     size = parser.get_parsed_content("image_size")
     size = [int(size)] * 2 if isinstance(size, int) else [int(s) for s in size]
+    channels = int(parser.get_parsed_content("channels")) if "channels" in parser else 1
     meta = json.loads((spec.path / "configs" / "metadata.json").read_text()) \
         if (spec.path / "configs" / "metadata.json").is_file() else {}
-    return BundleInfo(spec, classes, size, meta.get("version"), meta.get("name") or meta.get("description"))
+    return BundleInfo(spec, classes, size, meta.get("version"), meta.get("name") or meta.get("description"),
+                      channels=channels)
 
 
 class PipelineCache:

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES = ("queued", "running")
 MAX_SEED = 2**31 - 1
-#: DICOM IODs and bit depths, as ``medgen export --iod/--bits`` accepts them
-DICOM_IODS = ("sc", "cr", "mr")
+#: DICOM IODs and bit depths, as ``medgen export --iod/--bits`` accepts them (``vlm``: RGB colour only)
+DICOM_IODS = ("sc", "cr", "mr", "vlm")
 DICOM_BITS = (12, 16)
 
 
@@ -35,11 +35,13 @@ class GenerateRequest(BaseModel):
     guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, strict=True,
                                   description="classifier-free guidance; 1 = off")
     output_format: Literal["png", "dicom", "nifti"] = "png"
-    iod: Literal["sc", "cr", "mr"] | None = Field(
-        default=None, description="DICOM only: Secondary Capture (`sc`, the default), Computed Radiography (`cr`) "
-        "or MR Image (`mr`), as `medgen export --iod`")
+    iod: Literal["sc", "cr", "mr", "vlm"] | None = Field(
+        default=None, description="DICOM only, one of the model's `dicom_iods` (GET /api/v1/models), as `medgen "
+        "export --iod`: grey models take Secondary Capture (`sc`, their default), Computed Radiography (`cr`) or MR "
+        "Image (`mr`); colour (RGB) models take VL Microscopic Image (`vlm`, their default) or `sc`")
     bits: Literal[12, 16] | None = Field(
-        default=None, description="DICOM only: BitsStored, 12 or 16 (the default), as `medgen export --bits`")
+        default=None, description="DICOM of grey models only: BitsStored, 12 or 16 (the default), as `medgen export "
+        "--bits`; colour DICOM is 8 bits a channel")
     field_of_view_mm: float | None = Field(
         default=None, gt=0, le=2000, strict=True, description="DICOM and NIfTI only: the images' field of view in "
         "mm, as `medgen export --field-of-view-mm`; by default the spacing the weights record or their bundle's "
@@ -96,6 +98,9 @@ class ModelInfo(BaseModel):
     weights_sha256: str | None = Field(default=None, description="SHA-256 of the served weights file")
     classes: list[str]
     image_size: list[int]
+    channels: int = Field(default=1, description="1: grey images; 3: RGB colour images")
+    dicom_iods: list[str] = Field(default_factory=list, description="the `iod` values a DICOM job of this model "
+                                  "takes (grey: sc, cr, mr; colour: sc, vlm)")
     samplers: list[str]
     output_formats: list[str]
     quality_check: bool = Field(description="whether quality_check=true is available for this bundle")

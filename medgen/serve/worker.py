@@ -431,9 +431,10 @@ class Worker:
 
         gate = QualityGate.load(info.gate_path)
         extractor = get_extractor(info.gate_features(), info.gate_path.parent / DOMAIN_WEIGHTS_FILE)
-        grey = np.stack([np.asarray(Image.open(samples / r["file"]).convert("L"), dtype=np.float32)[None] / 255.0
-                         for r in records])
-        scores = gate.score(extractor(grey))
+        mode = "RGB" if info.channels == 3 else "L"  # the gate scores images as the bundle makes them
+        images = np.stack([np.atleast_3d(np.asarray(Image.open(samples / r["file"]).convert(mode), dtype=np.float32))
+                           .transpose(2, 0, 1) / 255.0 for r in records])
+        scores = gate.score(extractor(images))
         passed = scores <= gate.threshold
         per_image = [{"file": r["file"], "seed": r["seed"], "realism_score": float(s), "passed": bool(p)}
                      for r, s, p in zip(records, scores, passed)]
@@ -452,7 +453,8 @@ class Worker:
         from medgen.export.dicom_writer import export_images
 
         exported = out / fmt
-        options = {"iod": req.get("iod") or "sc", "bits": req.get("bits") or 16} if fmt == "dicom" else {}
+        # no iod: sc for grey, vlm for colour (export_images decides from the images)
+        options = {"iod": req.get("iod"), "bits": req.get("bits") or 16} if fmt == "dicom" else {}
         report = export_images(samples, exported, fmt=fmt, field_of_view_mm=req.get("field_of_view_mm"), **options)
         if report["errors"]:
             raise RuntimeError(f"export to {fmt} failed for {len(report['errors'])} image(s): {report['errors'][0][1]}")

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 # a bundle that ships no weights cannot be loaded (MONAI Label ignores it): strict xfail until its weights land
 BUNDLES = [name if (REPO / "bundles" / name / "models" / "model.pt").is_file() else
            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"{name} ships no models/model.pt yet"))
-           for name in ("cxr_ddpm", "brain_mri_score")]
+           for name in ("cxr_ddpm", "brain_mri_score", "blood_cells_ddpm")]
 # monailabel 0.8.5 BundleConstants (infer and train)
 INFER_CONFIGS = ["inference.json", "inference.yaml"]
 TRAIN_CONFIGS = ["train.json", "train.yaml"]

@@ -23,7 +23,8 @@ SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 EXPORTABLE = BUNDLES  # a bundle without shipped weights is exported with stand-in weights (see `sources`)
 DATA = Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data"))
-DATASETS = {"cxr_ddpm": "chest_xray_kermany_224", "brain_mri_score": "brain_tumor_mri_224"}
+DATASETS = {"cxr_ddpm": "chest_xray_kermany_224", "brain_mri_score": "brain_tumor_mri_224",
+            "blood_cells_ddpm": "blood_cells_pbc"}
 TIMEOUT = 1800
 
 pytestmark = [pytest.mark.slow,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -105,7 +106,9 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
     plugin = next((p for p in DICOMWEB_PLUGINS if Path(p).exists()), None)
     work = tmp_path_factory.mktemp("orthanc")
-    o = Orthanc(free_port(), free_port(), "ORTHANC", "medgen", "test-only-password", "MEDGEN", work / "orthanc.log")
+    http_port = free_port()
+    dicom_port = next(p for p in iter(free_port, None) if p != http_port)  # the OS may hand the same port twice
+    o = Orthanc(http_port, dicom_port, "ORTHANC", "medgen", "test-only-password", "MEDGEN", work / "orthanc.log")
     config = {
         "Name": "medgen-test",
         "StorageDirectory": str(work / "db"),
@@ -153,3 +156,38 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+BLOOD_CELLS = Path(os.environ.get("MEDGEN_TEST_DATA", "/work/shared/data")) / "blood_cells_pbc"
+
+
+def make_colour_samples_dir(root: Path, per_class: int = 2, size: int = 64, with_npy: bool = True, **fields) -> Path:
+    """A folder as the sampler writes it for a 3-channel bundle: samples.jsonl + 8-bit RGB PNGs (real blood-cell
+    images resized, or a smooth colour picture when the data set is absent) + (3, H, W) float copies for class 0."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for label, cls in enumerate(["basophil", "eosinophil"]):
+        sources = sorted((BLOOD_CELLS / cls).glob("*.jpg"))[:per_class] if (BLOOD_CELLS / cls).is_dir() else []
+        for i in range(per_class):
+            if i < len(sources):
+                rgb = np.asarray(Image.open(sources[i]).convert("RGB").resize((size, size)))
+            else:
+                yy, xx = np.mgrid[:size, :size]
+                rgb = np.stack([(np.sin(xx / (4 + i)) + 1) * 127, (np.cos(yy / 6) + 1) * 127,
+                                (xx + yy) * 255 / (2 * size)], -1).astype(np.uint8)
+            rel = f"{cls}/{len(lines):06d}.png"
+            (root / cls).mkdir(exist_ok=True)
+            Image.fromarray(rgb).save(root / rel)
+            if with_npy and label == 0:
+                np.save((root / rel).with_suffix(".npy"), np.moveaxis(rgb.astype(np.float32) / 255.0, -1, 0))
+            lines.append({"file": rel, "class": cls, "label": label, "seed": len(lines), "sampler": "ddim",
+                          "steps": 50, "guidance_scale": 1.0, "checkpoint_sha256": "c0" * 32,
+                          "timestamp": "2026-11-26T00:00:00Z", **fields})  # fmt: skip
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
+@pytest.fixture
+def colour_samples_dir(tmp_path: Path) -> Path:
+    """Colour samples of weights of their own (a fresh checkpoint sha256)."""
+    return make_colour_samples_dir(tmp_path / "colour", checkpoint_sha256=secrets.token_hex(32))

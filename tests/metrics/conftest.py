@@ -76,3 +76,35 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
         monkeypatch.setenv("MEDGEN_FID_WEIGHTS", str(weights))
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def blood_cells_datalist_dict(root: Path, per_split: dict[str, int], seed: int = 0) -> dict:
+    """A datalist over the real colour PBC blood-cell images (paths into ``root``, nothing copied): for each class,
+    ``per_split[split]`` distinct images, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    data: dict = {"classes": classes, **{s: [] for s in per_split}}
+    for label, name in enumerate(classes):
+        files = sorted(str(p) for p in (root / name).glob("*.jpg"))
+        chosen = rng.choice(files, sum(per_split.values()), replace=False).tolist()
+        for split, n in per_split.items():
+            data[split] += [{"image": f, "label": label} for f in chosen[:n]]
+            chosen = chosen[n:]
+    return data
+
+
+@pytest.fixture(scope="session")
+def blood_cells_root() -> Path:
+    root = data_root() / "blood_cells_pbc"
+    if not root.is_dir():
+        pytest.skip(f"real colour test data not found at {root} (set MEDGEN_TEST_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def blood_cells_datalist(blood_cells_root, tmp_path_factory) -> Path:
+    """Real colour blood cells: 6 training, 3 test and 1 spare image per class (8 classes)."""
+    data = blood_cells_datalist_dict(blood_cells_root, {"training": 6, "test": 3, "spare": 1}, seed=3)
+    path = tmp_path_factory.mktemp("colour") / "blood_cells_small.json"
+    path.write_text(json.dumps(data))
+    return path

@@ -15,12 +15,21 @@ from medgen.metrics.image_sets import (
 )
 
 
-def test_rgb_uint8_is_brought_to_grey_float():
+def test_rgb_uint8_is_brought_to_grey_float_when_asked():
     x = np.zeros((2, 3, 8, 8), np.uint8)
     x[:, 0] = 255  # pure red -> grey 1/3
-    out = to_common_form(x)
+    out = to_common_form(x, channels=1)
     assert out.shape == (2, 1, 8, 8) and out.dtype == np.float32
     assert out.max() == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_rgb_stays_rgb_and_grey_stays_grey_by_default():
+    x = np.zeros((2, 3, 8, 8), np.uint8)
+    x[:, 0] = 255
+    out = to_common_form(x)
+    assert out.shape == (2, 3, 8, 8) and out[:, 0].min() == 1.0 and out[:, 1:].max() == 0.0
+    assert to_common_form(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 1, 8, 8)
+    assert to_common_form(np.zeros((2, 1, 8, 8), np.float32), channels=3).shape == (2, 3, 8, 8)
 
 
 def test_minus_one_to_one_is_rescaled_and_resized():

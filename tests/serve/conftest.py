@@ -93,3 +93,20 @@ def browser(tmp_path: Path) -> Iterator[tuple[Page, Path]]:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def colour_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained weights of cxr_ddpm's ``network_def`` under the MICRO overrides with 3 image channels (RGB): the
+    colour model the service tests serve with ``--override NAME:channels=3`` (see ``COLOUR``)."""
+    import torch
+    import yaml
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(BUNDLE), **{k: yaml.safe_load(v) for k, v in MICRO.items()}, "channels": 3})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("micro_rgb") / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path

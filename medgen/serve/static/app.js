@@ -54,6 +54,11 @@ function showClasses() {
   const model = models.find((m) => m.name === $("bundle").value);
   if (!model) return;
   fillSelect($("class_label"), model.classes);
+  const colour = model.channels === 3;
+  $("model-kind").textContent = (colour ? "RGB colour" : "grey") + " images, "
+    + model.image_size.join("×") + " px" + (model.dicom_iods && model.dicom_iods.length
+      ? "; DICOM as " + model.dicom_iods.join(", ") : "");
+  document.body.dataset.channels = String(model.channels || 1);
   fillSelect($("sampler"), model.samplers);
   const names = {png: "PNG (zip)", dicom: "DICOM (zip)", nifti: "NIfTI (zip)"};
   fillSelect($("output_format"), model.output_formats, model.output_formats.map((f) => names[f] || f));
@@ -66,7 +71,8 @@ async function loadModels() {
     models = data.models.filter((m) => m.available !== false);
     const down = data.models.filter((m) => m.available === false).map((m) => m.name);
     fillSelect($("bundle"), models.map((m) => m.name),
-               models.map((m) => m.name + (m.description ? " — " + m.description : "")));
+               models.map((m) => m.name + (m.channels === 3 ? " (colour)" : "")
+                                 + (m.description ? " — " + m.description : "")));
     $("num_images").max = Math.min(data.limits.max_images, 64);
     $("steps").max = data.limits.max_steps;
     showClasses();
