@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -396,6 +397,9 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         raise ZooExportError(f"{target} exists; pass --force to replace it")
     Path(out).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes it private; the bundle gets a folder's usual permissions
     try:
         for folder in ("configs", "models", "scripts", "docs"):
             (work / folder).mkdir()

@@ -200,3 +200,11 @@ def test_zoo_export_refuses_to_overwrite_and_to_export_without_weights(tmp_path:
                cwd=REPO)
     assert done.returncode == 2 and "no weights to export; train the bundle first" in done.stdout
     assert not (tmp_path / "out" / "bare").exists()
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_exported_folder_has_a_folder_s_usual_permissions(models: Path, name: str, tmp_path: Path) -> None:
+    """Others who may read the export folder (a shared model store, the zoo's CI user) can read the bundle."""
+    usual = tmp_path / "usual"
+    usual.mkdir()
+    assert (models / name).stat().st_mode & 0o777 == usual.stat().st_mode & 0o777
