@@ -216,3 +216,25 @@ def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_pat
     spectrum = json.loads((evaluation / "spectrum.json").read_text())
     assert spectrum["num_samples"] == 2 and len(spectrum["real"]) == 17
     assert (evaluation / "spectrum.png").is_file() and (evaluation / "dsm_loss_per_sigma.png").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_the_shipped_weights_from_another_folder(brain_mri, tmp_path):
+    """The model card's evaluate command as a user runs it: the shipped weights (no --ckpt_path), any folder."""
+    small = tmp_path / "brain_small"  # 2 real slices per folder, linked: indexing the whole set is not the point
+    for split in ("Training", "Testing"):
+        for folder in sorted((brain_mri / split).iterdir()):
+            (small / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:2]:
+                (small / split / folder.name / image.name).symlink_to(image)
+    evaluation = tmp_path / "evaluate"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
+           f"['{REPO / INFER}','{REPO / EVAL}']", "--dataset_dir", str(small), "--eval_dir", str(evaluation),
+           "--max_items_per_class", "2", "--num_eval_levels", "3", "--per_class", "1", "--num_inference_steps", "2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    loss = json.loads((evaluation / "dsm_loss_per_sigma.json").read_text())
+    shipped = json.loads((CONFIGS.parent / "models" / "model.json").read_text())
+    assert loss["num_images"] == 4 and len(loss["rows"]) == 3
+    assert loss["rows"][0]["sigma"] == pytest.approx(shipped["sigmas"]["sigma_max"])
