@@ -16,7 +16,6 @@ class name, the stratified sum, the histogram KL and the reliability bins, which
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,6 +30,7 @@ from medgen.metrics.classifier import load_classifier, predict_proba, save_class
 from medgen.metrics.errors import ImageSetError, require
 from medgen.metrics.image_sets import ImageSet, load_datalist_split, load_image, preparation_of, read_datalist
 from medgen.metrics.utility import confusion_matrix
+from medgen.networks.weights_meta import sha256_of
 
 #: file names inside the judge's output folder
 JUDGE_JSON, CLASSIFIER_FILE = "judge.json", "judge_classifier.pt"
@@ -38,14 +38,6 @@ CONFUSION_REAL, CONFUSION_SYNTHETIC, CALIBRATION_PNG, CONFIDENCE_PNG = (
     "confusion_real.png", "confusion_synthetic.png", "calibration.png", "confidence.png")
 #: bins of the confidence histograms (KL) and of the reliability diagram
 BINS = 10
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------- the image sets
