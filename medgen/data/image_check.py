@@ -6,6 +6,7 @@ too small, NaN/Inf and constant images with an :class:`ImageLoadError` that name
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,12 @@ MAX_IMAGE_PIXELS = 89_478_485
 #: Smallest side, in pixels, of an image worth training on.
 MIN_IMAGE_SIDE = 4
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+#: numpy parses a .npy header with ``ast.literal_eval``. CPython 3.11 up to 3.11.7 keeps the AST builder's recursion
+#: counter per interpreter, not per call, so when the GIL changes hands during a parse (a garbage collection running
+#: finalizers) two threads parsing at once fail with "SystemError: AST constructor recursion depth mismatch"
+#: (python/cpython#106905). Files are checked and loaded in threads, so headers are parsed one at a time under this
+#: lock (the pixel data is still read in parallel).
+NPY_HEADER_LOCK = threading.Lock()
 
 # PIL modes read as they are (grey, RGB, 16/32-bit integer, float); the rest are converted by ``_pil_mode``.
 _KEEP_MODES = {"L", "RGB", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -174,7 +181,8 @@ def _dicom_error(err: Exception) -> ImageLoadError:
 
 def npy_array(path: str, max_pixels: int) -> np.ndarray:
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with NPY_HEADER_LOCK:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:  # numpy raises ValueError/OSError/EOFError... for a broken file
         raise ImageLoadError(f"{path}: cannot read .npy ({type(err).__name__}: {err})") from err
     shape = tuple(array.shape)

@@ -27,6 +27,7 @@ from PIL import Image
 from medgen.data.datalist import suffix_of
 from medgen.data.image_check import (  # noqa: F401  (check_image_file, RASTER_SUFFIXES: re-exported)
     MAX_IMAGE_PIXELS,
+    NPY_HEADER_LOCK,
     RASTER_SUFFIXES,
     ImageLoadError,
     check_image_file,
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 @lru_cache(maxsize=8)
 def _npz_array(path: str, key: str) -> np.ndarray:
-    with np.load(path) as data:
+    with NPY_HEADER_LOCK, np.load(path) as data:  # each array in an npz has a .npy header
         if key not in data.files:
             raise ImageLoadError(f"{path}: no array {key!r} (arrays: {data.files})")
         return np.asarray(data[key])

@@ -10,8 +10,10 @@ last level's noise. Classifier-free guidance mixes the scores: s = s_∅ + w (s_
 
 :class:`LangevinPipeline` is a :class:`~medgen.diffusion.pipeline.DiffusionPipeline`: batching, class lookup,
 guidance, autocast, ``iter_generate`` / ``generate`` (and so ``SampleRunner`` and ``SampleGridHandler``) are the
-parent's; only the sampling loop is new. Every image draws its start and its Langevin noise from its own
-``torch.Generator(seed)``, so an image depends on its (class, seed, settings) and not on the batch it was made in.
+parent's; only the sampling loop is new, and it uses the parent's hooks (``make_scheduler``, ``noise_shape``,
+``finish``), so a pipeline over latents changes the space without repeating the loop. Every image draws its start
+and its Langevin noise from its own ``torch.Generator(seed)``, so an image depends on its (class, seed, settings) and
+not on the batch it was made in.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class LangevinPipeline(DiffusionPipeline):
         in_channels: int = 1,
         device: str | torch.device = "cpu",
         precision: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | str | None = 16,
         null_class: int | None = None,
         channels_last: bool | None = None,
         sampler: str = "pc",
@@ -98,16 +100,18 @@ class LangevinPipeline(DiffusionPipeline):
             raise ValueError(f"unknown Langevin sampler {name!r}; choose one of {list(SAMPLERS)}")
         return name
 
+    def make_scheduler(self, name: str) -> NCSNScheduler:
+        """A copy of the training scheduler (``set_timesteps`` must not touch it): every sampler walks its levels."""
+        return copy.copy(self.train_scheduler)
+
     def start(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
         """x ~ N(0, σ_max² I) and the per-image generators that go on to draw its Langevin noise."""
-        shape = (self.in_channels, *self.image_size)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
-        return x * self.train_scheduler.sigma_max, generators
+        return self.draw_noise(generators) * self.train_scheduler.sigma_max, generators
 
     def draw_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        shape = (self.in_channels, *self.image_size)
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        """One :attr:`noise_shape` draw from each image's generator."""
+        return torch.stack([torch.randn(self.noise_shape, generator=g) for g in generators]).to(self.device)
 
     def corrector(self, scheduler: NCSNScheduler, x: torch.Tensor, t: int, labels: torch.Tensor,
                   guidance_scale: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -123,7 +127,7 @@ class LangevinPipeline(DiffusionPipeline):
         return x
 
     @torch.inference_mode()
-    def generate_batch(
+    def run_sampler(
         self,
         labels: Sequence[int],
         seeds: Sequence[int],
@@ -133,12 +137,13 @@ class LangevinPipeline(DiffusionPipeline):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """One batch of images in [-1, 1], ``(N, C, H, W)``; ``num_inference_steps`` is the number of noise levels
-        visited (the network runs about ``levels x (K + 1)`` times)."""
+        """The state after the last level (and Tweedie's denoising), ``(N, *noise_shape)``, before :meth:`finish`;
+        ``num_inference_steps`` is the number of noise levels visited (the network runs about ``levels x (K + 1)``
+        times)."""
         if len(labels) != len(seeds):
             raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
         sampler = self.check_sampler(sampler or self.sampler)
-        scheduler = copy.copy(self.train_scheduler)  # set_timesteps must not touch the training scheduler
+        scheduler = self.make_scheduler(sampler)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         cls = torch.as_tensor([int(v) for v in labels], device=self.device, dtype=torch.long)
         x, generators = self.start(seeds)
@@ -153,7 +158,15 @@ class LangevinPipeline(DiffusionPipeline):
                 callback(i + 1, len(timesteps))
         if self.denoise:
             x = scheduler.denoise(self.predict(x, timesteps[-1], cls, guidance_scale), timesteps[-1], x)
-        return x.clamp(-1.0, 1.0)
+        return x
+
+    @torch.inference_mode()
+    def generate_batch(self, labels: Sequence[int], seeds: Sequence[int], num_inference_steps: int = 100,
+                       guidance_scale: float = 1.0, sampler: str | None = None, progress: bool = False,
+                       callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """As :meth:`DiffusionPipeline.generate_batch` (images in [-1, 1]), with this pipeline's default sampler."""
+        return self.finish(self.run_sampler(labels, seeds, num_inference_steps, guidance_scale, sampler, progress,
+                                            callback))
 
     def iter_generate(self, labels: Sequence[int], seeds: Sequence[int], num_inference_steps: int = 100,
                       guidance_scale: float = 1.0, sampler: str | None = None, progress: bool = True,

@@ -8,6 +8,11 @@ in.
 The compute path is chosen here: bf16 autocast with channels_last memory layout on CPUs with native bf16 (AVX-512
 BF16 / AMX), bf16 (or fp16) autocast on GPUs, fp32 otherwise; ``batch_size="auto"`` picks the largest batch that fits
 in a fraction of the free memory; sampling runs under ``torch.inference_mode``.
+
+A pipeline over another space (latents) overrides only what differs: :meth:`DiffusionPipeline.make_scheduler` (the
+sampling scheduler), :attr:`~DiffusionPipeline.noise_shape` (the sampler's state of one image),
+:meth:`~DiffusionPipeline.finish` (state after the last step -> images) and
+:meth:`~DiffusionPipeline.finish_bytes_per_image` (what ``finish`` needs in memory, for ``batch_size="auto"``).
 """
 
 from __future__ import annotations
@@ -104,12 +109,16 @@ def auto_batch_size(
     channels_last: bool = False,
     memory_fraction: float = 0.5,
     max_batch: int | None = None,
+    extra_bytes_per_image: int = 0,
 ) -> int:
     """The largest batch (guidance doubles it inside) whose activations fit in ``memory_fraction`` of the free
-    memory, capped at ``max_batch`` (default 32 on CPU, where bigger batches stop paying off, and 256 on GPU)."""
+    memory, capped at ``max_batch`` (default 32 on CPU, where bigger batches stop paying off, and 256 on GPU).
+    ``extra_bytes_per_image``: memory each image needs beside the network's, not doubled by guidance (a decoder run
+    after sampling)."""
     if max_batch is None:
         max_batch = 256 if device.type == "cuda" else 32
     per_image = 2 * activation_bytes_per_image(network, shape, device, dtype, channels_last)
+    per_image += int(extra_bytes_per_image)
     fits = int(memory_fraction * available_memory(device)) // per_image
     return int(max(1, min(max_batch, fits)))
 
@@ -175,7 +184,8 @@ class DiffusionPipeline:
         """Images per forward pass; with ``batch_size="auto"`` chosen (once) from the free memory."""
         if self._batch_size is None:
             self._batch_size = auto_batch_size(
-                self.network, (self.in_channels, *self.image_size), self.device, self.dtype, self.channels_last
+                self.network, self.noise_shape, self.device, self.dtype, self.channels_last,
+                extra_bytes_per_image=self.finish_bytes_per_image(),
             )
             logger.info("sampling batch size %d (fits the free memory on %s)", self._batch_size, self.device)
         return self._batch_size
@@ -200,10 +210,29 @@ class DiffusionPipeline:
             raise ValueError(f"unknown class {name_or_index!r}; classes are {self.classes}")
         return self.classes.index(name_or_index)
 
+    # ---- what a pipeline over another space (latents) overrides ------------------------------------------------
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """The sampler's state of one image (and its noise): ``(in_channels, *image_size)``."""
+        return (self.in_channels, *self.image_size)
+
+    def make_scheduler(self, name: str) -> Scheduler:
+        """The scheduler a sampling run steps: :func:`make_scheduler` over the training schedule (x0 clipped to
+        [-1, 1], the range of the images)."""
+        return make_scheduler(name, self.train_scheduler)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The images from the sampler's state after the last step: clamped to [-1, 1]."""
+        return x.clamp(-1.0, 1.0)
+
+    def finish_bytes_per_image(self) -> int:
+        """Memory per image that :meth:`finish` needs beside the network's activations (none for a clamp)."""
+        return 0
+
+    # ---- sampling -------------------------------------------------------------------------------------------------
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Starting noise, one generator per image so each image is reproducible from its seed alone."""
-        shape = (self.in_channels, *self.image_size)
-        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        noise = [torch.randn(self.noise_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -225,7 +254,7 @@ class DiffusionPipeline:
         return uncond + guidance_scale * (cond - uncond)
 
     @torch.inference_mode()
-    def generate_batch(
+    def run_sampler(
         self,
         labels: Sequence[int],
         seeds: Sequence[int],
@@ -235,10 +264,10 @@ class DiffusionPipeline:
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """One batch of images in [-1, 1], shape ``(N, C, H, W)``."""
+        """The sampler's state after the last step, ``(N, *noise_shape)``, before :meth:`finish`."""
         if len(labels) != len(seeds):
             raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
-        scheduler = make_scheduler(sampler, self.train_scheduler)
+        scheduler = self.make_scheduler(sampler)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         x = self.initial_noise(seeds)
         cls = torch.as_tensor([int(v) for v in labels], device=self.device, dtype=torch.long)
@@ -249,7 +278,15 @@ class DiffusionPipeline:
             x, _ = scheduler.step(model_output, int(t), x, generator=generator)
             if callback is not None:
                 callback(i + 1, len(timesteps))
-        return x.clamp(-1.0, 1.0)
+        return x
+
+    @torch.inference_mode()
+    def generate_batch(self, labels: Sequence[int], seeds: Sequence[int], num_inference_steps: int = 50,
+                       guidance_scale: float = 1.0, sampler: str = "ddim", progress: bool = False,
+                       callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """One batch of images in [-1, 1], shape ``(N, C, H, W)``: :meth:`run_sampler`, then :meth:`finish`."""
+        return self.finish(self.run_sampler(labels, seeds, num_inference_steps, guidance_scale, sampler, progress,
+                                            callback))
 
     def iter_generate(
         self,

@@ -167,7 +167,33 @@ class LossProgressBar:
         self.bar.attach(engine, output_transform=lambda out: {"loss": _loss_of(out)})
 
 
-class SampleGridHandler:
+class EpochGridHandler:
+    """Every ``interval`` epochs, and when training completes, write ``<out_dir>/grid_epoch_NNNN.png`` (a subclass's
+    ``__call__``); temporary files a kill left in ``out_dir`` are removed when a run starts."""
+
+    def __init__(self, out_dir: str | Path, interval: int = 5) -> None:
+        self.out_dir = Path(out_dir)
+        self.interval = max(1, int(interval))
+        self.last_path: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: remove_temp_files(self.out_dir))  # left by a kill
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _final(self, engine: Engine) -> None:
+        # also when the run that reached this epoch was stopped before its grid was written
+        if engine.state.epoch % self.interval or not self._path(engine).is_file():
+            self(engine)
+
+    def _path(self, engine: Engine) -> Path:
+        return self.out_dir / f"grid_epoch_{engine.state.epoch:04d}.png"
+
+    def __call__(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class SampleGridHandler(EpochGridHandler):
     """Every ``interval`` epochs, sample ``per_class`` images per class and save a labelled grid PNG (RGB when the
     model makes 3 channels, grey for 1: :func:`medgen.data.image_io.save_class_grid`).
 
@@ -191,28 +217,13 @@ class SampleGridHandler:
         seed: int = 0,
         guidance_scale: float = 1.0,
     ) -> None:
+        super().__init__(out_dir, interval)
         self.pipeline_fn = pipeline_fn
         self.classes = list(classes)
-        self.out_dir = Path(out_dir)
-        self.interval = max(1, int(interval))
         self.per_class = per_class
         self.steps = num_inference_steps
         self.seed = seed
         self.guidance_scale = guidance_scale
-        self.last_path: Path | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: remove_temp_files(self.out_dir))  # left by a kill
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self._final)
-
-    def _final(self, engine: Engine) -> None:
-        # also when the run that reached this epoch was stopped before its grid was written
-        if engine.state.epoch % self.interval or not self._path(engine).is_file():
-            self(engine)
-
-    def _path(self, engine: Engine) -> Path:
-        return self.out_dir / f"grid_epoch_{engine.state.epoch:04d}.png"
 
     def __call__(self, engine: Engine) -> None:
         pipeline = self.pipeline_fn()

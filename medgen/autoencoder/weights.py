@@ -1,0 +1,132 @@
+"""Self-describing autoencoder weights: the metadata a run records with them, and the loader later stages call.
+
+The exported ``model.pt`` is a plain fp16 state dict of MONAI's ``AutoencoderKL``; its sidecar ``model.json``
+(:mod:`medgen.networks.weights_meta`) records the classes, image size, channels, the constructor arguments, the latent
+channels and size, the downsampling factor, how images were prepared and the training data's fingerprint, so the
+latent diffusion stage rebuilds the network from the file alone and checks it against its own config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import AutoencoderKL
+
+from medgen.autoencoder.networks import AUTOENCODER_TARGET, autoencoder_from_args, downsampling_factor, latent_size
+from medgen.networks.weights_meta import (
+    WeightsFileError,
+    WeightsMeta,
+    differences,
+    meta_value,
+    plain,
+    read_meta,
+    sha256_of,
+    sidecar_path,
+)
+
+KIND = "autoencoder"
+#: the range of the images the autoencoder takes and returns (training's ``diffusion_transforms``)
+INTENSITY_RANGE = [-1.0, 1.0]
+_SIZE_KEYS = ("image_size", "latent_size")
+
+
+class AutoencoderWeightsMeta(WeightsMeta):
+    """The metadata of an autoencoder training run (:class:`~medgen.networks.weights_meta.WeightsMeta`, no noise
+    scheduler), a component a bundle config builds once: every checkpoint carries it (``medgen_meta``) and the
+    exported weights' sidecar records it. Resume compares its fingerprint (training data, classes, image size,
+    channels, network arguments, preprocessing) as in the pixel bundles.
+
+    ``network`` must come from :func:`~medgen.autoencoder.networks.build_autoencoder` (it records its arguments).
+    ``config`` holds the bundle keys later stages take from the weights (``resize_mode``, ``window``, ...).
+    """
+
+    def __init__(self, classes: Sequence[str], image_size: int | Sequence[int], channels: int,
+                 network: torch.nn.Module, datalist: Mapping[str, Any] | None = None,
+                 config: Mapping[str, Any] | None = None, bundle: str | None = None) -> None:
+        args = getattr(getattr(network, "module", network), "init_args", None)
+        if args is None or not isinstance(getattr(network, "module", network), AutoencoderKL):
+            raise ValueError("AutoencoderWeightsMeta needs the AutoencoderKL built by "
+                             "medgen.autoencoder.build_autoencoder (it records the constructor arguments)")
+        if int(args["in_channels"]) != int(channels):
+            raise ValueError(f"channels {channels} differs from the autoencoder's in_channels {args['in_channels']}")
+        factor = downsampling_factor(args["channels"])
+        super().__init__(classes, image_size, channels, network, None, datalist,
+                         {**dict(config or {}), "intensity_range": INTENSITY_RANGE}, bundle)
+        self.meta.update(kind=KIND, scheduler=None, prediction_type=None,
+                         latent_channels=int(args["latent_channels"]), downsampling_factor=factor,
+                         latent_size=latent_size(image_size, args["channels"]))
+
+
+def _same_size(found: Any, wanted: Any) -> bool:
+    """An int side equals ``[side, side]``."""
+    def sides(v: Any) -> Any:
+        return [int(v)] * 2 if isinstance(v, (int, float)) and not isinstance(v, bool) else plain(v)
+    return sides(found) == sides(wanted)
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The weights' metadata, or :class:`WeightsFileError` saying why there is none that fits."""
+    side = sidecar_path(path)
+    fix = f"give the model.pt that autoencoder training wrote, with its {side.name} beside it"
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise WeightsFileError(path, "truncated or damaged", f"its metadata {side} cannot be read: "
+                                   f"{str(err).splitlines()[0][:120]}", fix) from err
+        if not isinstance(meta, dict):
+            raise WeightsFileError(path, "truncated or damaged", f"its metadata {side} is not a JSON object", fix)
+        if meta.get("weights_sha256") not in (None, sha256_of(path)):
+            raise WeightsFileError(path, "weights of another network",
+                                   f"its metadata {side} describes other weights (sha256 differs)", fix)
+    else:
+        meta = read_meta(path, warn=False)  # a training checkpoint carries it inside
+        if meta is None:
+            raise WeightsFileError(path, "weights of another network", f"no metadata ({side.name} missing), so "
+                                   "the autoencoder's arguments are unknown", fix)
+    network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+    if meta.get("kind") != KIND or network.get("_target_") != AUTOENCODER_TARGET:
+        raise WeightsFileError(path, "weights of another network", f"its metadata describes a "
+                               f"{network.get('_target_', 'network')} ({meta.get('kind') or 'not an autoencoder'})",
+                               "give autoencoder weights")
+    return meta
+
+
+def check_expected(meta: Mapping[str, Any], expect: Mapping[str, Any], path: str | Path) -> None:
+    """:class:`WeightsFileError` naming the file and every key of ``expect`` whose recorded value differs (keys
+    are looked up in the metadata's ``config`` section, then at its top level, as bundle keys)."""
+    diffs = []
+    for key, wanted in expect.items():
+        found = meta_value(meta, key)
+        if not (key in _SIZE_KEYS and _same_size(found, wanted)):
+            diffs += differences({key: found}, {key: wanted}, keys=[key], labels=("weights", "expected"))
+    if diffs:
+        raise WeightsFileError(path, "weights of another network", "; ".join(diffs),
+                               "give autoencoder weights trained with these settings, or make the config match them")
+
+
+def load_autoencoder(path: str | Path, expect: dict | None = None) -> tuple[AutoencoderKL, dict]:
+    """The ``AutoencoderKL`` in ``path`` (in eval mode, fp32, on the CPU) and its metadata.
+
+    The network is rebuilt from the constructor arguments its sidecar records and loaded strictly. A missing,
+    truncated or foreign file, unreadable or missing metadata, or ``expect`` (bundle keys such as ``channels``,
+    ``latent_channels``, ``image_size``, ``downsampling_factor``, ``classes``) disagreeing with the metadata raise
+    :class:`~medgen.networks.weights_meta.WeightsFileError`: one line naming the file and the keys.
+    """
+    from medgen.diffusion.sample_run import check_weights_file, load_weights
+
+    path = check_weights_file(path)
+    meta = _read_sidecar(path)
+    if expect:
+        check_expected(meta, expect, path)
+    try:
+        network = autoencoder_from_args(meta["network"])
+    except (TypeError, ValueError) as err:
+        raise WeightsFileError(path, "weights of another network", f"its recorded AutoencoderKL arguments do not "
+                               f"build: {str(err).splitlines()[0][:160]}", "give autoencoder weights") from err
+    load_weights(network, path)
+    return network.float().eval(), meta
