@@ -22,7 +22,7 @@ def errors(findings: list[Finding]) -> list[str]:
     return [str(f) for f in findings if f.level == "error"]
 
 
-SHIPS_WEIGHTS = {"cxr_ddpm", "brain_mri_score"}  # blood_cells_ddpm has no trained weights yet (its model card)
+SHIPS_WEIGHTS = {"cxr_ddpm", "brain_mri_score", "blood_cells_ddpm"}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[p.name for p in BUNDLES])
