@@ -41,7 +41,9 @@ def bundle_datalist(bundle: Path, dataset_dir: str | None) -> dict:
 
     os.environ.setdefault("MEDGEN_DATA_DIR", data_root())
     parser = ConfigParser()
-    parser.read_config(str(config_file(bundle, "train")))
+    # a latent bundle's two stages build the same datalist; the autoencoder stage needs no weights to do it
+    stage = "train_autoencoder" if (bundle / "configs" / "train_autoencoder.yaml").is_file() else "train"
+    parser.read_config(str(config_file(bundle, stage)))
     scratch = tempfile.mkdtemp(prefix="medgen-quality-")
     overrides: dict[str, Any] = {"output_dir": scratch, "resume": False, "bundle_root": str(bundle)}
     if dataset_dir:

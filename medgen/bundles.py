@@ -66,7 +66,10 @@ def config_file(bundle: Path, name: str) -> Path:
         path = bundle / "configs" / f"{name}{suffix}"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"bundle {bundle} has no configs/{name}.yaml")
+    others = sorted(p.stem for p in (bundle / "configs").glob("*.y*ml"))
+    raise FileNotFoundError(f"bundle {bundle} has no configs/{name}.yaml; its configs: {', '.join(others)}"
+                            + (" (a latent bundle trains in two stages: --config train_autoencoder, then "
+                               "--config train_diffusion)" if "train_autoencoder" in others else ""))
 
 
 def read_config(bundle: Path, name: str) -> dict[str, Any]:

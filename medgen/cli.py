@@ -533,6 +533,8 @@ def add_bundle_keys_help(parser: argparse.ArgumentParser, argv: list[str]) -> No
         bundles = [find_bundle(named)] if named else list_bundles()
         parts = [sub.epilog or ""]
         for bundle in bundles:
+            if not named and not any((bundle / "configs" / f"{config}{ext}").is_file() for ext in (".yaml", ".json")):
+                continue  # e.g. a latent bundle has train_autoencoder / train_diffusion, no train
             path = config_file(bundle, config)
             parts.append(f"keys of {bundle.name} ({path.parent.name}/{path.name}), with their defaults:\n"
                          + config_keys_help(path))

@@ -263,7 +263,8 @@ SPEC: dict[str, Rule] = {
     "autoencoder_path": optional(path), "latent_channels": integer(1), "latent_size": optional(integer(1)),
     "scale_factor": optional(number(gt=0)), "autoencoder_channels": int_list, "kl_weight": number(ge=0),
     "perceptual_weight": number(ge=0), "adv_weight": number(ge=0), "adv_warmup_iters": integer(0),
-    "grid_interval": integer(0),
+    "grid_interval": integer(0), "discriminator_channels": integer(1), "discriminator_layers": integer(1),
+    "crop_size": optional(integer(1)),
     # optimisation
     "batch_size": either(integer(1), "auto"), "learning_rate": number(gt=0), "max_epochs": integer(1),
     "gradient_accumulation": integer(1), "fused_optimizer": boolean,

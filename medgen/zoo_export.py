@@ -390,6 +390,10 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
     meta = read_meta(weights)
     if not meta:
         raise ZooExportError(f"{weights}: no model.json beside it; the export needs the weights' metadata")
+    if meta.get("config", {}).get("route") == "latent":
+        raise ZooExportError(f"{weights}: latent diffusion weights (with {meta['config'].get('autoencoder_file')}); "
+                             "the zoo form of a latent bundle is not written yet: use the bundle folder itself "
+                             "(python -m monai.bundle run inference --config_file <bundle>/configs/inference.yaml)")
     kind = kind_of(meta)
     source_meta = json.loads((src / "configs" / "metadata.json").read_text())
     target = Path(out) / name

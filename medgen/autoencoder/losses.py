@@ -99,7 +99,8 @@ class DomainPerceptualLoss(torch.nn.Module):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
         both = self.features(torch.cat([input, target]).float())
         n = input.shape[0]
-        per_layer = [((_unit(f[:n]) - _unit(f[n:])) ** 2).sum(dim=1).mean() for f in both]
+        # compared in fp32 (the features may be bf16 under autocast)
+        per_layer = [((_unit(f[:n].float()) - _unit(f[n:].float())) ** 2).sum(dim=1).mean() for f in both]
         return torch.stack(per_layer).mean()
 
 

@@ -20,6 +20,8 @@ from monai.engines.utils import default_prepare_batch
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
+from medgen.diffusion.precision import autocast, resolve_dtype
+
 
 class VaeGanTrainer(Trainer):
     """Train an ``AutoencoderKL`` (generator) against a ``PatchDiscriminator``, one batch per iteration:
@@ -44,6 +46,9 @@ class VaeGanTrainer(Trainer):
         prepare_batch: batch -> (images, labels); MONAI's default reads ``image`` and ``label``.
         train_handlers: ignite/MONAI handlers (checkpoints, resume, EMA, time limit, loss history, grids ...).
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
+        precision: ``auto`` (bf16 autocast where the CPU/GPU runs it fast, as the diffusion trainers), ``bf16``,
+            ``fp16`` or ``fp32``. The networks' forward passes and the perceptual / adversarial terms run under
+            autocast; the reconstruction and posterior are cast back to fp32 before the L1 and KL terms.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class VaeGanTrainer(Trainer):
         train_handlers: Sequence | None = None,
         optim_set_to_none: bool = True,
         to_kwargs: dict | None = None,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(train_data_loader, DataLoader):
             raise ValueError("train_data_loader must be a PyTorch DataLoader")
@@ -89,6 +95,8 @@ class VaeGanTrainer(Trainer):
         self.adv_warmup_iters = int(adv_warmup_iters)
         self.d_train_steps = int(d_train_steps)
         self.optim_set_to_none = optim_set_to_none
+        self.precision = precision
+        self.compute_dtype = resolve_dtype(device, precision)
 
     def adversarial_at(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (1-based, over the whole run) trains with the adversarial terms."""
@@ -104,12 +112,13 @@ class VaeGanTrainer(Trainer):
         # generator (autoencoder) step
         engine.g_network.train()
         engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        reconstruction, z_mu, z_sigma = engine.g_network(images)
-        logits_fake = None
-        if adversarial:
-            engine.d_network.train()
-            logits_fake = engine.d_network(reconstruction.contiguous().float())[-1]
-        terms = engine.g_loss_function(reconstruction, images, z_mu, z_sigma, logits_fake)
+        with autocast(engine.state.device, engine.compute_dtype):
+            reconstruction, z_mu, z_sigma = (t.float() for t in engine.g_network(images))
+            logits_fake = None
+            if adversarial:
+                engine.d_network.train()
+                logits_fake = engine.d_network(reconstruction.contiguous())[-1].float()
+            terms = engine.g_loss_function(reconstruction, images, z_mu, z_sigma, logits_fake)
         terms["loss"].backward()
         engine.g_optimizer.step()
 
@@ -119,7 +128,9 @@ class VaeGanTrainer(Trainer):
             fake, real = reconstruction.detach().contiguous().float(), images.contiguous().float()
             for _ in range(engine.d_train_steps):
                 engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-                loss_d = engine.d_loss_function(engine.d_network(fake)[-1], engine.d_network(real)[-1])
+                with autocast(engine.state.device, engine.compute_dtype):
+                    logits = engine.d_network(fake)[-1].float(), engine.d_network(real)[-1].float()
+                    loss_d = engine.d_loss_function(*logits)
                 loss_d.backward()
                 engine.d_optimizer.step()
                 d_loss += float(loss_d.detach()) / engine.d_train_steps

@@ -13,6 +13,7 @@ from monai.transforms import (
     MapTransform,
     RandFlipd,
     RandRotate90d,
+    RandSpatialCropd,
     Resized,
     ScaleIntensityRanged,
     SpatialPadd,
@@ -61,6 +62,7 @@ def diffusion_transforms(
     keys: str = "image",
     resize_mode: str = "crop",
     max_pixels: int = MAX_IMAGE_PIXELS,
+    random_crop: int | None = None,
 ) -> Compose:
     """Training/validation pipeline: ``{"image": path, "label": int}`` to a ``(C, H, W)`` tensor in [-1, 1].
 
@@ -74,6 +76,8 @@ def diffusion_transforms(
     probability 0.5 (MONAI ``RandFlipd``); ``random_rotate90`` turns by 0, 90, 180 or 270 degrees, each with
     probability 1/4 (MONAI ``RandRotate90d``). Both together draw uniformly from the 8 symmetries of the square,
     valid for images without an orientation (isolated cells in microscopy). Images must be square to rotate.
+    ``random_crop``: end with a random ``random_crop`` x ``random_crop`` window (MONAI ``RandSpatialCropd``), for
+    fully convolutional networks (the autoencoder stage) that train on patches and run on whole images.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     steps = [
@@ -89,5 +93,9 @@ def diffusion_transforms(
     if random_rotate90:
         # prob 3/4 of a turn of k = 1, 2 or 3 quarter turns (uniform): each of the 4 angles with probability 1/4
         steps.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(0, 1)))
+    if random_crop:
+        if any(random_crop > side for side in size):
+            raise ValueError(f"random_crop {random_crop} is larger than the image size {list(size)}")
+        steps.append(RandSpatialCropd(keys, roi_size=(random_crop, random_crop), random_size=False))
     return Compose(steps)
 

@@ -73,7 +73,9 @@ def loss_and_lr(optimizer: torch.optim.Optimizer) -> Callable[[object], dict[str
     loss = from_engine(["loss"], first=True)
 
     def transform(output) -> dict[str, float]:
-        return {"train_loss": float(loss(output)), "lr": float(optimizer.param_groups[0]["lr"])}
+        value = loss(output)  # a dict output (the autoencoder's trainer) gives a 1-tuple
+        value = value[0] if isinstance(value, (tuple, list)) else value
+        return {"train_loss": float(value), "lr": float(optimizer.param_groups[0]["lr"])}
 
     return transform
 

@@ -6,7 +6,7 @@
 - :mod:`medgen.latent.meta`: what latent diffusion weights record so sampling needs no overrides.
 """
 
-from medgen.latent.cache import LatentCache, ScaledLatentd
+from medgen.latent.cache import LatentCache, ScaledLatentd, encode_on_rank_zero
 from medgen.latent.checks import (
     AutoencoderFacts,
     LatentConfigError,
@@ -34,6 +34,7 @@ __all__ = [
     "LatentWeightsMeta",
     "ScaledLatentd",
     "check_autoencoder_file",
+    "encode_on_rank_zero",
     "check_autoencoder_or_exit",
     "check_image_size",
     "check_latent_config",

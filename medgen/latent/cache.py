@@ -280,3 +280,17 @@ class LatentCache:
             raise LatentConfigError(f"the autoencoder {self.facts.path or ''} gives constant latents on the "
                                     f"{self.split} split (std {std}): it cannot be used for latent diffusion")
         return 1.0 / std, n
+
+
+def encode_on_rank_zero(cache: LatentCache) -> LatentCache:
+    """Load (encoding if needed) ``cache`` on rank 0 first, then on the other ranks of a ``torch.distributed`` run,
+    so one process encodes and the others read its file; without a process group, just load."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and dist.get_rank() == 0:
+        cache.load()
+    if distributed:
+        dist.barrier()
+    cache.load()
+    return cache

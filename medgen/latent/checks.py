@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
-#: where the fix for a missing autoencoder is, for the error message
-TRAIN_AUTOENCODER_HINT = ("train the autoencoder first: python -m monai.bundle run training --config_file "
-                          "bundles/<bundle>/configs/train_autoencoder.yaml (or set autoencoder_path to its "
-                          "model_autoencoder.pt)")
+
+def train_autoencoder_hint(path: str | Path | None) -> str:
+    """Where the fix for a missing autoencoder is, for the error message: the bundle's own
+    ``train_autoencoder.yaml`` when ``path`` lies in a bundle's ``models/`` folder."""
+    config = Path("bundles/<bundle>/configs/train_autoencoder.yaml")
+    if path:
+        candidate = Path(path).parent.parent / "configs" / "train_autoencoder.yaml"
+        if Path(path).parent.name == "models" and candidate.is_file():
+            config = candidate
+    return (f"train the autoencoder first: python -m monai.bundle run training --config_file {config} "
+            "(or set autoencoder_path to its model_autoencoder.pt)")
 
 
 class LatentConfigError(ValueError):
@@ -78,15 +85,17 @@ def _show(size: Sequence[int]) -> str:
     return str(size[0]) if len(set(size)) == 1 else "x".join(map(str, size))
 
 
-def require_autoencoder_weights(path: str | Path | None, key: str = "autoencoder_path") -> Path:
-    """``path`` if the autoencoder's weights exist there, else :class:`LatentConfigError` naming the path."""
+def require_autoencoder_weights(path: str | Path | None, key: str = "autoencoder_path",
+                                stage: str = "the latent diffusion stage") -> Path:
+    """``path`` if the autoencoder's weights exist there, else :class:`LatentConfigError` naming the path and
+    ``stage`` (what cannot start: training, sampling)."""
     if not path:
-        raise LatentConfigError(f"config key '{key}' is empty: the latent diffusion stage needs the trained "
-                                f"autoencoder; {TRAIN_AUTOENCODER_HINT}")
+        raise LatentConfigError(f"config key '{key}' is empty: {stage} needs the trained autoencoder; "
+                                f"{train_autoencoder_hint(path)}")
     path = Path(path)
     if not path.is_file():
-        raise LatentConfigError(f"no autoencoder weights at {path} (config key '{key}'): the latent diffusion "
-                                f"stage cannot start before the autoencoder is trained; {TRAIN_AUTOENCODER_HINT}")
+        raise LatentConfigError(f"no autoencoder weights at {path} (config key '{key}'): {stage} cannot start "
+                                f"before the autoencoder is trained; {train_autoencoder_hint(path)}")
     return path
 
 

@@ -78,7 +78,7 @@ def check_autoencoder_file(autoencoder_path: str | Path | None, meta: Mapping[st
     """The autoencoder weights at ``autoencoder_path``, if they are those the diffusion weights (metadata ``meta``)
     were trained with; :class:`~medgen.latent.LatentConfigError` (one line, both files named) if they are not or
     there are none. Weights without a recorded autoencoder accept any."""
-    path = require_autoencoder_weights(autoencoder_path, key)
+    path = require_autoencoder_weights(autoencoder_path, key, stage="sampling")
     recorded = meta_value(meta, "autoencoder_sha256")
     if not recorded:
         return path

@@ -232,6 +232,8 @@ def export_bundle(
     parser.read_config(str(cfg_path))
     parser.read_meta(str(meta_path))
     parser["bundle_root"] = str(bundle_dir)
+    if "ckpt_path" in parser:  # the weights' metadata (and a latent bundle's autoencoder) are read beside them
+        parser["ckpt_path"] = str(ckpt)
     network = load_weights(parser.get_parsed_content("network_def"), ckpt).float().eval()
     data_format = parser["_meta_"]["network_data_format"]
     image = data_format["inputs"]["image"]
@@ -255,4 +257,11 @@ def export_bundle(
         onnx_path = export_onnx(network, out / "model.onnx", inputs, opset_version, metadata, list(named))
         result["model.onnx"] = str(onnx_path)
         result["model.onnx max_abs_diff"] = max_abs_diff_onnx(onnx_path, network, check)
+    weights_meta = parser.get_parsed_content("weights_meta", default=None) if "weights_meta" in parser else None
+    if (weights_meta or {}).get("config", {}).get("route") == "latent":  # and the decoder, the second network
+        from medgen.latent.export import export_decoder
+
+        result.update(export_decoder(parser.get_parsed_content("autoencoder"), weights_meta["config"]["scale_factor"],
+                                     weights_meta["config"]["latent_shape"], out, formats, weights_meta,
+                                     opset_version))
     return result

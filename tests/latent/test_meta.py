@@ -16,6 +16,7 @@ from medgen.latent import (
     LatentWeightsMeta,
     check_autoencoder_file,
     check_autoencoder_or_exit,
+    require_autoencoder_weights,
 )
 from medgen.networks.weights_meta import (
     META_KEY,
@@ -63,8 +64,17 @@ def test_the_recorded_autoencoder_is_accepted_and_another_refused(cxr: dict, tmp
     assert "\n" not in text and str(other) in text and str(path) in text and "model_autoencoder.pt" in text
     with pytest.raises(SystemExit, match=r"^medgen: error: the autoencoder .* is not the one the diffusion weights"):
         check_autoencoder_or_exit(other, path)
-    with pytest.raises(SystemExit, match="no autoencoder weights at"):
+    with pytest.raises(SystemExit, match="no autoencoder weights at .*: sampling cannot start"):
         check_autoencoder_or_exit(tmp_path / "nothing.pt", path)
+
+
+def test_a_missing_autoencoder_in_a_bundle_names_that_bundles_training_config(tmp_path: Path) -> None:
+    bundle = tmp_path / "my_ldm"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train_autoencoder.yaml").write_text("{}\n")
+    with pytest.raises(LatentConfigError) as err:
+        require_autoencoder_weights(bundle / "models" / "model_autoencoder.pt")
+    assert f"--config_file {bundle / 'configs' / 'train_autoencoder.yaml'}" in str(err.value)
 
 
 def test_resume_refuses_a_checkpoint_of_other_latents(cxr: dict, tmp_path: Path) -> None:
