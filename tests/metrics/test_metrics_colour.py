@@ -133,7 +133,8 @@ def test_audit_flags_an_exact_colour_copy_not_a_colour_shifted_unrelated_image(t
     generated = np.stack([copy, shifted])
     result = memorisation_audit(generated, train.images, test.images)
     assert result.flagged.tolist() == [True, False]
-    assert result.nearest[0] == 5 and result.dist_pixel[0] == 0
+    # an exact copy is at distance 0 up to float32 rounding (matmul order varies with the thread count)
+    assert result.nearest[0] == 5 and result.dist_pixel[0] < 1e-6
     # the same colour shift of the copy itself is still found (stain/white balance shifts do not hide a copy)
     tinted = np.clip(copy + np.array([0.05, -0.04, 0.03], np.float32)[:, None, None], 0, 1)
     again = memorisation_audit(np.stack([tinted, shifted]), train.images, test.images)
