@@ -283,14 +283,10 @@ class LatentCache:
 
 
 def encode_on_rank_zero(cache: LatentCache) -> LatentCache:
-    """Load (encoding if needed) ``cache`` on rank 0 first, then on the other ranks of a ``torch.distributed`` run,
-    so one process encodes and the others read its file; without a process group, just load."""
-    import torch.distributed as dist
+    """Load (encoding if needed) ``cache`` on rank 0 first, then on the other ranks of a distributed run (ignite's
+    ``idist.one_rank_first``), so one process encodes and the others read its file; without a group, just load."""
+    import ignite.distributed as idist
 
-    distributed = dist.is_available() and dist.is_initialized()
-    if distributed and dist.get_rank() == 0:
+    with idist.one_rank_first(rank=0):
         cache.load()
-    if distributed:
-        dist.barrier()
-    cache.load()
     return cache
