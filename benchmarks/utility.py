@@ -36,6 +36,7 @@ from benchmarks.common import REPO, RESULTS, machine, weights_digest, write_json
 DATASETS = {
     "cxr_ddpm": ("chest_xray_kermany_224", "train", "test"),
     "brain_mri_score": ("brain_tumor_mri_224", "Training", "Testing"),
+    "brain_mri_ldm": ("brain_tumor_mri_224", "Training", "Testing"),
 }
 #: target of the experiment: AUC gain of the minority class at these real sizes per class
 TARGET_GAIN, TARGET_SIZES = 0.05, (25, 50)
@@ -212,7 +213,7 @@ def target_reached(ut: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True, help="cxr_ddpm or brain_mri_score (or a bundle folder)")
+    parser.add_argument("--bundle", required=True, help="cxr_ddpm, brain_mri_score, brain_mri_ldm or a bundle folder")
     parser.add_argument("--weights", help="weights trained elsewhere (default: the bundle's models/model.pt)")
     parser.add_argument("--synthetic-dir", help="samples folder to make or reuse (default runs/utility/<bundle>)")
     parser.add_argument("--synthetic-per-class", type=int, default=100, help="synthetic images per class")

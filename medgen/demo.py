@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     init = None if args.from_scratch or not shipped.is_file() else shipped
     print(f"training: {'fine-tuning the shipped weights ' + str(init) if init else 'a new network from scratch'}")
     start = time.time()
+    from medgen.diffusion.sample_run import objective_of
+
     run_bundle("cxr_ddpm", "train", "training", {
+        **(objective_of(init) if init else {}),  # a fine-tune keeps the objective the shipped weights learned
         "dataset_dir": str(data), "output_dir": str(out / "train"), "model_path": str(out / "model.pt"),
         "max_items_per_class": args.images_per_class, "max_epochs": args.epochs, "resume": False,
         "checkpoint_interval": args.epochs, "sample_interval": max(1, args.epochs // 2),

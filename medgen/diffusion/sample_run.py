@@ -24,6 +24,7 @@ from medgen.networks.weights_meta import (
     MissingWeightsError,
     WeightsFileError,
     check_against,
+    meta_value,
     read_meta,
     sha256_of,
 )
@@ -141,6 +142,35 @@ def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = N
     """
     network.load_state_dict(verify_weights(network, path, key, expect, mmap=False))
     return network
+
+
+def objective_of(path: str | Path) -> dict[str, Any]:
+    """The training keys that fix what the weights' output means, as their metadata records them (absent keys are
+    the plain MONAI objective): pass them to a training that fine-tunes these weights."""
+    meta = read_meta(path, warn=False)
+    preconditioning = meta_value(meta, "preconditioning", "none") or "none"
+    return {"prediction_type": meta_value(meta, "prediction_type", "epsilon"), "preconditioning": preconditioning,
+            "timestep_sampling": meta_value(meta, "timestep_sampling",
+                                            "uniform" if preconditioning == "none" else "lognormal"),
+            "loss_weighting": meta_value(meta, "loss_weighting", "none")}
+
+
+def load_init_weights(network: torch.nn.Module, path: str | Path, prediction_type: str = "epsilon",
+                      preconditioning: str | None = "none") -> torch.nn.Module:
+    """``init_weights`` of a training config: fine-tuning must continue the objective the weights were trained with
+    (what their output means), so a prediction type or preconditioning other than the weights' metadata records
+    (absent = ``epsilon`` / ``none``) ends the run with one line before any training; then :func:`load_weights`."""
+    from medgen.config import fail
+
+    if read_meta(path, warn=False):
+        trained = objective_of(path)
+        wanted = {"prediction_type": prediction_type, "preconditioning": preconditioning or "none"}
+        diffs = [f"{key} {trained[key]} (weights) vs {wanted[key]} (config)" for key in wanted
+                 if trained[key] != wanted[key]]
+        if diffs:
+            fail(f"init_weights {path} was trained with another objective: {'; '.join(diffs)}; fine-tune with the "
+                 f"weights' own: " + " ".join(f"--{k} {v}" for k, v in trained.items()))
+    return load_weights(network, path)
 
 
 def check_weights_or_exit(network: torch.nn.Module, path: str | Path, expect: Mapping[str, Any] | None = None) -> None:

@@ -203,7 +203,8 @@ def export_bundle(
     opset_version: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
     """Export a bundle's trained network as ``models/model.ts`` and ``models/model.onnx`` and check each against
-    PyTorch on random inputs made from ``network_data_format`` (batch sizes 2 and 3).
+    PyTorch on random inputs made from ``network_data_format`` (batch sizes 2 and 3). Weights trained with EDM
+    preconditioning are exported with it, so the exported network predicts epsilon like every other one.
 
     Returns ``{"model.ts": path, "model.ts max_abs_diff": ..., "model.onnx": path, "model.onnx max_abs_diff": ...}``.
 
@@ -235,6 +236,12 @@ def export_bundle(
     if "ckpt_path" in parser:  # the weights' metadata (and a latent bundle's autoencoder) are read beside them
         parser["ckpt_path"] = str(ckpt)
     network = load_weights(parser.get_parsed_content("network_def"), ckpt).float().eval()
+    if "preconditioning" in parser and "scheduler" in parser:  # an EDM-trained network is exported predicting
+        from medgen.diffusion.objectives import for_sampling  # epsilon, as every sampler (and onnx_sampling) reads it
+
+        network = for_sampling(network, parser.get_parsed_content("scheduler"),
+                               parser.get_parsed_content("preconditioning"),
+                               parser.get_parsed_content("edm_sigma_data", default=0.5)).eval()
     data_format = parser["_meta_"]["network_data_format"]
     image = data_format["inputs"]["image"]
     image_shape = (int(image["num_channels"]), *[int(s) for s in image["spatial_shape"]])

@@ -70,3 +70,20 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert again.returncode == 0, again.stderr[-2000:]
     assert "sampling" not in again.stdout.split("real:")[0]
     assert json.loads((out / "utility_cxr_ddpm.json").read_text())["synthetic"]["generated_now"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", ["brain_mri_score", "brain_mri_ldm"])
+def test_both_brain_bundles_read_the_brain_set_merged_into_their_classes(shared_data, bundle, monkeypatch):
+    """The real arm of a brain bundle: its own data set, the four tumour folders merged as the weights were trained."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.utility import real_sets
+    from medgen.metrics.image_sets import preparation_of
+    from medgen.networks.weights_meta import meta_value, read_meta
+
+    meta = read_meta(REPO / "bundles" / bundle / "models" / "model.pt")
+    classes = list(meta_value(meta, "classes", []))
+    train, test, info = real_sets(bundle, classes, 32, preparation_of(meta), shared_data / "brain_tumor_mri_224",
+                                  2, 2, meta_value(meta, "class_map", None))
+    assert classes == ["notumor", "tumor"] and (info["train"], info["test"]) == ("Training", "Testing")
+    assert sorted(train.labels) == [0, 0, 1, 1] and sorted(test.labels) == [0, 0, 1, 1]

@@ -127,7 +127,9 @@ def test_inference_writes_images_grids_and_metadata(trained, tmp_path):
     ]
     for r in records:
         assert {"sampler", "steps", "guidance_scale", "checkpoint_sha256", "timestamp"} <= set(r)
-        assert r["sampler"] == "ddim" and r["steps"] == 5 and len(r["checkpoint_sha256"]) == 64
+        # the bundle's sampler and guidance (the sweep's best at <= 20 steps), the steps asked for
+        assert (r["sampler"], r["steps"], r["guidance_scale"]) == ("dpmpp2m", 5, 3.0)
+        assert len(r["checkpoint_sha256"]) == 64
         image = np.asarray(Image.open(out / r["file"]))
         assert image.shape == (32, 32) and image.dtype == np.uint8
     assert (out / "grid_NORMAL.png").is_file() and (out / "grid_PNEUMONIA.png").is_file()
@@ -247,3 +249,24 @@ def test_edm_recipe_trains_a_fixed_compute_and_samples_like_any_model(kermany, t
         assert len(records) == 2
         image = np.asarray(Image.open(samples / records[0]["file"]))
         assert image.shape == (32, 32) and 0 < image.std()  # a finite, non-constant image
+
+    # exported (TorchScript and ONNX) with its preconditioning: the file predicts epsilon, as onnx_sampling reads it
+    from monai.bundle import ConfigParser
+    from monai.networks.schedulers import DDPMScheduler
+
+    from medgen.diffusion.objectives import EDMPreconditioning, PreconditionedNetwork
+    from medgen.diffusion.sample_run import load_weights
+    from medgen.networks.export import export_bundle
+
+    exported = export_bundle(REPO / "bundles" / "cxr_ddpm", out / "model.pt", tmp_path / "export")
+    assert exported["model.ts max_abs_diff"] < 1e-4 and exported["model.onnx max_abs_diff"] < 1e-4
+    parser = ConfigParser()
+    parser.read_config(str(REPO / INFER))
+    parser.update({"bundle_root": str(REPO / "bundles" / "cxr_ddpm"), "ckpt_path": str(out / "model.pt")})
+    raw = load_weights(parser.get_parsed_content("network_def"), out / "model.pt").float().eval()
+    epsilon = PreconditionedNetwork(raw, EDMPreconditioning(DDPMScheduler(num_train_timesteps=1000))).eval()
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([10, 900]), torch.tensor([0, 1])
+    traced = torch.jit.load(exported["model.ts"])
+    with torch.no_grad():
+        assert torch.allclose(traced(x, t, y), epsilon(x, t, class_labels=y), atol=1e-4)
+        assert not torch.allclose(traced(x, t, y), raw(x, t, class_labels=y), atol=1e-2)

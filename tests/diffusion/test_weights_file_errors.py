@@ -177,3 +177,24 @@ def test_truncated_domain_classifier_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsFileError, match=f"^{path}: truncated or damaged"):
         load_classifier(path)
+
+
+def test_fine_tuning_keeps_the_objective_the_weights_learned():
+    """cxr_ddpm trains with EDM preconditioning by default; its shipped weights predict plain epsilon: starting a
+    default training from them is refused in one line that says which keys to give, and those keys load them."""
+    from medgen.diffusion.sample_run import load_init_weights, objective_of
+
+    shipped = BUNDLE_WEIGHTS
+    own = objective_of(shipped)
+    assert own == {"prediction_type": "epsilon", "preconditioning": "none", "timestep_sampling": "uniform",
+                   "loss_weighting": "none"}
+    with pytest.raises(SystemExit) as refused:
+        load_init_weights(ConditionalDiffusionUNet(num_classes=2), shipped, "epsilon", "edm")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and str(shipped) in message
+    assert "preconditioning none (weights) vs edm (config)" in message
+    assert "--preconditioning none --timestep_sampling uniform" in message
+    network = load_init_weights(ConditionalDiffusionUNet(num_classes=2), shipped, own["prediction_type"],
+                                own["preconditioning"])
+    assert torch.equal(network.state_dict()["out.2.conv.weight"].half(),
+                       torch.load(shipped, weights_only=True)["out.2.conv.weight"])

@@ -17,7 +17,7 @@ from medgen.engine.distributed import ReplicaSyncCheck, handlers_for_rank, weigh
 from medgen.networks import ConditionalDiffusionUNet
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = (REPO / ".." / "shared" / "data" / "chest_xray_kermany_224").resolve()
+DATA = (Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data")) / "chest_xray_kermany_224").resolve()
 BUNDLE = REPO / "bundles" / "cxr_ddpm" / "configs"
 TINY = [
     "--dataset_dir",
@@ -36,7 +36,8 @@ TINY = [
     "1",
 ]
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"needs the Kermany chest X-rays at {DATA}")
+needs_data = pytest.mark.skipif(not DATA.is_dir(),
+                                reason=f"needs the Kermany chest X-rays at {DATA} (set MEDGEN_TEST_DATA)")
 
 
 def torchrun(out: Path, max_epochs: int, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -86,7 +86,8 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
 
     assert result["weights_sha256"] == sha256_of(REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt")
     assert result["counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
-    assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 1.0}
+    # the given sampler and steps, the bundle's own guidance (inference.yaml: 3.0)
+    assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 3.0}
     assert result["seeds"] == {"NORMAL": [20000, 20002], "PNEUMONIA": [120000, 120002]}
     assert {"cpu", "cores", "torch"} <= set(result["machine"])
     for name in ("NORMAL", "PNEUMONIA"):
