@@ -122,6 +122,22 @@ def check_resume(ckpt_dir: str | Path, meta: Any, enabled: bool = True) -> Path 
     return path
 
 
+def check_batches(dataloader: Any, dataset_dir: Any) -> int:
+    """The iterations one epoch of ``dataloader`` makes; stops with one line when it makes none.
+
+    Training drops the last incomplete batch (``drop_last``), so fewer usable images than ``batch_size`` (per
+    process under DDP) would otherwise finish at once, exit 0 and write no weights.
+    """
+    from medgen.config import fail
+
+    iterations = len(dataloader)
+    if iterations == 0:
+        images = len(dataloader.dataset)
+        fail(f"{dataset_dir}: {images} usable training image(s) make no full batch of {dataloader.batch_size} "
+             f"(per process); set batch_size to {max(images, 1)} or fewer, or add images")
+    return iterations
+
+
 def set_aside_checkpoints(ckpt_dir: str | Path) -> Path | None:
     """Move the checkpoints a fresh run must not resume from into ``<ckpt_dir>/replaced-<timestamp>/``."""
     ckpt_dir = Path(ckpt_dir)

@@ -162,8 +162,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     info.classes)
         if req.num_images > settings.max_images:
             invalid("num_images", f"num_images must be at most {settings.max_images} on this server")
-        if req.steps > settings.max_steps:
-            invalid("steps", f"steps must be at most {settings.max_steps} on this server")
+        steps = req.steps if req.steps is not None else job_defaults(info)["steps"]
+        if steps > settings.max_steps:
+            invalid("steps", f"steps must be at most {settings.max_steps} on this server"
+                    + ("" if req.steps is not None else f" (bundle {req.bundle} samples with {steps}: give steps)"))
         allowed = info.samplers or samplers
         if req.sampler is not None and req.sampler.lower() not in allowed:
             invalid("sampler", f"unknown sampler {prefix(req.sampler)!r} for bundle {req.bundle}", allowed)
@@ -182,6 +184,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     "none; give field_of_view_mm (e.g. 240 for a head)")
         if req.quality_check and (problem := info.quality_gate_problem()):
             invalid("quality_check", problem)
+
+    def job_defaults(info: BundleInfo) -> dict[str, Any]:
+        """What a job that leaves out sampler, steps or guidance_scale gets: the bundle's inference.yaml."""
+        return {"steps": 50, "guidance_scale": 1.0, **info.defaults, "sampler": (info.samplers or samplers)[0]}
 
     def enqueue(request: dict[str, Any], key: KeyRecord, retry_of: str | None = None) -> JobCreated:
         with submit_lock:
@@ -219,7 +225,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                             unavailable_reason=b.problem, weights_sha256=b.weights_sha256, classes=b.classes,
                             image_size=b.image_size, channels=b.channels,
                             dicom_iods=b.dicom_iods() if formats.get("dicom") is None else [],
-                            samplers=b.samplers or samplers,
+                            samplers=b.samplers or samplers, defaults=job_defaults(b),
                             output_formats=[f for f, why in formats.items() if why is None],
                             quality_check=b.available and b.quality_gate_problem() is None,
                             seconds_per_image_step=worker.cost(name).seconds_per_image_step if b.available else None)
@@ -232,7 +238,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """Queue a job; poll ``status_url``. 422 names the allowed values; 429 over the key's active-job limit."""
         validate(req)
         request = req.model_dump()
-        request["sampler"] = (req.sampler or (bundles[req.bundle].samplers or samplers)[0]).lower()
+        defaults = job_defaults(bundles[req.bundle])
+        request["sampler"] = (req.sampler or defaults["sampler"]).lower()
+        request["steps"] = req.steps if req.steps is not None else defaults["steps"]
+        if req.guidance_scale is None:
+            request["guidance_scale"] = defaults["guidance_scale"]
         return enqueue(request, key)
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["jobs"], responses=KEYED)

@@ -59,6 +59,7 @@ class BundleInfo:
     problem: str | None = field(default=None)
     samplers: list[str] = field(default_factory=list)
     channels: int = 1
+    defaults: dict[str, Any] = field(default_factory=dict)  # sampler, steps, guidance_scale of its inference.yaml
     _spacing_known: bool | None = field(default=None, repr=False)
 
     @property
@@ -144,7 +145,7 @@ def open_bundle(spec: BundleSpec, pipelines: PipelineCache | None = None) -> Bun
         info.weights_sha256 = sha256_of(spec.weights)
         if pipelines is not None:
             pipelines.bundles[spec.name] = info
-            info.samplers = bundle_samplers(pipelines.get(spec.name))
+            info.samplers = bundle_samplers(pipelines.get(spec.name), info.defaults.get("sampler"))
     except Exception as err:  # a weights file that does not load must not stop the other bundles
         logger.error("bundle %s is unavailable: %s", spec.name, err)
         info.problem = public_reason(err, spec)
@@ -162,7 +163,15 @@ def read_bundle(spec: BundleSpec) -> BundleInfo:
     meta = json.loads((spec.path / "configs" / "metadata.json").read_text()) \
         if (spec.path / "configs" / "metadata.json").is_file() else {}
     return BundleInfo(spec, classes, size, meta.get("version"), meta.get("name") or meta.get("description"),
-                      channels=channels)
+                      channels=channels, defaults=sampling_defaults(parser))
+
+
+def sampling_defaults(parser: Any) -> dict[str, Any]:
+    """The sampler, steps and guidance scale the bundle's ``inference.yaml`` samples with: what a job that leaves
+    them out gets, so the service makes the images ``medgen sample`` and the bundle make."""
+    keys = {"sampler": ("sampler", str), "steps": ("num_inference_steps", int),
+            "guidance_scale": ("guidance_scale", float)}
+    return {name: cast(parser.get_parsed_content(key)) for name, (key, cast) in keys.items() if key in parser}
 
 
 class PipelineCache:
@@ -198,15 +207,18 @@ def available_samplers() -> list[str]:
     return sorted({*SAMPLERS, *SOLVERS})
 
 
-def bundle_samplers(pipeline: Any) -> list[str]:
-    """The sampler names ``pipeline`` takes, its default first: a score bundle's Langevin pipeline has its own
-    (``pc``, ``als``, ``reverse``), a DDPM bundle's takes :func:`available_samplers` (``ddim`` first)."""
+def bundle_samplers(pipeline: Any, preferred: str | None = None) -> list[str]:
+    """The sampler names ``pipeline`` takes, the bundle's own first: a score bundle's Langevin pipeline has its own
+    (``pc``, ``als``, ``reverse``), a DDPM bundle's takes :func:`available_samplers`, ``preferred`` (its
+    ``inference.yaml``'s ``sampler``) first."""
     from medgen.diffusion.langevin import SAMPLERS as LANGEVIN_SAMPLERS
     from medgen.diffusion.langevin import LangevinPipeline
 
     if isinstance(pipeline, LangevinPipeline):
-        return [pipeline.sampler, *(s for s in LANGEVIN_SAMPLERS if s != pipeline.sampler)]
-    return available_samplers()
+        names, first = list(LANGEVIN_SAMPLERS), pipeline.sampler
+    else:
+        names, first = available_samplers(), (preferred or "").lower()
+    return [first, *(s for s in names if s != first)] if first in names else names
 
 
 def output_formats() -> dict[str, str | None]:

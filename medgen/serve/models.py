@@ -29,11 +29,12 @@ class GenerateRequest(BaseModel):
     num_images: int = Field(default=4, ge=1, le=1024, strict=True)
     seed: int = Field(default=0, ge=0, le=MAX_SEED, strict=True, description="image k of the job uses seed + k")
     sampler: str | None = Field(default=None, max_length=32, description="one of the bundle's `samplers` "
-                                "(GET /api/v1/models); default its first: `ddim` for DDPM bundles, the configured "
-                                "Langevin sampler (`pc`) for score bundles")
-    steps: int = Field(default=50, ge=1, le=1000, strict=True)
-    guidance_scale: float = Field(default=1.0, ge=0.0, le=20.0, strict=True,
-                                  description="classifier-free guidance; 1 = off")
+                                "(GET /api/v1/models); default the bundle's own (its `defaults`, as its "
+                                "inference.yaml samples)")
+    steps: int | None = Field(default=None, ge=1, le=1000, strict=True,
+                              description="denoising steps; default the bundle's (`defaults` in GET /api/v1/models)")
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0, strict=True,
+                                         description="classifier-free guidance, 1 = off; default the bundle's")
     output_format: Literal["png", "dicom", "nifti"] = "png"
     iod: Literal["sc", "cr", "mr", "vlm"] | None = Field(
         default=None, description="DICOM only, one of the model's `dicom_iods` (GET /api/v1/models), as `medgen "
@@ -47,6 +48,13 @@ class GenerateRequest(BaseModel):
         "mm, as `medgen export --field-of-view-mm`; by default the spacing the weights record or their bundle's "
         "nominal one (required for `mr` when neither is known)")
     quality_check: bool = Field(default=False, strict=True)
+
+    @field_validator("steps", "guidance_scale", mode="before")
+    @classmethod
+    def left_out_not_null(cls, value: object) -> object:
+        if value is None:  # runs only for a value sent: leaving the field out gives the bundle's default
+            raise ValueError("must be a JSON number; leave it out for the bundle's default")
+        return value
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -102,6 +110,9 @@ class ModelInfo(BaseModel):
     dicom_iods: list[str] = Field(default_factory=list, description="the `iod` values a DICOM job of this model "
                                   "takes (grey: sc, cr, mr; colour: sc, vlm)")
     samplers: list[str]
+    defaults: dict[str, str | int | float] = Field(
+        default_factory=dict, description="sampler, steps and guidance_scale a job that leaves them out gets: the "
+        "bundle's inference.yaml, as `medgen sample` uses them")
     output_formats: list[str]
     quality_check: bool = Field(description="whether quality_check=true is available for this bundle")
     seconds_per_image_step: float | None = Field(

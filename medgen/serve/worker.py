@@ -252,7 +252,7 @@ class Worker:
                     ahead += max(self._running[0] - (time.monotonic() - self._running[1]), 0.0)
                 self._queued_estimates[job.id] = own
             self.queue.put_nowait(job.id)
-        return round(own + ahead, 1)
+        return max(round(own + ahead, 1), 0.1)  # a job that rounds to 0 s still takes some time
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job now, or ask the running one to stop at its next step. Returns the updated job."""

@@ -204,6 +204,9 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
         (["--dataset_dir", str(tmp_path / "nowhere")], "data directory"),
         (["--dataset_dir", str(tmp_path), "--image_size", "big"], "'image_size' must be a positive integer"),
         (["--dataset_dir", str(small_cxr_tree), "--classes", "[NORMAL,COVID]"], "['COVID'] not found"),
+        # a handful of images and batches of 16: no iteration at all, so no weights either
+        (["--dataset_dir", str(small_cxr_tree), "--batch_size", "16", *TINY],
+         "usable training image(s) make no full batch of 16"),
     ):
         proc = subprocess.run(
             bundle_cmd("training", TRAIN, *args, "--output_dir", str(tmp_path / "o")),
@@ -215,6 +218,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):
         )
         assert proc.returncode != 0
         assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "o" / "model.pt").exists()
 
 
 def test_init_weights_fine_tunes_from_a_trained_model(kermany, trained, tmp_path):

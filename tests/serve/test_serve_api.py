@@ -62,6 +62,22 @@ def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str,
     assert model["image_size"] == [16, 16]
     assert {"ddim", "ddpm"} <= set(model["samplers"])
     assert data["limits"]["max_images"] == 8
+    # what a job that leaves them out gets: cxr_ddpm's inference.yaml, as `medgen sample` uses it
+    assert model["defaults"] == {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 3.0}
+    assert model["samplers"][0] == "dpmpp2m"
+
+
+def test_a_job_without_sampling_settings_samples_as_the_bundle_does(server: Server, keys: dict[str, str]) -> None:
+    request = {k: v for k, v in GOOD.items() if k != "steps"}
+    with server.client(keys["alice"]) as client:
+        created = client.post("/api/v1/generate", json=request)
+        assert created.status_code == 202, created.text
+        info = wait_for(client, created.json()["job_id"], ("succeeded", "failed"))
+        null = client.post("/api/v1/generate", json={**request, "guidance_scale": None})
+    assert info["status"] == "succeeded", info
+    assert {k: info["request"][k] for k in ("sampler", "steps", "guidance_scale")} == \
+        {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 3.0}
+    assert null.status_code == 422 and "leave it out" in null.text
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,9 @@ def test_estimate_follows_the_measured_cost_per_step(tmp_path: Path, micro_weigh
 
             # guidance runs the network twice per step, and more images or steps cost more
             cost = {}
-            for name, change in {"base": {}, "guided": {"guidance_scale": 3.0}, "double": {"steps": 80}}.items():
+            changes = {"base": {"guidance_scale": 1.0}, "guided": {"guidance_scale": 3.0},
+                       "double": {"guidance_scale": 1.0, "steps": 80}}
+            for name, change in changes.items():
                 job = client.post("/api/v1/generate", json={**JOB, **change}).json()
                 cost[name] = job["estimated_time_seconds"]
                 assert client.delete(f"/api/v1/jobs/{job['job_id']}").status_code == 202

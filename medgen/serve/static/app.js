@@ -60,6 +60,10 @@ function showClasses() {
       ? "; DICOM as " + model.dicom_iods.join(", ") : "");
   document.body.dataset.channels = String(model.channels || 1);
   fillSelect($("sampler"), model.samplers);
+  const defaults = model.defaults || {};  // the bundle's own sampling settings (its inference.yaml)
+  if (defaults.sampler) $("sampler").value = defaults.sampler;
+  if (defaults.steps) $("steps").value = defaults.steps;
+  if (defaults.guidance_scale !== undefined) $("guidance_scale").value = defaults.guidance_scale;
   const names = {png: "PNG (zip)", dicom: "DICOM (zip)", nifti: "NIfTI (zip)"};
   fillSelect($("output_format"), model.output_formats, model.output_formats.map((f) => names[f] || f));
 }
