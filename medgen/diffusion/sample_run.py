@@ -144,10 +144,11 @@ def load_weights(network: torch.nn.Module, path: str | Path, key: str | None = N
     return network
 
 
-def objective_of(path: str | Path) -> dict[str, Any]:
-    """The training keys that fix what the weights' output means, as their metadata records them (absent keys are
-    the plain MONAI objective): pass them to a training that fine-tunes these weights."""
-    meta = read_meta(path, warn=False)
+def objective_of(path: str | Path, meta: Any = None) -> dict[str, Any]:
+    """The training keys that fix what the weights' output means, as their metadata (``meta``, else read beside
+    ``path``) records them (absent keys are the plain MONAI objective): pass them to a training that fine-tunes
+    these weights."""
+    meta = read_meta(path, warn=False) if meta is None else meta
     preconditioning = meta_value(meta, "preconditioning", "none") or "none"
     return {"prediction_type": meta_value(meta, "prediction_type", "epsilon"), "preconditioning": preconditioning,
             "timestep_sampling": meta_value(meta, "timestep_sampling",
@@ -162,8 +163,9 @@ def load_init_weights(network: torch.nn.Module, path: str | Path, prediction_typ
     (absent = ``epsilon`` / ``none``) ends the run with one line before any training; then :func:`load_weights`."""
     from medgen.config import fail
 
-    if read_meta(path, warn=False):
-        trained = objective_of(path)
+    meta = read_meta(path, warn=False)
+    if meta:
+        trained = objective_of(path, meta)
         wanted = {"prediction_type": prediction_type, "preconditioning": preconditioning or "none"}
         diffs = [f"{key} {trained[key]} (weights) vs {wanted[key]} (config)" for key in wanted
                  if trained[key] != wanted[key]]
