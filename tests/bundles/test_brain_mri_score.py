@@ -186,8 +186,8 @@ def test_train_sample_and_evaluate_through_the_bundle_configs(brain_mri, tmp_pat
     )  # no size, noise-level or network overrides: the weights' model.json supplies them
     records = [json.loads(x) for x in (samples / "samples.jsonl").read_text().splitlines()]
     assert [(r["class"], r["seed"], r["sampler"], r["steps"]) for r in records] == [
-        ("notumor", 3, "pc", 3),
-        ("tumor", 4, "pc", 3),
+        ("notumor", 3, "dpmpp2m", 3),
+        ("tumor", 4, "dpmpp2m", 3),
     ]
     image = np.load(samples / "tumor" / "000004.npy")
     assert image.shape == (1, 32, 32) and image.min() >= -1.0 and image.max() <= 1.0
@@ -238,3 +238,34 @@ def test_evaluate_the_shipped_weights_from_another_folder(brain_mri, tmp_path):
     shipped = json.loads((CONFIGS.parent / "models" / "model.json").read_text())
     assert loss["num_images"] == 4 and len(loss["rows"]) == 3
     assert loss["rows"][0]["sigma"] == pytest.approx(shipped["sigmas"]["sigma_max"])
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels(brain_mri, tmp_path):
+    shipped = CONFIGS.parent / "models" / "model.pt"
+    config = json.loads(shipped.with_suffix(".json").read_text())["config"]
+    network = ["--unet_channels", json.dumps(config["unet_channels"]), "--attention_levels",
+               json.dumps(config["attention_levels"]).replace("false", "False").replace("true", "True"),
+               "--num_res_blocks", str(config["num_res_blocks"]), "--norm_num_groups", str(config["norm_num_groups"])]
+    common = ["--dataset_dir", str(brain_mri), "--max_items_per_class", "4", "--batch_size", "4", "--max_iterations",
+              "2", "--image_size", "32", "--samples_per_class_in_grid", "1", "--grid_inference_steps", "2",
+              "--num_workers", "0", *network]
+    # a learning rate of 1e-12: the run's weights are the shipped ones, so they were loaded, not a fresh network
+    bundle("training", TRAIN, *common, "--init_weights", str(shipped), "--timestep_sampling", "lognormal",
+           "--learning_rate", "1e-12", "--run_name", "ft", runs_dir=tmp_path / "runs")
+    out = tmp_path / "runs" / "brain_mri_score" / "ft"
+    tuned = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    start = torch.load(shipped, map_location="cpu", weights_only=True)
+    assert tuned.keys() == start.keys()
+    assert all(torch.allclose(tuned[k].float(), start[k].float(), atol=1e-5) for k in start)
+    assert json.loads((out / "model.json").read_text())["config"]["timestep_sampling"] == "lognormal"
+    # weights of another objective (the chest model predicts noise, not the score) stop the run in one line
+    epsilon = REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *common,
+           "--init_weights", str(epsilon), "--run_name", "wrong"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "2", "MEDGEN_RUNS_DIR": str(tmp_path / "runs")})
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("medgen: error")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+    assert "prediction_type epsilon (weights) vs score (config)" in lines[0] and str(epsilon) in lines[0]
+    assert not (tmp_path / "runs" / "brain_mri_score" / "wrong" / "model.pt").exists()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO_CI = REPO / "tests" / "fixtures" / "model_zoo_ci"
@@ -169,8 +170,13 @@ def test_the_exported_inference_runs_from_any_folder_without_medgen(models: Path
                cwd=elsewhere, env=no_medgen)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (bundle / "samples" / "samples.jsonl").read_text().splitlines()]
-    classes = json.loads((bundle / "configs" / "inference.json").read_text())["classes"]
-    assert [line["class"] for line in lines] == classes and all(line["synthetic"] for line in lines)
+    exported = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert [line["class"] for line in lines] == exported["classes"] and all(line["synthetic"] for line in lines)
+    # it samples as the medgen bundle does: the sampler, steps and guidance its model card's figures were measured on
+    source = yaml.safe_load((REPO / "bundles" / name / "configs" / "inference.yaml").read_text())
+    keys = ("sampler", "num_inference_steps", "guidance_scale")
+    assert {k: exported[k] for k in keys} == {k: source[k] for k in keys}
+    assert f", {source['num_inference_steps']} " in (bundle / "docs" / "README.md").read_text()
     assert all((bundle / "samples" / line["image"]).stat().st_size > 100 for line in lines)
     assert not (elsewhere / "samples").exists()  # bundle_root is the config file's folder, not the current one
 

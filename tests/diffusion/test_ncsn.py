@@ -64,6 +64,21 @@ def test_predictor_step_lands_on_next_level_and_the_last_step_is_tweedie():
     assert torch.equal(last, x0_last) and torch.allclose(last, x + 0.25 * score)
 
 
+def test_ode_step_is_dpm_solver_pp_in_sigma():
+    sched = NCSNScheduler(3, sigma_max=4.0, sigma_min=1.0)  # levels 4, 2, 1
+    sched.set_timesteps(3)
+    x, score = torch.full((1, 1, 2, 2), 3.0), torch.full((1, 1, 2, 2), -0.5)
+    first, x0 = sched.ode_step(score, 0, x)
+    assert torch.allclose(x0, x + 16.0 * score)  # D = x + sigma^2 s = -5
+    assert torch.allclose(first, 0.5 * x + 0.5 * x0)  # sigma 4 -> 2: (sigma'/sigma) x + (1 - sigma'/sigma) D
+    # second order: r = log(4/2) / log(2/1) = 1, D~ = D + (D - D_prev) / 2
+    second, x0_2 = sched.ode_step(score, 1, first, previous=(x0, 0))
+    d_tilde = x0_2 + (x0_2 - x0) / 2.0
+    assert torch.allclose(second, 0.5 * first + 0.5 * d_tilde)
+    last, x0_last = sched.ode_step(score, 2, second, previous=(x0_2, 1))
+    assert torch.equal(last, x0_last) and torch.allclose(last, second + score)  # the last level: Tweedie
+
+
 class Linear(nn.Module):
     """F(x, c_noise) = a x: a UNet stand-in with a score we can write down; records what it was given."""
 
@@ -127,3 +142,20 @@ def test_label_dropout_sends_labels_to_the_null_class():
     share = (kwargs["class_labels"] == 2).float().mean().item()
     assert set(kwargs["class_labels"].tolist()) == {1, 2} and math.isclose(share, 0.5, abs_tol=0.1)
     assert kwargs["timesteps"].min() >= 0 and kwargs["timesteps"].max() <= 9
+
+
+def test_lognormal_sampling_draws_the_levels_nearest_to_edm_noise_levels():
+    sched = NCSNScheduler(266, sigma_max=75.0, sigma_min=0.01)
+    torch.manual_seed(0)
+    prepare = DSMPrepareBatch(sched, null_class=2, timestep_sampling="lognormal")
+    _, _, _, kwargs = prepare({"image": torch.zeros(4000, 1, 2, 2), "label": torch.ones(4000, dtype=torch.long)})
+    log_sigma = torch.log(sched.sigma(kwargs["timesteps"]))
+    assert math.isclose(log_sigma.mean().item(), -1.2, abs_tol=0.08)
+    assert math.isclose(log_sigma.std().item(), 1.2, abs_tol=0.08)
+    # the uniform (NCSN) draw spreads over every level instead: log sigma from log 0.01 to log 75
+    uniform = DSMPrepareBatch(sched, null_class=2)({"image": torch.zeros(4000, 1, 2, 2),
+                                                   "label": torch.ones(4000, dtype=torch.long)})[3]["timesteps"]
+    assert math.isclose(torch.log(sched.sigma(uniform)).mean().item(), (math.log(75) + math.log(0.01)) / 2, abs_tol=0.2)
+    assert sched.nearest_level(torch.tensor([math.log(75.0), math.log(0.01), 10.0, -10.0])).tolist() == [0, 265, 0, 265]
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        DSMPrepareBatch(sched, timestep_sampling="cosine")

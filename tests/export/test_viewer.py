@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-dev-shm-usage", "--virtual-time-budget=8000", "--window-size=1280,1000", *args, url]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    with tempfile.TemporaryDirectory() as profile:  # its own profile: another chromium (another test worker) may run
+        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-dev-shm-usage", "--virtual-time-budget=8000", "--window-size=1280,1000",
+               f"--user-data-dir={profile}", *args, url]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def test_an_image_depends_on_its_seed_not_on_its_batch(cxr: dict, sampler: str) 
     assert not torch.allclose(together[0], together[2])
 
 
-@pytest.mark.parametrize(("route", "sampler"), [("diffusion", "dpmpp2m"), ("score", "pc")])
+@pytest.mark.parametrize(("route", "sampler"), [("diffusion", "dpmpp2m"), ("score", "pc"), ("score", "dpmpp2m")])
 def test_sample_runner_writes_pngs_metadata_and_grids(cxr: dict, tmp_path: Path, route: str, sampler: str) -> None:
     weights = tmp_path / "model.pt"
     pipe = ddpm_pipeline(cxr, batch_size=3) if route == "diffusion" else langevin_pipeline(cxr, batch_size=3)

@@ -42,7 +42,7 @@ def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
         key = make_key(server.data_dir, "mri")
         with server.client(key) as client:
             (model,) = client.get("/api/v1/models").json()["models"]
-            assert model["available"] and model["samplers"] == ["pc", "als", "reverse"]
+            assert model["available"] and model["samplers"] == ["dpmpp2m", "pc", "als", "reverse"]
             assert model["seconds_per_image_step"] > 0
             job = {"bundle": "brain", "class_label": model["classes"][0], "num_images": 2, "steps": 3}
             refused = client.post("/api/v1/generate", json={**job, "sampler": "ddim"})
@@ -52,7 +52,7 @@ def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
             assert created["estimated_time_seconds"] > 0
             info = wait_for(client, created["job_id"], ("succeeded", "failed"))
             assert info["status"] == "succeeded", info.get("error")
-            assert info["request"]["sampler"] == "pc"
+            assert info["request"]["sampler"] == "dpmpp2m"  # the bundle's inference.yaml default
             archive = zipfile.ZipFile(io.BytesIO(client.get(info["result_url"]).content))
     finally:
         server.stop()
