@@ -128,6 +128,16 @@ class LangevinPipeline(DiffusionPipeline):
             x = scheduler.langevin_step(score, x, alpha, noise)
         return x
 
+    def network_passes(self, num_inference_steps: int, sampler: str | None = None) -> int:
+        """Times one image goes through the network in :meth:`run_sampler` over ``num_inference_steps`` levels: K
+        corrector steps per level (pc, als), a predictor or ODE step between levels (pc, reverse, dpmpp2m) and the
+        final denoising."""
+        sampler = self.check_sampler(sampler or self.sampler)
+        levels = int(num_inference_steps)
+        corrector = levels * self.n_steps_each if sampler in ("pc", "als") else 0
+        between = levels - 1 if sampler in ("pc", "reverse", "dpmpp2m") else 0
+        return corrector + between + int(self.denoise)
+
     @torch.inference_mode()
     def run_sampler(
         self,

@@ -253,6 +253,11 @@ class DiffusionPipeline:
         cond, uncond = out.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
+    def network_passes(self, num_inference_steps: int, sampler: str | None = None) -> int:
+        """Times one image goes through the network in a run of ``sampler`` (guidance doubles the batch of each
+        pass, not their number): one per step for DDIM, DDPM and the solvers."""
+        return int(num_inference_steps)
+
     @torch.inference_mode()
     def run_sampler(
         self,

@@ -69,9 +69,10 @@ class KeyRecord:
 class StepCost:
     """What a bundle's jobs cost on this server, kept per bundle and weights file and updated after each job.
 
-    A job of ``n`` images and ``s`` steps (doubled with guidance, which runs the network twice) should take
-    ``seconds_per_image_step * n * s + overhead_seconds_per_image * n``; ``jobs`` counts the finished jobs behind
-    the figures (0: a start-up calibration only)."""
+    A job of ``n`` images whose sampler passes each image through the network ``s`` times (the steps for DDIM and
+    the solvers, about twice the levels for a score bundle's predictor-corrector; doubled with guidance, which runs
+    the network on twice the batch) should take ``seconds_per_image_step * n * s + overhead_seconds_per_image * n``;
+    ``jobs`` counts the finished jobs behind the figures (0: a start-up calibration only)."""
 
     bundle: str
     weights_sha256: str

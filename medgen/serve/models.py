@@ -116,8 +116,9 @@ class ModelInfo(BaseModel):
     output_formats: list[str]
     quality_check: bool = Field(description="whether quality_check=true is available for this bundle")
     seconds_per_image_step: float | None = Field(
-        default=None, description="measured cost on this server (start-up calibration, then finished jobs), "
-        "behind estimated_time_seconds")
+        default=None, description="measured seconds per image per network pass on this server (start-up "
+        "calibration, then finished jobs), behind estimated_time_seconds; a step is one pass with DDIM and the "
+        "solvers, two with a score bundle's predictor-corrector (pc)")
 
 
 class ModelList(BaseModel):

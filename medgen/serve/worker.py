@@ -176,11 +176,19 @@ class Worker:
     def job_dir(self, job_id: str) -> Path:
         return self.results_dir / job_id
 
-    @staticmethod
-    def work_units(request: dict[str, Any], images: int | None = None) -> int:
-        """Image-steps of a job: images x denoising steps, doubled with guidance (the network runs twice)."""
+    def work_units(self, request: dict[str, Any], images: int | None = None) -> int:
+        """Image-steps of a job: images x the network passes its sampler makes in ``steps`` (one per step for
+        DDIM and the solvers; a score bundle's predictor-corrector makes two per level), doubled with guidance
+        (the network runs on twice the batch)."""
         images = request["num_images"] if images is None else images
-        return images * request["steps"] * (2 if request.get("guidance_scale", 1.0) != 1.0 else 1)
+        return images * self.passes(request["bundle"], request["steps"], request.get("sampler")) \
+            * (2 if request.get("guidance_scale", 1.0) != 1.0 else 1)
+
+    def passes(self, bundle: str, steps: int, sampler: str | None = None) -> int:
+        """Network passes per image for ``steps`` of ``sampler`` (None: the pipeline's default) with the bundle's
+        loaded pipeline; ``steps`` for a pipeline that does not count them."""
+        count = getattr(self.pipelines.get(bundle), "network_passes", None)
+        return max(int(count(steps, sampler)), 1) if count is not None else int(steps)
 
     def cost(self, bundle: str) -> StepCost:
         """The bundle's kept :class:`StepCost` if it was measured on the weights served now, else the prior."""
@@ -205,7 +213,7 @@ class Worker:
             pipeline.generate_batch([0], [0], 1)  # the first pass pays one-off set-up (kernels, memory layout)
             t0 = time.monotonic()
             pipeline.generate_batch([0], [0], steps)
-            per_step = (time.monotonic() - t0) / steps
+            per_step = (time.monotonic() - t0) / self.passes(bundle, steps)
         except Exception as err:  # the jobs will report the problem; the estimate falls back to the prior
             logger.warning("bundle %s: calibration run failed (%s); estimates use the prior until a job ends",
                            bundle, err)

@@ -69,6 +69,19 @@ def test_ode_sampler_reaches_the_gaussian_in_twenty_network_evaluations():
     assert torch.equal(again, images[[3, 1, 0, 2]])  # no noise is drawn after the start: the seed decides
 
 
+@pytest.mark.parametrize(
+    ("sampler", "n_steps_each"), [("pc", 1), ("pc", 3), ("als", 2), ("reverse", 0), ("dpmpp2m", 1)]
+)
+def test_network_passes_counts_what_the_sampler_runs(sampler, n_steps_each):
+    # the service estimates a job's time from this count: a pc job runs the network about twice per level
+    pipe = pipeline(sampler, 30, image_size=8, n_steps_each=n_steps_each)
+    calls = []
+    pipe.network.register_forward_hook(lambda *_: calls.append(1))
+    pipe.generate([0, 1], [0, 1], 12)
+    assert len(calls) == pipe.network_passes(12)
+    assert pipe.network_passes(12, "pc") == 12 * n_steps_each + 11 + 1
+
+
 def test_each_image_depends_on_its_seed_not_on_its_batch():
     seeds = [5, 6, 7, 8]
     one_batch = pipeline("pc", 20, image_size=8).generate([0, 1, 0, 1], seeds, 20)

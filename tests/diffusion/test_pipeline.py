@@ -43,6 +43,15 @@ def test_epsilon_and_v_prediction_networks_sample(prediction_type: str, sampler:
     assert torch.isfinite(images).all() and images.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp2m"])
+def test_network_passes_counts_what_the_sampler_runs(sampler: str) -> None:
+    pipe = make_pipeline(batch_size=2)
+    calls = []
+    pipe.network.register_forward_hook(lambda *_: calls.append(1))
+    pipe.generate([0, 1], [0, 1], 7, sampler=sampler)
+    assert len(calls) == pipe.network_passes(7, sampler) == 7
+
+
 def test_bf16_path_runs_channels_last_and_stays_close_to_fp32() -> None:
     fp32 = make_pipeline("fp32")
     bf16 = make_pipeline("bf16")

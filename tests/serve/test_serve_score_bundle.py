@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 BRAIN = REPO / "bundles" / "brain_mri_score"
 MICRO = {"unet_channels": "[32,32]", "attention_levels": "[false,false]", "num_res_blocks": "1", "image_size": "16",
-         "norm_num_groups": "8", "num_levels": "10", "precision": "fp32"}
+         "norm_num_groups": "8", "num_levels": "100", "precision": "fp32"}
 
 
 def micro_brain_weights(folder: Path) -> Path:
@@ -35,7 +35,7 @@ def micro_brain_weights(folder: Path) -> Path:
 def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
     pydicom = pytest.importorskip("pydicom")
     weights = micro_brain_weights(tmp_path)
-    extra = ("--bundle", f"brain={BRAIN}", "--ckpt", f"brain={weights}",
+    extra = ("--max-images", "64", "--bundle", f"brain={BRAIN}", "--ckpt", f"brain={weights}",
              *(f"--override=brain:{k}={v}" for k, v in MICRO.items()))
     server = Server(tmp_path / "state", {}, extra=extra).start()
     try:
@@ -54,6 +54,21 @@ def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
             assert info["status"] == "succeeded", info.get("error")
             assert info["request"]["sampler"] == "dpmpp2m"  # the bundle's inference.yaml default
             archive = zipfile.ZipFile(io.BytesIO(client.get(info["result_url"]).content))
+
+            # the estimate counts network passes: over 100 levels pc runs 100 corrector + 99 predictor steps, dpmpp2m
+            # 99 ODE steps (+ 1 final denoising each), so a pc job costs 100 passes per image more, not the same
+            rate = client.get("/api/v1/models").json()["models"][0]["seconds_per_image_step"]
+            estimates = {}
+            for sampler in ("pc", "dpmpp2m"):
+                queued = client.post("/api/v1/generate", json={**job, "num_images": 64, "steps": 100,
+                                                                "sampler": sampler}).json()
+                assert "estimated_time_seconds" in queued, queued
+                estimates[sampler] = queued["estimated_time_seconds"]
+                assert client.delete(f"/api/v1/jobs/{queued['job_id']}").status_code == 202
+                wait_for(client, queued["job_id"], ("cancelled", "succeeded", "failed"))
+            extra_passes = rate * 64 * 100
+            assert estimates["pc"] - estimates["dpmpp2m"] == pytest.approx(extra_passes, abs=0.25), (estimates, rate)
+            assert extra_passes > 1.0, rate
     finally:
         server.stop()
     files = [pydicom.dcmread(io.BytesIO(archive.read(n))) for n in archive.namelist() if n.endswith(".dcm")]
