@@ -12,7 +12,9 @@ from medgen.metrics.errors import require
 
 
 def pair_stats(a: np.ndarray, b: np.ndarray, num_pairs: int = 200, seed: int = 0) -> dict:
-    """Mean and std of MSE and SSIM over ``num_pairs`` random pairs (one image from ``a``, one from ``b``)."""
+    """Mean and std of MSE and SSIM over ``num_pairs`` random pairs (one image from ``a``, one from ``b``).
+
+    Images are in [0, 1]; ``mse_255`` is the same MSE on the 0-255 scale that papers on 8-bit images report."""
     require("MSE/SSIM table", 1, min(len(a), len(b)))
     rng = np.random.default_rng(seed)
     x, y = a[rng.integers(0, len(a), num_pairs)], b[rng.integers(0, len(b), num_pairs)]
@@ -22,6 +24,7 @@ def pair_stats(a: np.ndarray, b: np.ndarray, num_pairs: int = 200, seed: int = 0
     return {
         "mse": float(mse.mean()),
         "mse_std": float(mse.std()),
+        "mse_255": float(mse.mean() * 255**2),
         "ssim": float(ssim.mean()),
         "ssim_std": float(ssim.std()),
         "pairs": num_pairs,

@@ -249,7 +249,8 @@ def write_report(
     tab = metrics.get("mse_ssim_table", [])
     parts.append(
         '<h2 id="mse-ssim">Real vs synthetic MSE / SSIM</h2>'
-        + _table(["A", "B", "MSE", "SSIM", "pairs"], [[r["a"], r["b"], r["mse"], r["ssim"], r["pairs"]] for r in tab])
+        + _table(["A", "B", "MSE ([0, 1])", "MSE (0-255)", "SSIM", "pairs"],
+                 [[r["a"], r["b"], r["mse"], r.get("mse_255", r["mse"] * 255**2), r["ssim"], r["pairs"]] for r in tab])
     )
 
     mem = metrics.get("memorisation", {})

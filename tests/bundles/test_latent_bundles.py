@@ -228,3 +228,33 @@ def test_decoded_samples_are_evaluated_and_audited_in_pixel_space(trained: dict,
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert audit["n_generated"] == 4, list(audit)
+
+
+@pytest.mark.slow
+def test_the_shipped_cxr_weights_sample_256_pixel_radiographs_and_dicom(tmp_path: Path) -> None:
+    """The model card's inference command right after install: cxr_ldm's shipped autoencoder and diffusion weights,
+    256 x 256 grey PNGs and CR DICOM files marked as synthetic, from any folder."""
+    pydicom = pytest.importorskip("pydicom")
+    bundle = REPO / "bundles" / "cxr_ldm"
+    models = bundle / "models"
+    if not (models / "model.pt").is_file():
+        pytest.fail("bundles/cxr_ldm/models/model.pt is missing: the bundle ships its weights")
+    for name in ("model.pt", "model_autoencoder.pt"):
+        assert (models / name).stat().st_size <= 25 * 2**20, name  # the repository's limit per file
+    ldm = json.loads((models / "model.json").read_text())
+    assert ldm["config"]["autoencoder_sha256"] == json.loads((models / "model_autoencoder.json").read_text())[
+        "weights_sha256"]
+    out = tmp_path / "samples"
+    monai_run("inference", bundle / "configs" / "inference.yaml", "--per_class", "1", "--num_inference_steps", "3",
+              "--export_format", "dicom", "--output_dir", str(out), cwd=tmp_path)
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [line["class"] for line in lines] == ["NORMAL", "PNEUMONIA"]
+    for line in lines:
+        with Image.open(out / line["file"]) as im:
+            assert im.size == (256, 256) and im.mode == "L"
+            assert max(im.getextrema()) - min(im.getextrema()) > 50  # decoded radiographs, not a flat field
+    files = sorted((out / "export").rglob("*.dcm"))
+    assert len(files) == 2
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert (ds.Modality, ds.Rows, ds.Columns, ds.SyntheticData) == ("CR", 256, 256, "YES")

@@ -22,7 +22,7 @@ def errors(findings: list[Finding]) -> list[str]:
     return [str(f) for f in findings if f.level == "error"]
 
 
-SHIPS_WEIGHTS = {"cxr_ddpm", "brain_mri_score", "blood_cells_ddpm", "brain_mri_ldm"}
+SHIPS_WEIGHTS = {"cxr_ddpm", "brain_mri_score", "blood_cells_ddpm", "brain_mri_ldm", "cxr_ldm"}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[p.name for p in BUNDLES])

@@ -47,3 +47,10 @@ def test_mse_ssim_table_rows(rng):
     names = [(r["a"], r["b"]) for r in rows]
     assert ("real positives", "synthetic positives") in names and ("real negatives", "real positives") in names
     assert all(0 <= r["mse"] and -1 <= r["ssim"] <= 1 for r in rows)
+
+
+def test_mse_is_also_given_on_the_8_bit_scale(rng):
+    """The pneumonia synthesiser design reports MSE of 8-bit images: 0.1 in [0, 1] is 25.5 grey levels, 650.25."""
+    a, b = np.zeros((4, 1, 8, 8), np.float32), np.full((4, 1, 8, 8), 0.1, np.float32)
+    row = real_vs_synthetic_table(a, np.array([0, 1, 0, 1]), b, np.array([0, 1, 0, 1]), ["neg", "pos"], num_pairs=8)[0]
+    assert row["mse"] == pytest.approx(0.01) and row["mse_255"] == pytest.approx(650.25, rel=1e-5)
