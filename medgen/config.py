@@ -288,7 +288,7 @@ SPEC: dict[str, Rule] = {
     # export and evaluation
     "export_format": optional(choice("dicom", "png", "png16", "nifti")), "dicom_iod": choice("sc", "cr", "mr", "vlm"),
     "uid_root": optional(text), "send_to": optional(text), "max_real_per_class": optional(integer(1)),
-    "utility_sizes": optional(utility_sizes),
+    "utility_sizes": optional(utility_sizes), "classifier_size": integer(8),
     "num_eval_levels": integer(1),
 }
 

@@ -4,8 +4,15 @@ The exported folder has JSON configs (``train.json``, ``inference.json``, ``mult
 ``network_def`` is MONAI's own ``DiffusionModelUNet`` (so ``monai.bundle.load`` returns it without medgen), the
 weights as that network's state dict in ``models/model.pt``, and the few medgen modules it needs (class-label glue,
 fast samplers, Langevin sampling, the score wrapper) copied into ``scripts/`` with their imports rewritten.
+
 ``bundle_root`` is the folder of the config file the workflow was started with, so the commands in its README
 work from any folder. There is no ``large_files.yml``: every file ships in the folder (the zoo's 25 MB limit).
+
+A latent bundle is laid out as the zoo's own latent bundles (brats_mri_axial_slices_generative_diffusion):
+``autoencoder_def`` is MONAI's ``AutoencoderKL`` with its state dict in ``models/model_autoencoder.pt``, inference
+decodes the sampled latents, and ``train_diffusion.json`` / ``multi_gpu_train_diffusion.json`` train the diffusion
+network on the frozen autoencoder. The autoencoder stage itself (its perceptual loss uses medgen's domain
+classifier) trains with medgen's ``train_autoencoder.yaml``; the exported card says so.
 """
 
 from __future__ import annotations
@@ -38,8 +45,11 @@ VENDORED = {
     "medgen.diffusion.score_training": "score_training.py",
     "medgen.networks.unet": "unet.py",
     "medgen.networks.score": "score.py",
+    "medgen.latent.checks": "latent_checks.py",
+    "medgen.latent.pipeline": "latent_pipeline.py",
     "medgen.zoo_scripts.data": "data.py",
     "medgen.zoo_scripts.sampling": "sampling.py",
+    "medgen.zoo_scripts.latent": "latent.py",
 }
 # what the exported configs and scripts import besides monai, torch and numpy (metadata's required_packages_version)
 REQUIRED_PACKAGES = ("pytorch-ignite", "pillow", "tqdm", "tensorboard")
@@ -87,8 +97,13 @@ def kind_of(meta: dict[str, Any]) -> str:
     raise ZooExportError(f"model.json: network {target!r} is neither a ConditionalDiffusionUNet nor a ScoreNetwork")
 
 
+def is_latent(meta: dict[str, Any]) -> bool:
+    """Whether the weights are a latent diffusion network (their metadata names the autoencoder)."""
+    return meta.get("config", {}).get("route") == "latent"
+
+
 def unet_state_dict(path: Path, kind: str) -> dict[str, torch.Tensor]:
-    """The weights as a plain ``DiffusionModelUNet`` state dict (a score network's ``unet.`` prefix removed)."""
+    """The weights as a plain state dict (a score network's ``unet.`` prefix removed)."""
     from medgen.diffusion.sample_run import _state_dict_of, check_weights_file
 
     state = _state_dict_of(torch.load(check_weights_file(path), map_location="cpu", weights_only=True), path, None)
@@ -99,8 +114,9 @@ def unet_state_dict(path: Path, kind: str) -> dict[str, torch.Tensor]:
 
 def network_def(meta: dict[str, Any]) -> dict[str, Any]:
     net = meta["network"]
+    channels = "@latent_channels" if is_latent(meta) else "@channels"
     return {"_target_": "monai.networks.nets.DiffusionModelUNet", "spatial_dims": net.get("spatial_dims", 2),
-            "in_channels": "@channels", "out_channels": "@channels", "channels": list(net["channels"]),
+            "in_channels": channels, "out_channels": channels, "channels": list(net["channels"]),
             "attention_levels": list(net["attention_levels"]), "num_res_blocks": net["num_res_blocks"],
             "num_head_channels": net.get("num_head_channels", 32), "norm_num_groups": net["norm_num_groups"],
             "num_class_embeds": "$len(@classes) + 1"}
@@ -112,12 +128,41 @@ def scheduler_def(meta: dict[str, Any], kind: str) -> dict[str, Any]:
                 "sigma_max": meta["config"]["sigma_max"], "sigma_min": meta["config"]["sigma_min"]}
     sched = meta["scheduler"]
     betas = sched.get("betas", [0.0001, None, 0.02])
-    return {"_target_": "monai.networks.schedulers.DDPMScheduler",
-            "num_train_timesteps": sched.get("num_train_timesteps", 1000), "schedule": "linear_beta",
-            "beta_start": betas[0], "beta_end": betas[-1], "prediction_type": meta.get("prediction_type", "epsilon")}
+    steps = sched.get("num_train_timesteps", 1000)
+    return {"_target_": "monai.networks.schedulers.DDPMScheduler", "num_train_timesteps": steps,
+            "schedule": beta_schedule(betas, steps), "beta_start": betas[0], "beta_end": betas[-1],
+            "prediction_type": meta.get("prediction_type", "epsilon")}
 
 
-def common_keys(meta: dict[str, Any], kind: str) -> dict[str, Any]:
+def beta_schedule(betas: list[float | None], steps: int) -> str:
+    """MONAI's name of the beta schedule whose first, middle and last betas the weights' metadata records."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    if betas[1] is None:
+        return "linear_beta"
+    for name in ("linear_beta", "scaled_linear_beta"):
+        made = DDPMScheduler(steps, schedule=name, beta_start=betas[0], beta_end=betas[-1]).betas
+        if abs(float(made[steps // 2]) - betas[1]) <= 1e-5 * abs(betas[1]):  # recorded to 6 figures
+            return name
+    raise ZooExportError(f"model.json: betas {betas} are neither MONAI's linear_beta nor its scaled_linear_beta "
+                         "schedule; the exported scheduler could not reproduce them")
+
+
+def autoencoder_keys(meta: dict[str, Any], autoencoder: dict[str, Any]) -> dict[str, Any]:
+    """A latent bundle's frozen autoencoder (MONAI ``AutoencoderKL`` from its weights' metadata) and latent sizes."""
+    args = {k: v for k, v in autoencoder["network"].items() if k != "_target_"}
+    return {
+        "latent_channels": int(autoencoder["latent_channels"]),
+        "scale_factor": float(meta["config"]["scale_factor"]),
+        "autoencoder_path": "$@bundle_root + '/models/model_autoencoder.pt'",
+        "autoencoder_def": {"_target_": "monai.networks.nets.AutoencoderKL", **args},
+        "autoencoder": "$@autoencoder_def.to(@device)",
+        "load_autoencoder": "$@autoencoder.load_state_dict(torch.load(@autoencoder_path, map_location=@device, "
+                            "weights_only=True))",
+    }
+
+
+def common_keys(meta: dict[str, Any], kind: str, autoencoder: dict[str, Any] | None = None) -> dict[str, Any]:
     config = meta.get("config", {})
     keys: dict[str, Any] = {
         "imports": IMPORTS,
@@ -138,6 +183,8 @@ def common_keys(meta: dict[str, Any], kind: str) -> dict[str, Any]:
     else:
         keys["preconditioning"] = config.get("preconditioning", "none")
         keys["edm_sigma_data"] = config.get("edm_sigma_data", 0.5)
+    if autoencoder is not None:
+        keys.update(autoencoder_keys(meta, autoencoder))
     return keys
 
 
@@ -155,9 +202,11 @@ def bundle_sampling(src: Path) -> dict[str, Any]:
     return {key: value for key, value in values.items() if not (isinstance(value, str) and value.startswith("$"))}
 
 
-def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The zoo bundle's inference.json; ``sampling`` (:func:`bundle_sampling`) overrides the sampler defaults."""
-    config = common_keys(meta, kind)
+def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] | None = None,
+                     autoencoder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The zoo bundle's inference.json; ``sampling`` (:func:`bundle_sampling`) overrides the sampler defaults;
+    ``autoencoder`` (its weights' metadata) makes it sample latents and decode them."""
+    config = common_keys(meta, kind, autoencoder)
     config.update({
         "output_dir": "$@bundle_root + '/samples'",
         "per_class": 8,
@@ -187,18 +236,58 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
                          "scheduler": "@scheduler", "classes": "@classes", "image_size": "@image_size",
                          "in_channels": "@channels", "device": "@device", "precision": "@precision",
                          "batch_size": "@batch_size"}})
+    if autoencoder is not None:
+        pipeline = config["pipeline"]
+        pipeline["_target_"] = "scripts.latent_pipeline.LatentDiffusionPipeline"
+        pipeline.update({"autoencoder": "@autoencoder", "scale_factor": "@scale_factor"})
     config.update({key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS})
     config["run"] = [
         "$monai.utils.set_determinism(seed=@seed)",
         "$@load_weights",
+        *(["$@load_autoencoder"] if autoencoder is not None else []),
         "$scripts.sampling.write_samples(@pipeline, @output_dir, @per_class, @seed, @sampler, "
         "@num_inference_steps, @guidance_scale, @class_names)",
     ]
     return config
 
 
-def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: dict | None) -> dict[str, Any]:
-    config = common_keys(meta, kind)
+# the medgen bundle's training keys the exported prepare_batch takes over (noise levels and loss weighting)
+TRAINING_KEYS = ("timestep_sampling", "lognormal_mean", "lognormal_std", "loss_weighting", "min_snr_gamma")
+
+
+def bundle_training(src: Path, file: str) -> dict[str, Any]:
+    """The literal values of :data:`TRAINING_KEYS` in the medgen bundle's training config ``file``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(src / "configs" / file))
+    values = {key: parser[key] for key in TRAINING_KEYS if key in parser}
+    return {key: value for key, value in values.items() if not (isinstance(value, str) and value.startswith("$"))}
+
+
+def resize_steps(meta: dict[str, Any], image_keys: list[str]) -> list[dict[str, Any]]:
+    """MONAI transforms bringing an image to ``image_size`` as the weights were trained (their ``resize_mode``)."""
+    mode = meta.get("config", {}).get("resize_mode") or "crop"  # medgen's default (weights before it was recorded)
+    size = ["@image_size", "@image_size"]
+    if mode == "crop":  # the centre square of the shorter side, then resized (medgen.data.transforms.resize_steps)
+        return [{"_target_": "Lambdad", "keys": image_keys,
+                 "func": "$lambda x: monai.transforms.CenterSpatialCrop([min(x.shape[1:])] * 2)(x)"},
+                {"_target_": "Resized", "keys": image_keys, "spatial_size": size, "mode": "bilinear",
+                 "anti_aliasing": True}]
+    if mode == "stretch":
+        return [{"_target_": "Resized", "keys": image_keys, "spatial_size": size, "mode": "bilinear",
+                 "anti_aliasing": True}]
+    return [{"_target_": "Resized", "keys": image_keys, "spatial_size": "@image_size", "size_mode": "longest",
+             "mode": "bilinear", "anti_aliasing": True},
+            {"_target_": "SpatialPadd", "keys": image_keys, "spatial_size": size, "method": "symmetric",
+             "mode": "constant"}]
+
+
+def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: dict | None,
+                 autoencoder: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The zoo bundle's training config: train.json, or train_diffusion.json on the frozen ``autoencoder``;
+    ``training`` (:func:`bundle_training`) carries the medgen bundle's noise-level sampling and loss weighting."""
+    config = common_keys(meta, kind, autoencoder)
     image_keys = ["image"]
     config.update({
         "dataset_dir": f"/workspace/data/{dataset_name}",
@@ -218,14 +307,12 @@ def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: 
                       "weight_decay": 0.0},
     })
     preprocessing = {"_target_": "Compose", "transforms": [
-        {"_target_": "LoadImaged", "keys": image_keys, "image_only": True},
+        # rows first, as medgen reads images (MONAI's PILReader transposes 2D files by default)
+        {"_target_": "LoadImaged", "keys": image_keys, "image_only": True, "reader": "PILReader",
+         "reverse_indexing": False},
         {"_target_": "EnsureChannelFirstd", "keys": image_keys},
-        # grey sources stay 1 channel; a 3-channel file for a 1-channel model is averaged to grey
-        {"_target_": "Lambdad", "keys": image_keys,
-         "func": "$lambda x: x.float().mean(0, keepdim=True) if @channels == 1 and x.shape[0] != 1 else x[:@channels]"},
-        {"_target_": "Resized", "keys": image_keys, "spatial_size": "@image_size", "size_mode": "longest",
-         "mode": "area"},
-        {"_target_": "ResizeWithPadOrCropd", "keys": image_keys, "spatial_size": ["@image_size", "@image_size"]},
+        {"_target_": "Lambdad", "keys": image_keys, "func": "$lambda x: scripts.data.to_channels(x, @channels)"},
+        *resize_steps(meta, image_keys),
         {"_target_": "ScaleIntensityRanged", "keys": image_keys, "a_min": 0.0, "a_max": 255.0, "b_min": -1.0,
          "b_max": 1.0, "clip": True},
         {"_target_": "EnsureTyped", "keys": image_keys + ["label"], "track_meta": False},
@@ -260,21 +347,28 @@ def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: 
             "prepare_batch": {"_target_": "scripts.prepare_batch.ConditionalDiffusionPrepareBatch",
                               "num_train_timesteps": "$@scheduler.num_train_timesteps", "scheduler": "@scheduler",
                               "null_class": "$len(@classes)", "label_dropout": "@label_dropout",
-                              "preconditioning": "@preconditioning", "sigma_data": "@edm_sigma_data"},
+                              "preconditioning": "@preconditioning", "sigma_data": "@edm_sigma_data",
+                              **{key: value for key, value in (training or {}).items() if key in TRAINING_KEYS}},
             "loss": "$torch.nn.MSELoss()",
         })
+        if autoencoder is not None:
+            train["prepare_batch"].update({"_target_": "scripts.latent.LatentPrepareBatch",
+                                           "autoencoder": "@autoencoder", "scale_factor": "@scale_factor"})
         trained = "@network"
     train["trainer"] = {"_target_": "SupervisedTrainer", "device": "@device", "max_epochs": "@max_epochs",
                         "train_data_loader": "@train#dataloader", "network": trained, "optimizer": "@optimizer",
                         "loss_function": "@train#loss", "inferer": "@train#inferer",
                         "prepare_batch": "@train#prepare_batch", "train_handlers": "@train#handlers"}
     config["train"] = train
-    config["run"] = ["$monai.utils.set_determinism(seed=@seed)", "$@train#trainer.run()"]
+    config["run"] = ["$monai.utils.set_determinism(seed=@seed)",
+                     *(["$@load_autoencoder"] if autoencoder is not None else []), "$@train#trainer.run()"]
     return config
 
 
-def multi_gpu_config(kind: str) -> dict[str, Any]:
-    """Overrides of train.json for ``torchrun`` (as the zoo's bundles write them)."""
+def multi_gpu_config(kind: str, latent: bool = False) -> dict[str, Any]:
+    """Overrides of train.json (train_diffusion.json if ``latent``) for ``torchrun`` (as the zoo's bundles write
+    them)."""
+    load = ["$@load_autoencoder"] if latent else []
     return {
         "device": "$torch.device('cuda:' + os.environ['LOCAL_RANK'] if torch.cuda.is_available() else 'cpu')",
         "network": {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)",
@@ -286,7 +380,7 @@ def multi_gpu_config(kind: str) -> dict[str, Any]:
         "train#trainer#train_handlers": "$@train#handlers[: -2 if dist.get_rank() > 0 else None]",
         "imports": [*IMPORTS, "$import torch.distributed as dist"],
         "run": ["$dist.is_initialized() or dist.init_process_group(backend='nccl' if torch.cuda.is_available() "
-                "else 'gloo')", "$monai.utils.set_determinism(seed=@seed)", "$@train#trainer.run()"],
+                "else 'gloo')", "$monai.utils.set_determinism(seed=@seed)", *load, "$@train#trainer.run()"],
         "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
     }
 
@@ -301,7 +395,8 @@ def zoo_metadata(meta: dict[str, Any], source: dict[str, Any], kind: str) -> dic
     out.pop("optional_packages_version", None)
     fmt = out["network_data_format"]
     inputs = fmt["inputs"]
-    size = [int(meta["image_size"])] * 2
+    size = ([int(v) for v in meta["config"]["latent_shape"][1:]] if is_latent(meta)  # the network sees latents
+            else [int(meta["image_size"])] * 2)
     inputs["image"]["spatial_shape"] = size
     fmt["outputs"]["pred"]["spatial_shape"] = size
     if kind == "score":  # network_def is the UNet inside the score wrapper: timesteps = log(sigma)
@@ -317,12 +412,36 @@ SAMPLER_NAMES = {"pc": "annealed Langevin / predictor-corrector", "als": "anneal
                  "reverse": "reverse-diffusion predictor", "dpmpp2m": "DPM-Solver++ 2M", "ddim": "DDIM", "ddpm": "DDPM"}
 
 
+def output_line(meta: dict[str, Any], kind: str) -> str:
+    """What the network returns, in the README's words."""
+    if kind == "score":
+        return "sigma times the score of the noisy image."
+    what = {"v_prediction": "Predicted velocity (v)", "sample": "Predicted clean input (x0)"}.get(
+        meta.get("prediction_type") or "epsilon", "Predicted noise (epsilon)")
+    if meta.get("config", {}).get("preconditioning") == "edm":
+        what = ("EDM's preconditioned output F (Karras et al. 2022; input scaled by c_in): `scripts/objectives.py` "
+                f"turns c_skip x + c_out F into the {what[0].lower() + what[1:]}")
+    return what + "."
+
+
 def zoo_readme(meta: dict[str, Any], source_meta: dict[str, Any], name: str, kind: str, card: str,
-               sampling: dict[str, Any] | None = None) -> str:
+               sampling: dict[str, Any] | None = None, autoencoder: dict[str, Any] | None = None) -> str:
     """A model card in the zoo's README layout; the medgen card's figures follow under Performance."""
     classes = ", ".join(meta["classes"])
     size = meta["image_size"]
-    settings = inference_config(meta, kind, sampling)
+    settings = inference_config(meta, kind, sampling, autoencoder)
+    train_file = "train_diffusion.json" if autoencoder is not None else "train.json"
+    latent = "latent" if autoencoder is not None else "image"
+    latent_shape = "x".join(map(str, meta.get("config", {}).get("latent_shape", [])))
+    stages = "" if autoencoder is None else f"""
+Two networks, as in the zoo's latent diffusion bundles: MONAI's `AutoencoderKL` (`autoencoder_def`,
+`models/model_autoencoder.pt`) compresses each {size}x{size} image into a {latent_shape}
+latent (scale factor {float(meta["config"]["scale_factor"]):.6g}), and the diffusion network (`network_def`,
+`models/model.pt`) denoises latents; inference decodes the sampled latents into images. `configs/{train_file}`
+trains the diffusion network on the frozen autoencoder (each batch encoded on the fly). The autoencoder itself
+was trained with medgen (`train_autoencoder.yaml`: L1, KL, adversarial and a perceptual loss on medgen's domain
+classifier); its training is not part of this export.
+"""
     unit = "noise levels" if kind == "score" else "steps"
     sampler = (f"{SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])}, {settings['num_inference_steps']} "
                f"{unit}, guidance scale {settings['guidance_scale']}")
@@ -336,17 +455,17 @@ Exported from medgen {_version('medgen')} by `medgen zoo-export {name}`; it runs
 {source_meta.get('data_source', '')}
 
 Classes: {classes}. Images are {size}x{size}, {meta.get('channels', 1)} channel(s), scaled to [-1, 1].
-
+{stages}
 ## Training Configuration
-`configs/train.json`: AdamW, learning rate 2e-4, batch 16, class-conditional with a null class (label dropout 0.1)
+`configs/{train_file}`: AdamW, learning rate 2e-4, batch 16, class-conditional with a null class (label dropout 0.1)
 for classifier-free guidance. Checkpoints go to `runs/checkpoints`, TensorBoard events to `runs/tensorboard`.
 
 ### Input
-{"Noisy image and log noise level (timesteps), class label." if kind == "score" else
- "Noisy image, timestep (0-999), class label."}
+{f"Noisy {latent} and log noise level (timesteps), class label." if kind == "score" else
+ f"Noisy {latent}, timestep (0-999), class label."}
 
 ### Output
-{"sigma times the score of the noisy image." if kind == "score" else "Predicted noise (epsilon)."}
+{output_line(meta, kind)}
 
 ## Performance
 See the figures below (from medgen's model card) and `configs/metadata.json` `eval_metrics`.
@@ -356,13 +475,13 @@ The commands work from any folder (`bundle_root` is the folder of the config fil
 
 #### Execute training
 ```
-python -m monai.bundle run --config_file configs/train.json --dataset_dir <folder with one sub-folder per class>
+python -m monai.bundle run --config_file configs/{train_file} --dataset_dir <folder with one sub-folder per class>
 ```
 
 #### Override the `train` config to execute multi-GPU training
 ```
 torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']"
+    --config_file "['configs/{train_file}','configs/multi_gpu_{train_file}']"
 ```
 
 #### Execute inference
@@ -393,9 +512,29 @@ The code is released under the Apache License, Version 2.0 (`LICENSE`); the trai
 """
 
 
-def dataset_folder_name(src: Path) -> str:
-    """The data set's folder name from the medgen train config's ``dataset_dir`` (the bundle name if none)."""
-    text = (src / "configs" / "train.yaml").read_text() if (src / "configs" / "train.yaml").is_file() else ""
+def latent_autoencoder(weights: Path, meta: dict[str, Any], kind: str) -> tuple[dict[str, Any], dict]:
+    """The metadata and plain ``AutoencoderKL`` state dict of the autoencoder beside latent diffusion ``weights``,
+    checked against the SHA-256 the diffusion weights record."""
+    from medgen.autoencoder.weights import load_autoencoder
+    from medgen.networks.weights_meta import sha256_of
+
+    if kind != "ddpm":
+        raise ZooExportError(f"{weights}: a latent score network; the zoo form exports latent DDPM bundles only")
+    config = meta["config"]
+    path = weights.parent / config.get("autoencoder_file", "model_autoencoder.pt")
+    if not path.is_file():
+        raise ZooExportError(f"{path}: no autoencoder beside the latent diffusion weights {weights.name}")
+    if config.get("autoencoder_sha256") and sha256_of(path) != config["autoencoder_sha256"]:
+        raise ZooExportError(f"{path}: not the autoencoder {weights.name} was trained on (sha256 differs from "
+                             f"model.json's autoencoder_sha256 {config['autoencoder_sha256'][:16]}...)")
+    _, autoencoder = load_autoencoder(path)  # checked: it loads strictly into the AutoencoderKL it records
+    return autoencoder, unet_state_dict(path, "ddpm")  # the state dict as stored (fp16)
+
+
+def dataset_folder_name(src: Path, train_file: str = "train.yaml") -> str:
+    """The data set's folder name from the medgen training config's ``dataset_dir`` (the bundle name if none)."""
+    path = src / "configs" / train_file
+    text = path.read_text() if path.is_file() else ""
     match = re.search(r"^dataset_dir:.*'([\w.-]+)'\)", text, re.M)
     return match.group(1) if match else src.name
 
@@ -413,11 +552,9 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
     meta = read_meta(weights)
     if not meta:
         raise ZooExportError(f"{weights}: no model.json beside it; the export needs the weights' metadata")
-    if meta.get("config", {}).get("route") == "latent":
-        raise ZooExportError(f"{weights}: latent diffusion weights (with {meta['config'].get('autoencoder_file')}); "
-                             "the zoo form of a latent bundle is not written yet: use the bundle folder itself "
-                             "(python -m monai.bundle run inference --config_file <bundle>/configs/inference.yaml)")
     kind = kind_of(meta)
+    autoencoder, autoencoder_state = (latent_autoencoder(weights, meta, kind) if is_latent(meta)
+                                      else (None, None))
     source_meta = json.loads((src / "configs" / "metadata.json").read_text())
     target = Path(out) / name
     if target.exists() and not force:
@@ -442,17 +579,22 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         for module, file in VENDORED.items():
             (work / "scripts" / file).write_text(vendored_source(module))
         torch.save(unet_state_dict(weights, kind), work / "models" / "model.pt")
+        if autoencoder_state is not None:
+            torch.save(autoencoder_state, work / "models" / "model_autoencoder.pt")
         class_map = meta.get("class_map") or meta.get("config", {}).get("class_map")
-        dataset_name = dataset_folder_name(src)
+        train_file = "train_diffusion" if autoencoder is not None else "train"
+        dataset_name = dataset_folder_name(src, f"{train_file}.yaml")
         sampling = bundle_sampling(src)
-        configs = {"inference.json": inference_config(meta, kind, sampling),
-                   "train.json": train_config(meta, kind, dataset_name, class_map),
-                   "multi_gpu_train.json": multi_gpu_config(kind),
+        training = bundle_training(src, f"{train_file}.yaml")
+        configs = {"inference.json": inference_config(meta, kind, sampling, autoencoder),
+                   f"{train_file}.json": train_config(meta, kind, dataset_name, class_map, autoencoder, training),
+                   f"multi_gpu_{train_file}.json": multi_gpu_config(kind, autoencoder is not None),
                    "metadata.json": zoo_metadata(meta, source_meta, kind)}
         for file, content in configs.items():
             (work / "configs" / file).write_text(json.dumps(content, indent=4) + "\n")
         card = (src / "docs" / "README.md").read_text() if (src / "docs" / "README.md").is_file() else ""
-        (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card, sampling))
+        (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card, sampling,
+                                                            autoencoder))
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         (work / "docs" / "export.json").write_text(json.dumps(
             {"bundle": name, "version": source_meta.get("version"), "exported": stamp,

@@ -12,7 +12,6 @@ from medgen.latent.checks import (
     LatentConfigError,
     check_image_size,
     check_latent_config,
-    check_latent_training,
     require_autoencoder_weights,
 )
 from medgen.latent.meta import (
@@ -20,6 +19,7 @@ from medgen.latent.meta import (
     LatentWeightsMeta,
     check_autoencoder_file,
     check_autoencoder_or_exit,
+    check_latent_training,
     latent_weights_config,
 )
 from medgen.latent.pipeline import LatentDiffusionPipeline, LatentLangevinPipeline, latent_scheduler

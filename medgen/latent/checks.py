@@ -3,7 +3,9 @@
 What the autoencoder is (latent channels, downsampling factor, image channels) is read off the MONAI
 ``AutoencoderKL`` itself (:class:`AutoencoderFacts`), so a check needs no extra bookkeeping; the diffusion side comes
 from the config keys the user can change (``image_size``, ``network_def#in_channels``, ``latent_size``,
-``scale_factor``). MONAI's ``LatentDiffusionInferer`` checks none of these, hence this module.
+``scale_factor``). MONAI's ``LatentDiffusionInferer`` checks none of these, hence this module. It imports nothing of
+medgen, so ``medgen zoo-export`` copies it into a latent bundle's ``scripts/``; the run-list wrappers that end a bundle
+run with one line (``check_latent_training``, ``check_autoencoder_or_exit``) are in :mod:`medgen.latent.meta`.
 """
 
 from __future__ import annotations
@@ -161,29 +163,3 @@ def check_latent_config(facts: AutoencoderFacts, image_size: int | Sequence[int]
             f"config key 'scale_factor' is {float(scale_factor):.6g} in {config_file} but {facts.name} gives "
             f"{float(data_scale_factor):.6g} on this data ({scale_source}): the diffusion weights were made with "
             "another autoencoder or data; set scale_factor null (computed from the data) or give that autoencoder")
-
-
-def check_latent_training(autoencoder_path: str | Path | None, autoencoder: torch.nn.Module | None = None,
-                          image_size: int | Sequence[int] | None = None, network: torch.nn.Module | None = None,
-                          latent_size: int | Sequence[int] | None = None, channels: int | None = None,
-                          config_file: str = "train_diffusion.yaml") -> AutoencoderFacts:
-    """For a bundle's run list, before anything is trained: the autoencoder exists and fits the config, else
-    the run ends with one line (``SystemExit`` through MONAI's config parser, as :func:`medgen.config.fail`).
-
-    Without ``autoencoder`` only the weights' existence is checked (call it so before the config loads them); the
-    scale factor is checked against the data by :meth:`LatentCache.check_scale_factor`.
-    """
-    from medgen.config import fail
-
-    try:
-        path = require_autoencoder_weights(autoencoder_path)
-        if autoencoder is None:
-            return AutoencoderFacts(0, 1, 0, str(path))
-        facts = AutoencoderFacts.of(autoencoder, path)
-        sizes = (image_size, latent_size) if image_size is not None else (facts.downsampling_factor, None)
-        check_latent_config(facts, sizes[0], network_in_channels(network) if network is not None else None,
-                            sizes[1], None, None, config_file, channels=channels)
-        return facts
-    except LatentConfigError as err:
-        fail(str(err))
-        raise  # unreachable: fail() raises

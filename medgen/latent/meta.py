@@ -23,7 +23,13 @@ from typing import Any
 
 import torch
 
-from medgen.latent.checks import LatentConfigError, require_autoencoder_weights
+from medgen.latent.checks import (
+    AutoencoderFacts,
+    LatentConfigError,
+    check_latent_config,
+    network_in_channels,
+    require_autoencoder_weights,
+)
 from medgen.networks.weights_meta import WeightsMeta, meta_value, plain, read_meta, sha256_of
 
 LATENT_KEYS = ("route", "autoencoder_file", "autoencoder_sha256", "scale_factor", "latent_shape", "latent_channels",
@@ -101,6 +107,32 @@ def check_autoencoder_or_exit(autoencoder_path: str | Path | None, diffusion_wei
     try:
         return check_autoencoder_file(autoencoder_path, read_meta(diffusion_weights, warn=False), diffusion_weights,
                                       key)
+    except LatentConfigError as err:
+        fail(str(err))
+        raise  # unreachable: fail() raises
+
+
+def check_latent_training(autoencoder_path: str | Path | None, autoencoder: torch.nn.Module | None = None,
+                          image_size: int | Sequence[int] | None = None, network: torch.nn.Module | None = None,
+                          latent_size: int | Sequence[int] | None = None, channels: int | None = None,
+                          config_file: str = "train_diffusion.yaml") -> AutoencoderFacts:
+    """For a bundle's run list, before anything is trained: the autoencoder exists and fits the config, else
+    the run ends with one line (``SystemExit`` through MONAI's config parser, as :func:`medgen.config.fail`).
+
+    Without ``autoencoder`` only the weights' existence is checked (call it so before the config loads them); the
+    scale factor is checked against the data by :meth:`LatentCache.check_scale_factor`.
+    """
+    from medgen.config import fail
+
+    try:
+        path = require_autoencoder_weights(autoencoder_path)
+        if autoencoder is None:
+            return AutoencoderFacts(0, 1, 0, str(path))
+        facts = AutoencoderFacts.of(autoencoder, path)
+        sizes = (image_size, latent_size) if image_size is not None else (facts.downsampling_factor, None)
+        check_latent_config(facts, sizes[0], network_in_channels(network) if network is not None else None,
+                            sizes[1], None, None, config_file, channels=channels)
+        return facts
     except LatentConfigError as err:
         fail(str(err))
         raise  # unreachable: fail() raises

@@ -108,12 +108,14 @@ def evaluate(
     redact_paths: bool = False,
     judge: bool = True,
     judge_classifier: str | os.PathLike | None = None,
+    classifier_size: int | None = None,
 ) -> dict:
     """Compute every metric of issue 3 for ``samples_dir``, write ``metrics.json`` (and ``report.html``).
 
     The memorisation section names training files and the report shows real training pixels (PHI);
     ``redact_paths`` names them by their place in the datalist and leaves real pixels out of the report.
-    ``judge``: the classifier-judged section (:mod:`medgen.metrics.judge`; ``judge_classifier`` reuses one)."""
+    ``judge``: the classifier-judged section (:mod:`medgen.metrics.judge`; ``judge_classifier`` reuses one), trained
+    and run at ``classifier_size`` pixels (default ``size``; a smaller one keeps 256² evaluations short on a CPU)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,8 @@ def evaluate(
         from medgen.metrics.judge import evaluation_judge
 
         metrics["judge"] = evaluation_judge(samples_dir, datalist, out_dir / "judge", classifier=judge_classifier,
-                                            size=size, channels=generated.channels, seed=seed)
+                                            size=classifier_size or size, channels=generated.channels, seed=seed,
+                                            log=True)
     metrics["seconds"] = round(time.time() - t0, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report:

@@ -327,6 +327,8 @@ def judge(
         train_x, train_y = train.images, train.labels
         require("judge classifier training", 2 * len(classes), len(train_x), "real training images")
         t1 = time.time()
+        if log:
+            print(f"judge classifier: {len(train_x)} real training images at {size} px, {epochs} epochs")
         model = train_classifier(train_x, train_y, len(classes), epochs=epochs, batch_size=batch_size, seed=seed,
                                  log=log)
         training = {"seed": seed, "epochs": epochs, "n_train": int(len(train_x)), "train_per_class": train_per_class,

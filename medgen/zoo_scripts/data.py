@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+import torch
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TRAINING_SPLITS = ("train", "training", "Train", "Training")
 
@@ -52,3 +54,17 @@ def folder_datalist(dataset_dir: str, classes: Sequence[str], class_map: Mapping
             found = [found[int(i * step)] for i in range(max_items_per_class)]
         items += found
     return items
+
+
+def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``(C, H, W)`` image with ``channels`` channels as medgen reads files: colour to grey by ITU-R 601 luma,
+    grey repeated for a colour model, an alpha channel dropped."""
+    image = image.float()
+    if channels == 1:
+        if image.shape[0] >= 3:
+            luma = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(3, 1, 1)
+            return (image[:3] * luma).sum(0, keepdim=True)
+        return image[:1]
+    if image.shape[0] < channels:
+        return image[:1].repeat(channels, 1, 1)
+    return image[:channels]

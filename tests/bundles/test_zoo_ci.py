@@ -22,16 +22,25 @@ REPO = Path(__file__).resolve().parents[2]
 ZOO_CI = REPO / "tests" / "fixtures" / "model_zoo_ci"
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
-# a bundle without shipped weights is exported with stand-in weights (see `sources`); latent bundles (two stages,
-# train_autoencoder.yaml + train_diffusion.yaml) have no zoo form yet, and zoo-export says so
-EXPORTABLE = [name for name in BUNDLES if (REPO / "bundles" / name / "configs" / "train.yaml").is_file()]
+# a pixel bundle without shipped weights is exported with stand-in weights (see `sources`); latent bundles (two
+# stages) are exported with their shipped autoencoder and diffusion weights
+LATENT = [name for name in BUNDLES if (REPO / "bundles" / name / "configs" / "train_diffusion.yaml").is_file()]
+EXPORTABLE = [name for name in BUNDLES if (REPO / "bundles" / name / "configs" / "train.yaml").is_file()
+              or (name in LATENT and (REPO / "bundles" / name / "models" / "model.pt").is_file())]
+SHIPPED = [name for name in EXPORTABLE if (REPO / "bundles" / name / "models" / "model.pt").is_file()]
 DATA = Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data"))
 DATASETS = {"cxr_ddpm": "chest_xray_kermany_224", "brain_mri_score": "brain_tumor_mri_224",
-            "blood_cells_ddpm": "blood_cells_pbc"}
+            "blood_cells_ddpm": "blood_cells_pbc", "cxr_ldm": "chest_xray_kermany_224",
+            "brain_mri_ldm": "brain_tumor_mri_224"}
 TIMEOUT = 1800
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SCHEMA.is_file(), reason=f"zoo metadata schema not found at {SCHEMA}")]
+
+
+def train_file(name: str) -> str:
+    """The exported training config: train.json, or train_diffusion.json for a latent bundle (as the zoo's)."""
+    return "train_diffusion.json" if name in LATENT else "train.json"
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -179,6 +188,20 @@ def test_the_exported_inference_runs_from_any_folder_without_medgen(models: Path
     assert f", {source['num_inference_steps']} " in (bundle / "docs" / "README.md").read_text()
     assert all((bundle / "samples" / line["image"]).stat().st_size > 100 for line in lines)
     assert not (elsewhere / "samples").exists()  # bundle_root is the config file's folder, not the current one
+    # the same image as the medgen bundle makes from the same seed, class and settings (its first class, seed 0)
+    source_bundle = REPO / "bundles" / name if name in SHIPPED else None
+    if source_bundle is not None:
+        ours = tmp_path / "medgen_samples"
+        done = run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                    str(source_bundle / "configs" / "inference.yaml"), "--per_class", "1", "--seed", "0",
+                    "--num_inference_steps", steps, "--output_dir", str(ours)], cwd=elsewhere)
+        assert done.returncode == 0, done.stderr[-3000:]
+        first = exported["classes"][0]
+        from PIL import Image
+
+        exported_image = Image.open(bundle / "samples" / first / "000000.png")
+        medgen_image = Image.open(ours / first / "000000.png")
+        assert exported_image.tobytes() == medgen_image.tobytes(), name
 
 
 @pytest.mark.parametrize("name", EXPORTABLE)
@@ -190,9 +213,10 @@ def test_the_exported_training_runs_on_real_data_without_medgen(models: Path, na
     tiny = ["--image_size", "32", "--network_def#channels", "[8,16]", "--network_def#attention_levels",
             "[false,true]", "--network_def#num_res_blocks", "1", "--network_def#norm_num_groups", "8",
             "--network_def#num_head_channels", "8"]
-    done = run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
-                "--dataset_dir", str(dataset), "--max_items_per_class", "4", "--max_epochs", "1", "--batch_size", "4",
-                *tiny], cwd=tmp_path, env=no_medgen)
+    config = str(bundle / "configs" / train_file(name))
+    done = run([sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(dataset),
+                "--max_items_per_class", "4", "--max_epochs", "1", "--batch_size", "4", *tiny],
+               cwd=tmp_path, env=no_medgen)
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((bundle / "runs" / "checkpoints").glob("checkpoint_final_iteration=*.pt"))
     assert list((bundle / "runs" / "tensorboard").glob("events.out.tfevents.*"))
@@ -210,9 +234,98 @@ def test_zoo_export_refuses_to_overwrite_and_to_export_without_weights(tmp_path:
     assert not (tmp_path / "out" / "bare").exists()
 
 
+def test_zoo_export_refuses_a_latent_bundle_whose_autoencoder_is_not_the_one_its_weights_were_trained_on(
+        tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(REPO / "bundles" / "cxr_ldm", mixed, ignore=shutil.ignore_patterns("runs"))
+    for suffix in (".pt", ".json"):
+        shutil.copy(REPO / "bundles" / "brain_mri_ldm" / "models" / f"model_autoencoder{suffix}",
+                    mixed / "models" / f"model_autoencoder{suffix}")
+    done = run([sys.executable, "-m", "medgen.cli", "zoo-export", str(mixed), "--out", str(tmp_path / "out")],
+               cwd=REPO)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.count("\n") == 1 and "model_autoencoder.pt: not the autoencoder model.pt was trained on" in \
+        done.stdout
+    assert not (tmp_path / "out" / "mixed").exists()
+
+
 @pytest.mark.parametrize("name", EXPORTABLE)
 def test_the_exported_folder_has_a_folder_s_usual_permissions(models: Path, name: str, tmp_path: Path) -> None:
     """Others who may read the export folder (a shared model store, the zoo's CI user) can read the bundle."""
     usual = tmp_path / "usual"
     usual.mkdir()
     assert (models / name).stat().st_mode & 0o777 == usual.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_the_exported_training_prepares_images_as_medgen_does(models: Path, name: str, tmp_path: Path,
+                                                             no_medgen: dict[str, str]) -> None:
+    """Fine-tuning the exported weights sees the images they were trained on: same orientation (rows first, not
+    MONAI's transposed PIL default), resize mode, grey conversion and range as medgen's training transforms."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medgen.data.transforms import diffusion_transforms
+    from medgen.zoo_scripts.data import folder_datalist
+
+    exported = ConfigParser()
+    exported.read_config(str(models / name / "configs" / train_file(name)))
+    items = folder_datalist(str(DATA / DATASETS[name]), exported["classes"], exported["class_map"], 2)
+    script = tmp_path / "prepare.py"  # the exported transforms, run where only MONAI and the bundle exist
+    script.write_text(f"""
+import sys, torch
+from monai.bundle import ConfigParser
+bundle = {str(models / name)!r}
+sys.path.insert(0, bundle)
+parser = ConfigParser()
+parser.read_config(bundle + "/configs/{train_file(name)}")
+parser["bundle_root"] = bundle
+prepare = parser.get_parsed_content("train#preprocessing")
+torch.save([torch.as_tensor(prepare(dict(item))["image"]) for item in {items!r}], {str(tmp_path / "out.pt")!r})
+""")
+    done = run([sys.executable, str(script)], cwd=tmp_path, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    source = ConfigParser()  # the stage that reads image files: train.yaml, or a latent bundle's autoencoder stage
+    source.read_config(str(REPO / "bundles" / name / "configs" / ("train_autoencoder.yaml" if name in LATENT
+                                                                   else "train.yaml")))
+    medgen = diffusion_transforms(exported["image_size"], exported["channels"], resize_mode=source["resize_mode"])
+    for item, ours in zip(items, torch.load(tmp_path / "out.pt", weights_only=True)):
+        theirs = torch.as_tensor(medgen(dict(item))["image"]).float()
+        assert ours.shape == theirs.shape, item["image"]
+        assert torch.allclose(ours.float(), theirs, atol=0.02), (item["image"], (ours - theirs).abs().max())
+
+
+@pytest.mark.parametrize("name", [name for name in LATENT if name in EXPORTABLE])
+def test_the_exported_latent_training_continues_the_shipped_weights_at_their_trained_loss(
+        models: Path, name: str, no_medgen: dict[str, str], tmp_path: Path) -> None:
+    """train_diffusion.json encodes real images with the exported autoencoder into the latents the diffusion weights
+    were trained on: their loss there is the trained level (images prepared any other way, e.g. transposed, score
+    far worse), a fresh network's is about 1."""
+    script = tmp_path / "loss.py"
+    script.write_text(f"""
+import sys, torch, monai
+from monai.bundle import ConfigParser
+bundle = {str(models / name)!r}
+sys.path.insert(0, bundle)
+parser = ConfigParser()
+parser.read_config(bundle + "/configs/train_diffusion.json")
+parser.update({{"bundle_root": bundle, "dataset_dir": {str(DATA / DATASETS[name])!r}, "max_items_per_class": 32,
+               "num_workers": 0, "batch_size": 16}})
+parser.get_parsed_content("load_autoencoder")
+network = parser.get_parsed_content("network")
+for trained in (False, True):
+    if trained:
+        network.load_state_dict(torch.load(bundle + "/models/model.pt", weights_only=True))
+    monai.utils.set_determinism(0)
+    losses = []
+    for batch in parser.get_parsed_content("train#dataloader"):
+        inputs, target, args, kwargs = parser.get_parsed_content("train#prepare_batch")(batch, "cpu")
+        with torch.no_grad():
+            out = parser.get_parsed_content("train#inferer")(inputs, network, *args, **kwargs)
+        losses.append(torch.nn.functional.mse_loss(out.float(), target.float()).item())
+    print(sum(losses) / len(losses))
+""")
+    done = run([sys.executable, str(script)], cwd=tmp_path, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fresh, trained = map(float, done.stdout.split()[-2:])
+    assert fresh > 0.8 and trained < 0.35 * fresh, (fresh, trained)
