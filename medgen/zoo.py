@@ -273,11 +273,16 @@ def check_config_keys(bundle: Path) -> list[Finding]:
     from monai.bundle import ConfigParser
 
     findings = []
-    for stem, keys, level in (("train", TRAINING_KEYS, "error"), ("inference", INFERENCE_KEYS, "error")):
+    # a latent bundle trains its diffusion network with train_diffusion.* (the zoo's own latent bundles' name)
+    configs = bundle / "configs"
+    latent = not _find_file(configs, "train") and _find_file(configs, "train_diffusion")
+    train = "train_diffusion" if latent else "train"
+    for stem, keys, level in ((train, TRAINING_KEYS, "error"), ("inference", INFERENCE_KEYS, "error")):
         path = _find_file(bundle / "configs", stem)
         if path is None:
             if stem == "train":
-                findings.append(Finding("config_keys", f"no {bundle}/configs/train.*", "warning"))
+                findings.append(Finding("config_keys", f"no {bundle}/configs/train.* (nor train_diffusion.*)",
+                                        "warning"))
             continue
         parser = ConfigParser()
         parser.read_config(str(path))

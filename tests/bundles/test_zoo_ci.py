@@ -126,6 +126,7 @@ def test_medgen_verify_fails_exactly_where_the_zoo_full_mode_fails(models: Path,
                    "generative"], cwd=tmp_path)
     assert granted.returncode == 0, granted.stdout
     assert "verified in the zoo's full mode (0 error(s)" in granted.stdout and "shape, torchscript" in granted.stdout
+    assert "configs/train.*" not in granted.stdout  # a latent export's train_diffusion.json is its training config
 
 
 @pytest.mark.parametrize("name", EXPORTABLE)
