@@ -191,21 +191,22 @@ def common_keys(meta: dict[str, Any], kind: str, autoencoder: dict[str, Any] | N
 SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale")
 
 
-def bundle_sampling(src: Path) -> dict[str, Any]:
-    """The sampler, steps and guidance scale the medgen bundle's ``inference.yaml`` samples with (its literal values),
-    so the exported bundle makes the images its model card's figures were measured on."""
+def literal_values(src: Path, file: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The literal (not ``$``-expression) values of ``keys`` in the medgen bundle's config ``file``: the sampler,
+    steps and guidance of ``inference.yaml`` (so the export makes the images its model card's figures were measured
+    on), the noise-level sampling and loss weighting of the training config."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(src / "configs" / "inference.yaml"))
-    values = {key: parser[key] for key in SAMPLING_KEYS if key in parser}
+    parser.read_config(str(src / "configs" / file))
+    values = {key: parser[key] for key in keys if key in parser}
     return {key: value for key, value in values.items() if not (isinstance(value, str) and value.startswith("$"))}
 
 
 def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] | None = None,
                      autoencoder: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The zoo bundle's inference.json; ``sampling`` (:func:`bundle_sampling`) overrides the sampler defaults;
-    ``autoencoder`` (its weights' metadata) makes it sample latents and decode them."""
+    """The zoo bundle's inference.json; ``sampling`` (:func:`literal_values` of ``inference.yaml``) overrides the
+    sampler defaults; ``autoencoder`` (its weights' metadata) makes it sample latents and decode them."""
     config = common_keys(meta, kind, autoencoder)
     config.update({
         "output_dir": "$@bundle_root + '/samples'",
@@ -255,16 +256,6 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
 TRAINING_KEYS = ("timestep_sampling", "lognormal_mean", "lognormal_std", "loss_weighting", "min_snr_gamma")
 
 
-def bundle_training(src: Path, file: str) -> dict[str, Any]:
-    """The literal values of :data:`TRAINING_KEYS` in the medgen bundle's training config ``file``."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(src / "configs" / file))
-    values = {key: parser[key] for key in TRAINING_KEYS if key in parser}
-    return {key: value for key, value in values.items() if not (isinstance(value, str) and value.startswith("$"))}
-
-
 def resize_steps(meta: dict[str, Any], image_keys: list[str]) -> list[dict[str, Any]]:
     """MONAI transforms bringing an image to ``image_size`` as the weights were trained (their ``resize_mode``)."""
     mode = meta.get("config", {}).get("resize_mode") or "crop"  # medgen's default (weights before it was recorded)
@@ -286,7 +277,8 @@ def resize_steps(meta: dict[str, Any], image_keys: list[str]) -> list[dict[str, 
 def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: dict | None,
                  autoencoder: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The zoo bundle's training config: train.json, or train_diffusion.json on the frozen ``autoencoder``;
-    ``training`` (:func:`bundle_training`) carries the medgen bundle's noise-level sampling and loss weighting."""
+    ``training`` (:func:`literal_values` of the training config) carries the medgen bundle's noise-level sampling
+    and loss weighting."""
     config = common_keys(meta, kind, autoencoder)
     image_keys = ["image"]
     config.update({
@@ -584,8 +576,8 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         class_map = meta.get("class_map") or meta.get("config", {}).get("class_map")
         train_file = "train_diffusion" if autoencoder is not None else "train"
         dataset_name = dataset_folder_name(src, f"{train_file}.yaml")
-        sampling = bundle_sampling(src)
-        training = bundle_training(src, f"{train_file}.yaml")
+        sampling = literal_values(src, "inference.yaml", SAMPLING_KEYS)
+        training = literal_values(src, f"{train_file}.yaml", TRAINING_KEYS)
         configs = {"inference.json": inference_config(meta, kind, sampling, autoencoder),
                    f"{train_file}.json": train_config(meta, kind, dataset_name, class_map, autoencoder, training),
                    f"multi_gpu_{train_file}.json": multi_gpu_config(kind, autoencoder is not None),
