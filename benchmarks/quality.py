@@ -4,12 +4,14 @@
     python -m benchmarks.quality --bundle cxr_ddpm --weights runs/cxr_ddpm/X/model.pt --sampler dpmpp2m --steps 15
     python -m benchmarks.quality --bundle cxr_ddpm --sweep --per-class 100   # FID ratio vs steps and guidance
     python -m benchmarks.quality --bundle cxr_ddpm --check            # do the weights match the JSON cards quote?
+    python -m benchmarks.quality --bundle cxr_ldm --autoencoder-ceiling   # + its reconstructions scored as samples
 
 What is compared with what is :mod:`medgen.metrics.protocol` (N generated per class = the held-out count, capped at
 500; the floor is held-out real vs the training reference at the same N). Images are generated through the bundle's
 own ``inference.yaml`` (the same code as ``medgen sample``) into a samples folder that a rerun resumes and that
 ``medgen evaluate`` reads too. Class k uses seeds ``seed + 100000 k + i``. The JSON (``benchmarks/results/
-quality_<bundle>.json``) records the weights' sha256, sampler, steps, guidance, seeds and machine.
+quality_<bundle>.json``) records the weights' sha256 (a latent bundle's also its autoencoder's, which names the samples
+folder too: another decoder, other images), sampler, steps, guidance, seeds and machine.
 """
 
 from __future__ import annotations
@@ -126,40 +128,86 @@ class RealSets:
                                       **preparation)
         self.reference = (extract_features(self.extractor, reference), reference.labels)
         self.heldout = (extract_features(self.extractor, heldout), heldout.labels)
+        self.heldout_images = heldout
         self.seconds = time.perf_counter() - t0
         self.size = size
 
-    def score(self, samples_dir: Path, classes: list[str], seed: int = 0) -> dict:
+    def score(self, samples_dir: Path, classes: list[str], seed: int = 0, counts: dict[str, int] | None = None) -> dict:
+        """Score the samples in ``samples_dir``; with ``counts``, the first ``counts[c]`` of each class only (a folder
+        a larger run filled holds more than this run asked for)."""
         from medgen.metrics.features import extract_features
         from medgen.metrics.image_sets import load_samples_dir
         from medgen.metrics.protocol import score_protocol
 
         generated = load_samples_dir(samples_dir, size=self.size, classes=classes)
+        if counts is not None:
+            generated = generated.subset(np.concatenate(
+                [np.flatnonzero(generated.labels == k)[:counts.get(name, 0)] for k, name in enumerate(classes)]))
         feats = extract_features(self.extractor, generated, use_cache=False)
         return score_protocol(classes, self.reference, (feats, generated.labels), self.heldout, seed=seed)
 
+    def score_reconstructions(self, autoencoder: Path, counts: dict[str, int], seed: int = 0) -> dict:
+        """The protocol's figures for the autoencoder's reconstructions of ``counts`` held-out images per class in
+        place of samples: the ceiling of any diffusion model on its latents, in the samples' own terms."""
+        import torch
 
-def samples_folder(root: Path, bundle: str, sha: str, sampling: dict, seed: int) -> Path:
+        from medgen.autoencoder import load_autoencoder, reconstruct
+        from medgen.metrics.features import extract_features
+        from medgen.metrics.image_sets import ImageSet
+        from medgen.metrics.protocol import score_protocol
+
+        network, _ = load_autoencoder(autoencoder)
+        held = self.heldout_images
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([rng.permutation(np.flatnonzero(held.labels == k))[:n]
+                               for k, n in enumerate(counts.values())])
+        with torch.no_grad():
+            out = reconstruct(network, torch.from_numpy(held.images[keep]).float() * 2 - 1)
+        recon = ImageSet(((out + 1) / 2).numpy(), held.labels[keep], held.classes)
+        feats = extract_features(self.extractor, recon, use_cache=False)
+        return score_protocol(list(counts), self.reference, (feats, recon.labels), self.heldout, seed=seed)
+
+
+def samples_folder(root: Path, bundle: str, sha: str, sampling: dict, seed: int,
+                   autoencoder_sha: str | None = None) -> Path:
+    """Named by the weights, the decoder (latent bundles: another decoder, other images), sampling and seed."""
     tag = "-".join(f"{v}" for v in sampling.values())
-    return root / bundle / f"{sha[:12]}-{tag}-s{seed}"
+    decoder = f"-ae{autoencoder_sha[:8]}" if autoencoder_sha else ""
+    return root / bundle / f"{sha[:12]}{decoder}-{tag}-s{seed}"
+
+
+def autoencoder_beside(weights: Path, meta: dict | None) -> Path | None:
+    """The autoencoder that decodes latent diffusion ``weights`` (the file their metadata names, beside them), or
+    None for pixel weights: part of what a latent bundle's figures were measured on."""
+    from medgen.networks.weights_meta import meta_value
+
+    if meta_value(meta, "route") != "latent":
+        return None
+    return weights.parent / (meta_value(meta, "autoencoder_file") or "model_autoencoder.pt")
 
 
 def check_quoted(bundle: Path, weights: Path, json_path: Path) -> int:
-    """Exit 0 when the weights are those the protocol JSON (the figures model cards quote) was measured on."""
+    """Exit 0 when the weights (and, for a latent bundle, the autoencoder beside them) are those the protocol JSON
+    (the figures model cards quote) was measured on."""
     import json
 
-    from medgen.networks.weights_meta import sha256_of
+    from medgen.networks.weights_meta import read_meta, sha256_of
 
     if not json_path.is_file():
         raise SystemExit(f"benchmarks.quality: error: no protocol results at {json_path}: run "
                          f"python -m benchmarks.quality --bundle {bundle.name} first")
-    quoted = json.loads(json_path.read_text()).get("weights_sha256")
-    actual = sha256_of(weights)
-    if quoted != actual:
-        raise SystemExit(f"benchmarks.quality: error: {weights} has sha256 {actual[:16]}..., but {json_path} was "
-                         f"measured on {str(quoted)[:16]}...: the figures quoted from it are not these weights'; "
-                         f"rerun python -m benchmarks.quality --bundle {bundle.name}")
-    print(f"{weights}: sha256 {actual[:16]}... matches {json_path}")
+    results = json.loads(json_path.read_text())
+    files = [(weights, results.get("weights_sha256"))]
+    autoencoder = autoencoder_beside(weights, read_meta(weights, warn=False))
+    if autoencoder is not None:
+        files.append((autoencoder, results.get("autoencoder_sha256")))
+    for path, quoted in files:
+        actual = sha256_of(path)
+        if quoted != actual:
+            raise SystemExit(f"benchmarks.quality: error: {path} has sha256 {actual[:16]}..., but {json_path} was "
+                             f"measured on {str(quoted)[:16]}...: the figures quoted from it are not these weights'; "
+                             f"rerun python -m benchmarks.quality --bundle {bundle.name}")
+        print(f"{path}: sha256 {actual[:16]}... matches {json_path}")
     return 0
 
 
@@ -184,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-grid", choices=["full", "slices"], default="slices",
                     help="slices: guidance at --slice-steps, then steps at the best guidance (cheaper); full: all")
     ap.add_argument("--slice-steps", type=int, default=15)
+    ap.add_argument("--autoencoder-ceiling", action="store_true",
+                    help="latent bundles: also score the autoencoder's reconstructions of held-out images (the "
+                         "ceiling of any diffusion model on its latents) as samples are scored")
     ap.add_argument("--check", action="store_true", help="only check the weights' sha256 against --json")
     ap.add_argument("--json", help="results file (default: benchmarks/results/quality_<bundle>.json)")
     args = ap.parse_args(argv)
@@ -215,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
     size = image_size_of(meta, 64)
     sha = sha256_of(weights)
+    autoencoder = autoencoder_beside(weights, meta)
+    ae_sha = sha256_of(autoencoder) if autoencoder is not None and autoencoder.is_file() else None
     root = Path(args.samples_root or os.environ.get("MEDGEN_RUNS_DIR") or "runs") / "quality"
     print(f"bundle {bundle.name}  weights {weights} (sha256 {sha[:16]}...)  {size}px  generated per class {counts}")
     base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance)
@@ -228,15 +281,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(sampling: dict) -> dict:
         sampling = {**effective_sampling(bundle, sampling), **sampling}
-        folder = samples_folder(root, bundle.name, sha, sampling, args.seed)
+        folder = samples_folder(root, bundle.name, sha, sampling, args.seed, ae_sha)
         t0 = time.perf_counter()
         seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size)
         gen_s = time.perf_counter() - t0
-        result = real.score(folder, classes)
+        result = real.score(folder, classes, counts=counts)
         return {"sampling": sampling, "seeds": seeds, "samples_dir": str(folder),
                 "generation_seconds": round(gen_s, 1), **result}
 
     payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,
+                               **({"autoencoder": str(autoencoder), "autoencoder_sha256": ae_sha} if ae_sha else {}),
                                "image_size": size, "counts": counts, "machine": machine(),
                                "datalist_source": str(datalist.get("source")), "seed": args.seed}
     if not args.sweep:
@@ -245,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsampler {run['sampling']}  ({run['generation_seconds']:.0f} s to generate)")
         print(table(ratio_rows(run), ["class", "N", "FID", "floor FID", "FID / floor", "KID", "floor KID",
                                       "precision", "recall"]))
+        if args.autoencoder_ceiling and ae_sha:
+            payload["autoencoder_ceiling"] = real.score_reconstructions(autoencoder, counts)
+            print("\nthe autoencoder's reconstructions of held-out images in place of samples (its ceiling):")
+            print(table(ratio_rows(payload["autoencoder_ceiling"]), ["class", "N", "FID", "floor FID", "FID / floor",
+                                                                     "precision", "recall"]))
     else:
         payload["runs"] = sweep(args, bundle, one)
         rows = [{"sampler": r["sampling"].get("sampler"), "steps": r["sampling"].get("num_inference_steps"),

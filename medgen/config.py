@@ -264,7 +264,7 @@ SPEC: dict[str, Rule] = {
     "scale_factor": optional(number(gt=0)), "autoencoder_channels": int_list, "kl_weight": number(ge=0),
     "perceptual_weight": number(ge=0), "adv_weight": number(ge=0), "adv_warmup_iters": integer(0),
     "grid_interval": integer(0), "discriminator_channels": integer(1), "discriminator_layers": integer(1),
-    "crop_size": optional(integer(1)),
+    "crop_size": optional(integer(0)), "train_encoder": boolean,
     # optimisation
     "batch_size": either(integer(1), "auto"), "learning_rate": number(gt=0), "max_epochs": integer(1),
     "gradient_accumulation": integer(1), "fused_optimizer": boolean,
@@ -348,6 +348,12 @@ def _cross_checks(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     steps, timesteps = get("num_inference_steps"), get("num_train_timesteps")
     if _is_int(steps) and _is_int(timesteps) and steps > timesteps:
         problems.append(("num_inference_steps", f"must be at most num_train_timesteps ({timesteps})"))
+    crop = get("crop_size")
+    if _is_int(crop) and _is_int(size) and crop > size:
+        problems.append(("crop_size", f"must be at most image_size ({size}), or 0 for whole images, got {crop}"))
+    if get("train_encoder") is False and "init_weights" in config and get("init_weights") is None:
+        problems.append(("train_encoder", "false needs init_weights: a frozen encoder must come from trained "
+                                          "autoencoder weights (--init_weights <model_autoencoder.pt>)"))
     if get("batch_size") == "auto" and "train" in config:
         problems.append(("batch_size", "must be a positive integer for training (auto is for sampling)"))
     names, classes = get("class_names"), get("classes")

@@ -506,9 +506,9 @@ The code is released under the Apache License, Version 2.0 (`LICENSE`); the trai
 
 def latent_autoencoder(weights: Path, meta: dict[str, Any], kind: str) -> tuple[dict[str, Any], dict]:
     """The metadata and plain ``AutoencoderKL`` state dict of the autoencoder beside latent diffusion ``weights``,
-    checked against the SHA-256 the diffusion weights record."""
+    checked against the SHA-256 the diffusion weights record (:func:`medgen.latent.check_autoencoder_file`)."""
     from medgen.autoencoder.weights import load_autoencoder
-    from medgen.networks.weights_meta import sha256_of
+    from medgen.latent import LatentConfigError, check_autoencoder_file
 
     if kind != "ddpm":
         raise ZooExportError(f"{weights}: a latent score network; the zoo form exports latent DDPM bundles only")
@@ -516,9 +516,10 @@ def latent_autoencoder(weights: Path, meta: dict[str, Any], kind: str) -> tuple[
     path = weights.parent / config.get("autoencoder_file", "model_autoencoder.pt")
     if not path.is_file():
         raise ZooExportError(f"{path}: no autoencoder beside the latent diffusion weights {weights.name}")
-    if config.get("autoencoder_sha256") and sha256_of(path) != config["autoencoder_sha256"]:
-        raise ZooExportError(f"{path}: not the autoencoder {weights.name} was trained on (sha256 differs from "
-                             f"model.json's autoencoder_sha256 {config['autoencoder_sha256'][:16]}...)")
+    try:
+        check_autoencoder_file(path, meta, weights, key="autoencoder_file")  # or it with a fine-tuned decoder
+    except LatentConfigError as err:
+        raise ZooExportError(str(err)) from None
     _, autoencoder = load_autoencoder(path)  # checked: it loads strictly into the AutoencoderKL it records
     return autoencoder, unet_state_dict(path, "ddpm")  # the state dict as stored (fp16)
 

@@ -153,6 +153,11 @@ MONAI_BAD = [
      "config key 'num_inference_steps' must be a positive integer, got 0"),
     (["inference", "--config_file", "bundles/brain_mri_score/configs/inference.yaml", "--per_clas", "2"],
      "unknown config key 'per_clas' (did you mean 'per_class'?)"),
+    (["training", "--config_file", "bundles/brain_mri_ldm/configs/train_autoencoder.yaml", "--crop_size", "256"],
+     "config key 'crop_size' must be at most image_size (128), or 0 for whole images, got 256"),
+    (["training", "--config_file", "bundles/cxr_ldm/configs/train_autoencoder.yaml", "--train_encoder", "False"],
+     "config key 'train_encoder' false needs init_weights: a frozen encoder must come from trained autoencoder "
+     "weights (--init_weights <model_autoencoder.pt>), got False"),
 ]
 
 

@@ -10,10 +10,11 @@ from medgen.autoencoder.networks import (
     downsampling_factor,
     image_size_problem,
     latent_size,
+    trainable_parameters,
 )
 from medgen.autoencoder.report import reconstruction_report
 from medgen.autoencoder.trainer import VaeGanTrainer
-from medgen.autoencoder.weights import AutoencoderWeightsMeta, load_autoencoder
+from medgen.autoencoder.weights import AutoencoderWeightsMeta, init_autoencoder, load_autoencoder, same_latents
 
 __all__ = [
     "AutoencoderWeightsMeta",
@@ -26,9 +27,12 @@ __all__ = [
     "check_image_size",
     "downsampling_factor",
     "image_size_problem",
+    "init_autoencoder",
     "kl_loss",
     "latent_size",
     "load_autoencoder",
+    "trainable_parameters",
     "reconstruct",
     "reconstruction_report",
+    "same_latents",
 ]

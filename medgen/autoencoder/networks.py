@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from monai.networks.nets import AutoencoderKL
 
 #: the class path recorded in the weights' metadata (``network._target_``)
@@ -97,3 +98,39 @@ def autoencoder_from_args(args: dict[str, Any]) -> AutoencoderKL:
     network = AutoencoderKL(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
     network.init_args = dict(kwargs)  # recorded with the weights (medgen.networks.weights_meta.network_config)
     return network
+
+
+#: the modules of MONAI's ``AutoencoderKL`` that make the latents (the others decode them)
+ENCODER_MODULES = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
+
+
+def is_encoder_tensor(name: str) -> bool:
+    """Whether the state-dict entry ``name`` belongs to the encoder half (:data:`ENCODER_MODULES`)."""
+    return name.split(".", 1)[0] in ENCODER_MODULES
+
+
+def encoder_sha256(network: AutoencoderKL) -> str:
+    """sha256 of the encoder half's tensors (names and fp16 values, in state-dict order): two autoencoders with
+    the same ``encoder_sha256`` make the same latents, whatever their decoders. fp16, the form the weights ship
+    in, so fp32 training weights loaded from fp16 hash as the file they came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in getattr(network, "module", network).state_dict().items():
+        if is_encoder_tensor(name):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def freeze_encoder(network: AutoencoderKL) -> AutoencoderKL:
+    """Stop the encoder half's parameters from training (``requires_grad = False``); returns ``network``."""
+    for name, parameter in getattr(network, "module", network).named_parameters():
+        if is_encoder_tensor(name):
+            parameter.requires_grad_(False)
+    return network
+
+
+def trainable_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer should update (those that require gradients)."""
+    return [p for p in network.parameters() if p.requires_grad]

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from monai.networks.nets import AutoencoderKL
 
-from medgen.autoencoder.networks import AUTOENCODER_TARGET, autoencoder_from_args, downsampling_factor, latent_size
+from medgen.autoencoder.networks import (
+    AUTOENCODER_TARGET,
+    autoencoder_from_args,
+    downsampling_factor,
+    encoder_sha256,
+    freeze_encoder,
+    latent_size,
+)
 from medgen.networks.weights_meta import (
     WeightsFileError,
     WeightsMeta,
@@ -29,6 +36,8 @@ from medgen.networks.weights_meta import (
 )
 
 KIND = "autoencoder"
+#: what a fine-tuned autoencoder records about the weights it started from (its ``config`` section)
+FINE_TUNE_KEYS = ("init_sha256", "encoder_frozen", "encoder_sha256", "same_latents_as")
 #: the range of the images the autoencoder takes and returns (training's ``diffusion_transforms``)
 INTENSITY_RANGE = [-1.0, 1.0]
 _SIZE_KEYS = ("image_size", "latent_size")
@@ -42,6 +51,11 @@ class AutoencoderWeightsMeta(WeightsMeta):
 
     ``network`` must come from :func:`~medgen.autoencoder.networks.build_autoencoder` (it records its arguments).
     ``config`` holds the bundle keys later stages take from the weights (``resize_mode``, ``window``, ...).
+
+    A network started from other weights by :func:`init_autoencoder` adds what it started from to ``config``
+    (:data:`FINE_TUNE_KEYS`): ``init_sha256``, and with the encoder frozen ``encoder_sha256`` and
+    ``same_latents_as`` (the files whose latents it makes), so the sampling check
+    (:func:`same_latents`) accepts the new weights for diffusion weights trained on the old ones.
     """
 
     def __init__(self, classes: Sequence[str], image_size: int | Sequence[int], channels: int,
@@ -54,8 +68,9 @@ class AutoencoderWeightsMeta(WeightsMeta):
         if int(args["in_channels"]) != int(channels):
             raise ValueError(f"channels {channels} differs from the autoencoder's in_channels {args['in_channels']}")
         factor = downsampling_factor(args["channels"])
+        fine_tune = getattr(getattr(network, "module", network), "fine_tune", None) or {}
         super().__init__(classes, image_size, channels, network, None, datalist,
-                         {**dict(config or {}), "intensity_range": INTENSITY_RANGE}, bundle)
+                         {**dict(config or {}), "intensity_range": INTENSITY_RANGE, **fine_tune}, bundle)
         self.meta.update(kind=KIND, scheduler=None, prediction_type=None,
                          latent_channels=int(args["latent_channels"]), downsampling_factor=factor,
                          latent_size=latent_size(image_size, args["channels"]))
@@ -130,3 +145,53 @@ def load_autoencoder(path: str | Path, expect: dict | None = None) -> tuple[Auto
                                f"build: {str(err).splitlines()[0][:160]}", "give autoencoder weights") from err
     load_weights(network, path)
     return network.float().eval(), meta
+
+
+def init_autoencoder(network: AutoencoderKL, init_weights: str | Path | None = None,
+                     train_encoder: bool = True) -> AutoencoderKL:
+    """``network`` (from :func:`~medgen.autoencoder.networks.build_autoencoder`) started from the autoencoder
+    weights ``init_weights`` (fine-tuning) instead of random weights; ``network`` unchanged when None.
+
+    ``train_encoder=False`` freezes the encoder half: only the decoder trains, so the latents stay those of
+    ``init_weights`` and diffusion weights trained on them stay valid with the fine-tuned decoder (recorded as
+    ``init_sha256`` / ``encoder_sha256`` / ``same_latents_as``, :data:`FINE_TUNE_KEYS`; starting again from such
+    weights keeps the chain). Weights of another architecture, or a frozen
+    encoder with nothing to start from, raise ``ValueError`` (one line naming the file and the keys).
+    """
+    if init_weights is None:
+        if not train_encoder:
+            raise ValueError("train_encoder false needs init_weights: a frozen encoder must come from trained "
+                             "autoencoder weights (a model_autoencoder.pt)")
+        return network
+    source, meta = load_autoencoder(init_weights)
+    wanted = getattr(network, "init_args", {})
+    diffs = differences(source.init_args, wanted, keys=sorted(set(source.init_args) | set(wanted)),
+                        labels=("init_weights", "config"))
+    if diffs:
+        raise WeightsFileError(init_weights, "weights of another network", "; ".join(diffs),
+                               "start from autoencoder weights with these autoencoder_* settings, or make the "
+                               "config match them")
+    network.load_state_dict(source.state_dict())
+    init_sha = sha256_of(init_weights)
+    network.fine_tune = {"init_sha256": init_sha, "encoder_frozen": not train_encoder}
+    if not train_encoder:
+        freeze_encoder(network)
+        network.fine_tune["encoder_sha256"] = encoder_sha256(network)
+        # the files whose latents these are: init_weights, and those it was itself decoder-fine-tuned from
+        before = (meta.get("config") or {}).get("same_latents_as") if same_latents(meta, source, None) else None
+        network.fine_tune["same_latents_as"] = [*(before or []), init_sha]
+    return network
+
+
+def same_latents(autoencoder_meta: Mapping[str, Any] | None, network: AutoencoderKL,
+                 recorded_sha256: str | None) -> bool:
+    """Whether an autoencoder whose file is not ``recorded_sha256`` still makes that file's latents: its metadata
+    says its decoder alone was fine-tuned from that file (``same_latents_as``, through any chain of such
+    fine-tunings), and its encoder tensors hash as they did then. ``recorded_sha256`` None: whether it is a
+    decoder fine-tuning at all, with its encoder intact."""
+    if not autoencoder_meta:
+        return False
+    config = autoencoder_meta.get("config") or {}
+    origins = config.get("same_latents_as") or [config.get("init_sha256")]
+    return (bool(config.get("encoder_frozen")) and (recorded_sha256 is None or recorded_sha256 in origins)
+            and config.get("encoder_sha256") == encoder_sha256(network))

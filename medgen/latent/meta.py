@@ -82,20 +82,33 @@ class LatentWeightsMeta(WeightsMeta):
 def check_autoencoder_file(autoencoder_path: str | Path | None, meta: Mapping[str, Any] | None,
                            weights: str | Path | None = None, key: str = "autoencoder_path") -> Path:
     """The autoencoder weights at ``autoencoder_path``, if they are those the diffusion weights (metadata ``meta``)
-    were trained with; :class:`~medgen.latent.LatentConfigError` (one line, both files named) if they are not or
-    there are none. Weights without a recorded autoencoder accept any."""
+    were trained with, or those with only the decoder fine-tuned (encoder frozen, so the same latents:
+    :func:`medgen.autoencoder.same_latents`); :class:`~medgen.latent.LatentConfigError` (one line, both files
+    named) if they are not or there are none. Weights without a recorded autoencoder accept any."""
     path = require_autoencoder_weights(autoencoder_path, key, stage="sampling")
     recorded = meta_value(meta, "autoencoder_sha256")
     if not recorded:
         return path
     actual = sha256_of(path)
-    if actual != recorded:
+    if actual != recorded and not _fine_tuned_decoder_of(path, recorded):
         named = meta_value(meta, "autoencoder_file") or "an autoencoder"
         raise LatentConfigError(
             f"the autoencoder {path} (config key '{key}', sha256 {actual[:12]}...) is not the one the diffusion "
             f"weights {weights or ''} were trained on ({named}, sha256 {recorded[:12]}...): give that autoencoder, "
             "or diffusion weights trained on this one")
     return path
+
+
+def _fine_tuned_decoder_of(path: Path, recorded_sha256: str) -> bool:
+    """Whether the autoencoder at ``path`` is the one with ``recorded_sha256`` with only its decoder fine-tuned."""
+    from medgen.autoencoder.weights import load_autoencoder, same_latents
+    from medgen.networks.weights_meta import WeightsFileError
+
+    try:
+        network, autoencoder_meta = load_autoencoder(path)
+    except WeightsFileError:
+        return False
+    return same_latents(autoencoder_meta, network, recorded_sha256)
 
 
 def check_autoencoder_or_exit(autoencoder_path: str | Path | None, diffusion_weights: str | Path,

@@ -20,17 +20,21 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from medgen.autoencoder import (
+    AutoencoderWeightsMeta,
     DiscriminatorLoss,
     DomainPerceptualLoss,
     GeneratorLoss,
     VaeGanTrainer,
     build_autoencoder,
+    init_autoencoder,
     load_autoencoder,
     reconstruction_report,
+    same_latents,
 )
+from medgen.autoencoder.networks import encoder_sha256, is_encoder_tensor
 from medgen.data.transforms import diffusion_transforms
 from medgen.metrics.image_sets import datalist_from_class_folders, load_datalist_split
-from medgen.networks.weights_meta import WeightsFileError
+from medgen.networks.weights_meta import WeightsFileError, sha256_of
 
 torch.set_num_threads(1)
 SIZE = 32
@@ -79,6 +83,8 @@ checkpoint_interval: 1
 grid_interval: 1
 resume: true
 time_limit: null
+init_weights: null
+train_encoder: true
 
 datalist: "$medgen.engine.runs.keep_datalist(@datalist_source, @output_dir, @ckpt_dir, @resume)"
 autoencoder_def:
@@ -89,7 +95,7 @@ autoencoder_def:
   num_res_blocks: "@num_res_blocks"
   norm_num_groups: "@norm_num_groups"
   image_size: "@image_size"
-gnetwork: "$@autoencoder_def.to(@device)"
+gnetwork: "$medgen.autoencoder.init_autoencoder(@autoencoder_def, @init_weights, @train_encoder).to(@device)"
 discriminator_def:
   _target_: monai.networks.nets.PatchDiscriminator
   spatial_dims: 2
@@ -125,7 +131,7 @@ d_loss:
   adv_weight: "@adv_weight"
 g_optimizer:
   _target_: torch.optim.Adam
-  params: "$@gnetwork.parameters()"
+  params: "$medgen.autoencoder.trainable_parameters(@gnetwork)"
   lr: "@learning_rate"
 d_optimizer:
   _target_: torch.optim.Adam
@@ -388,6 +394,63 @@ def test_resume_continues_a_run_and_refuses_a_checkpoint_of_other_data(trained_r
     assert "\n" not in str(err.value)
     with pytest.raises(SystemExit, match=r"cannot resume: .*network\.latent_channels"):
         run_config(output_dir=str(run), datalist_source=cxr_datalist, batch_size=2, max_epochs=5, latent_channels=3)
+
+
+def test_a_frozen_encoder_fine_tunes_only_the_decoder_and_records_whose_latents_it_keeps(trained_run, cxr_datalist,
+                                                                                         tmp_path):
+    out, _ = trained_run
+    start = out / "model_autoencoder.pt"
+    parser = run_config(output_dir=str(tmp_path / "ft"), datalist_source=cxr_datalist, batch_size=2, max_epochs=2,
+                        learning_rate=0.01, init_weights=str(start), train_encoder=False)
+    assert parser.get_parsed_content("train#trainer").state.iteration == 8
+    before, _ = load_autoencoder(start)
+    after, meta = load_autoencoder(tmp_path / "ft" / "model_autoencoder.pt")
+    old, new = before.state_dict(), after.state_dict()
+    encoder = [k for k in old if is_encoder_tensor(k)]
+    assert encoder and all(torch.equal(old[k], new[k]) for k in encoder)
+    assert any(not torch.equal(old[k], new[k]) for k in old if not is_encoder_tensor(k))  # the decoder learned
+    images = images_of(cxr_datalist, "test")
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(before.encode(images), after.encode(images)))  # mu, sigma
+    config = meta["config"]
+    assert config["init_sha256"] == sha256_of(start) and config["encoder_frozen"] is True
+    assert config["encoder_sha256"] == encoder_sha256(before)
+    assert same_latents(meta, after, sha256_of(start))
+    assert not same_latents(meta, after, "0" * 64)  # fine-tuned from other weights
+    assert not same_latents(meta, build_autoencoder(1, **TINY), sha256_of(start))  # another encoder
+    assert config["same_latents_as"] == [sha256_of(start)]
+
+    # fine-tuned again from the fine-tuned weights: still the first file's latents, and the second's
+    tuned = tmp_path / "ft" / "model_autoencoder.pt"
+    run_config(output_dir=str(tmp_path / "ft2"), datalist_source=cxr_datalist, batch_size=2, max_epochs=1,
+               learning_rate=0.01, init_weights=str(tuned), train_encoder=False)
+    again, meta = load_autoencoder(tmp_path / "ft2" / "model_autoencoder.pt")
+    assert meta["config"]["same_latents_as"] == [sha256_of(start), sha256_of(tuned)]
+    assert same_latents(meta, again, sha256_of(start)) and same_latents(meta, again, sha256_of(tuned))
+
+    # the encoder trained too (the default): other latents, nothing recorded that would pass the check
+    run_config(output_dir=str(tmp_path / "all"), datalist_source=cxr_datalist, batch_size=2, max_epochs=1,
+               learning_rate=0.01, init_weights=str(start))
+    both, meta = load_autoencoder(tmp_path / "all" / "model_autoencoder.pt")
+    assert meta["config"]["encoder_frozen"] is False and "encoder_sha256" not in meta["config"]
+    assert not same_latents(meta, both, sha256_of(start))
+
+
+def test_fine_tuning_needs_weights_of_the_same_architecture(trained_run, cxr_datalist, tmp_path):
+    out, _ = trained_run
+    with pytest.raises(ValueError, match="train_encoder false needs init_weights"):
+        init_autoencoder(build_autoencoder(1, **TINY), None, train_encoder=False)
+    with pytest.raises(WeightsFileError) as err:
+        init_autoencoder(build_autoencoder(1, **{**TINY, "latent_channels": 4}), out / "model_autoencoder.pt")
+    text = str(err.value)
+    assert "\n" not in text and "model_autoencoder.pt" in text and "latent_channels 2 (init_weights) vs 4 (config)" \
+        in text
+    network = init_autoencoder(build_autoencoder(1, **TINY), out / "model_autoencoder.pt", train_encoder=False)
+    meta = AutoencoderWeightsMeta(["NORMAL", "PNEUMONIA"], SIZE, 1, network).meta
+    assert meta["config"]["encoder_frozen"] is True and meta["config"]["init_sha256"] == \
+        sha256_of(out / "model_autoencoder.pt")
+    assert {n for n, p in network.named_parameters() if not p.requires_grad} == \
+        {n for n, _ in network.named_parameters() if is_encoder_tensor(n)}
 
 
 def test_a_config_with_a_perceptual_loss_trains_its_domain_classifier_offline(cxr_datalist, tmp_path, monkeypatch):

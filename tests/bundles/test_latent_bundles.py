@@ -146,13 +146,56 @@ def test_another_autoencoder_beside_the_diffusion_weights_is_refused(trained: di
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trained", ["cxr_ldm"], indirect=True)  # the code path is the same for brain_mri_ldm
+def test_a_decoder_fine_tuned_on_a_frozen_encoder_serves_the_trained_diffusion_weights(trained: dict,
+                                                                                     tmp_path: Path) -> None:
+    """A sharper decoder for shipped diffusion weights: stage 1 again from the bundle's autoencoder with the encoder
+    frozen (full images, no crops) is accepted by inference and changes the images; with the encoder trained too
+    it is refused (other latents)."""
+    bundle, configs = tmp_path / trained["name"], trained["bundle"] / "configs"
+    shutil.copytree(trained["bundle"], bundle)
+    start = trained["bundle"] / "models" / "model_autoencoder.pt"
+    crop = COMMON_AE.index("--crop_size")
+    full_images = [*COMMON_AE[:crop], *COMMON_AE[crop + 2:], "--crop_size", "0"]  # 0: whole images
+    tuned = {}
+    for frozen in (True, False):
+        run_name = "frozen" if frozen else "whole"
+        monai_run("training", configs / "train_autoencoder.yaml", "--dataset_dir", str(trained["data"]),
+                  "--runs_dir", str(tmp_path / "runs"), "--run_name", run_name, "--init_weights", str(start),
+                  "--train_encoder", str(not frozen), *full_images, *TINY_AE[trained["name"]], "--learning_rate",
+                  "0.01", cwd=tmp_path)
+        tuned[frozen] = tmp_path / "runs" / f"{trained['name']}_autoencoder" / run_name / "model_autoencoder"
+    samples = {}
+    for name, weights in (("shipped", start.with_suffix("")), ("frozen", tuned[True]), ("whole", tuned[False])):
+        for suffix in (".pt", ".json"):
+            shutil.copy(weights.with_suffix(suffix), bundle / "models" / f"model_autoencoder{suffix}")
+        samples[name] = tmp_path / f"samples_{name}"
+        proc = monai_run("inference", bundle / "configs" / "inference.yaml", "--per_class", "1",
+                         "--num_inference_steps", "3", "--output_dir", str(samples[name]), cwd=tmp_path,
+                         ok=name != "whole")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "is not the one the diffusion weights" in last, last
+    first = json.loads((samples["shipped"] / "samples.jsonl").read_text().splitlines()[0])["file"]
+    assert (samples["frozen"] / first).is_file()
+    assert (samples["frozen"] / first).read_bytes() != (samples["shipped"] / first).read_bytes()
+
+    proc = monai_run("training", configs / "train_autoencoder.yaml", "--dataset_dir", str(trained["data"]),
+                     "--runs_dir", str(tmp_path / "runs"), "--run_name", "nothing", "--train_encoder", "False",
+                     cwd=tmp_path, ok=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "train_encoder" in last and "init_weights" in last, last
+    assert not (tmp_path / "runs" / f"{trained['name']}_autoencoder" / "nothing").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LAYOUT))
 def test_bad_latent_settings_stop_before_training_with_one_line(name: str, shared_data: Path, tmp_path: Path) -> None:
     data = data_tree(shared_data, name, tmp_path / "data")
     configs = REPO / "bundles" / name / "configs"
     factor = {"cxr_ldm": 8, "brain_mri_ldm": 4}[name]
     proc = monai_run("training", configs / "train_autoencoder.yaml", "--dataset_dir", str(data), "--runs_dir",
-                     str(tmp_path / "runs"), "--image_size", str(factor * 12 + 2), cwd=tmp_path, ok=False)
+                     str(tmp_path / "runs"), "--image_size", str(factor * 12 + 2), "--crop_size", "16", cwd=tmp_path,
+                     ok=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "image_size" in last and "autoencoder_channels" in last, last
     assert f"factor {factor}" in last, last
@@ -246,9 +289,11 @@ def test_the_shipped_cxr_weights_sample_256_pixel_radiographs_and_dicom(tmp_path
         pytest.fail("bundles/cxr_ldm/models/model.pt is missing: the bundle ships its weights")
     for name in ("model.pt", "model_autoencoder.pt"):
         assert (models / name).stat().st_size <= 25 * 2**20, name  # the repository's limit per file
-    ldm = json.loads((models / "model.json").read_text())
-    assert ldm["config"]["autoencoder_sha256"] == json.loads((models / "model_autoencoder.json").read_text())[
-        "weights_sha256"]
+    from medgen.latent import check_autoencoder_file
+
+    # the autoencoder the diffusion weights were trained on, or that one with only its decoder fine-tuned
+    check_autoencoder_file(models / "model_autoencoder.pt", json.loads((models / "model.json").read_text()),
+                           models / "model.pt")
     out = tmp_path / "samples"
     monai_run("inference", bundle / "configs" / "inference.yaml", "--per_class", "1", "--num_inference_steps", "3",
               "--export_format", "dicom", "--output_dir", str(out), cwd=tmp_path)

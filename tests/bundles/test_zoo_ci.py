@@ -245,8 +245,8 @@ def test_zoo_export_refuses_a_latent_bundle_whose_autoencoder_is_not_the_one_its
     done = run([sys.executable, "-m", "medgen.cli", "zoo-export", str(mixed), "--out", str(tmp_path / "out")],
                cwd=REPO)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stdout.count("\n") == 1 and "model_autoencoder.pt: not the autoencoder model.pt was trained on" in \
-        done.stdout
+    assert done.stdout.count("\n") == 1 and "model_autoencoder.pt (config key 'autoencoder_file'" in done.stdout
+    assert "is not the one the diffusion weights" in done.stdout
     assert not (tmp_path / "out" / "mixed").exists()
 
 

@@ -105,6 +105,38 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
         main(["--bundle", "cxr_ddpm", "--check", "--json", str(tmp_path / "other.json")])
 
 
+@pytest.mark.slow
+def test_a_latent_bundle_s_figures_name_its_autoencoder_too(tiny_kermany, tmp_path, capsys):
+    """The decoder makes the pixels: the JSON records the autoencoder's sha256, --check refuses another one, and
+    its samples folder is its own (a rerun with another decoder does not resume the old images)."""
+    from benchmarks.quality import main
+    from medgen.networks.weights_meta import sha256_of
+
+    out = tmp_path / "quality.json"
+    assert main(["--bundle", "cxr_ldm", "--dataset-dir", str(tiny_kermany), "--samples-root", str(tmp_path / "s"),
+                 "--steps", "2", "--autoencoder-ceiling", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "its ceiling" in capsys.readouterr().out
+    ceiling = result["autoencoder_ceiling"]  # reconstructions of held-out images scored as the samples are
+    for name in ("NORMAL", "PNEUMONIA"):
+        assert ceiling["classes"][name]["generated"]["n"] == ceiling["classes"][name]["floor"]["n"] == 3
+        assert ceiling["classes"][name]["fid_ratio"] > 0
+    autoencoder = REPO / "bundles" / "cxr_ldm" / "models" / "model_autoencoder.pt"
+    assert result["autoencoder_sha256"] == sha256_of(autoencoder)
+    assert f"-ae{result['autoencoder_sha256'][:8]}-" in Path(result["samples_dir"]).name
+    assert main(["--bundle", "cxr_ldm", "--check", "--json", str(out)]) == 0
+    # a smaller run resuming the same folder scores what it asked for, not what an earlier run left there
+    assert main(["--bundle", "cxr_ldm", "--dataset-dir", str(tiny_kermany), "--samples-root", str(tmp_path / "s"),
+                 "--steps", "2", "--per-class", "2", "--json", str(tmp_path / "two.json")]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["samples_dir"] == result["samples_dir"]
+    assert [two["classes"][c]["generated"]["n"] for c in ("NORMAL", "PNEUMONIA")] == [2, 2]
+    (tmp_path / "other.json").write_text(json.dumps(dict(result, autoencoder_sha256="0" * 64)))
+    with pytest.raises(SystemExit, match="model_autoencoder.pt has sha256 .* but .* was measured on 0000") as err:
+        main(["--bundle", "cxr_ldm", "--check", "--json", str(tmp_path / "other.json")])
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--per-class", "5"], "asked for 5 generated images per class, but the held-out split has only 3"),
     (["--guidance", "-1"], "guidance_scale"),
