@@ -130,8 +130,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def run_bundle(bundle: str | Path, config: str, run_id: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Run ``run_id`` of ``configs/<config>.yaml`` with overrides, exactly as ``python -m monai.bundle run``."""
+    """Run ``run_id`` of ``configs/<config>.yaml`` with overrides, exactly as ``python -m monai.bundle run``; the
+    folders the run claimed (:mod:`medgen.folder_lock`) are free again when it returns."""
     from monai.bundle import ConfigWorkflow
+
+    from medgen.folder_lock import claims_released_after
 
     bundle_dir = find_bundle(bundle)
     overrides = dict(overrides or {})
@@ -146,7 +149,8 @@ def run_bundle(bundle: str | Path, config: str, run_id: str, overrides: dict[str
         run_id=run_id,
         **overrides,
     )
-    workflow.initialize()
-    result = workflow.run()
-    workflow.finalize()
+    with claims_released_after():
+        workflow.initialize()
+        result = workflow.run()
+        workflow.finalize()
     return result

@@ -456,9 +456,10 @@ def check_run(config_files: str | os.PathLike | Sequence[str | os.PathLike], ove
     check_values(parser.get(), overrides, aliases, file_config)
 
 
-def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool]:
-    """From the frames of the running ``monai.bundle`` call: its ConfigParser, override dict, config files and
-    whether tracking is on. MONAI passes neither the parser nor the overrides to a config expression, so they are
+def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool, list[str]]:
+    """From the frames of the running ``monai.bundle`` call: its ConfigParser, override dict, config files, whether
+    tracking is on, and the keys given as ``None`` (which MONAI's ``update_kwargs(ignore_none=True)`` drops before
+    they reach the config). MONAI passes neither the parser nor the overrides to a config expression, so they are
     read from its ``run`` / ``create_workflow`` frames (written here because MONAI has no hook for it)."""
     import inspect
 
@@ -468,11 +469,14 @@ def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool]:
     create_code = inspect.unwrap(scripts.create_workflow).__code__
     parser = overrides = files = None
     tracking = False
+    dropped: list[str] = []
     frame = sys._getframe(1)
     while frame is not None:
         local = frame.f_locals
         if parser is None and isinstance(local.get("self"), ConfigParser):
             parser = local["self"]
+        if frame.f_code is run_code:
+            dropped = [str(k) for k, v in (local.get("override") or {}).items() if v is None]
         if overrides is None and frame.f_code is create_code:
             overrides = dict(local.get("_args") or {})
             files = local.get("config_file")
@@ -484,19 +488,37 @@ def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool]:
             files = local.get("config_file") or overrides.get("config_file")
             tracking = bool(local.get("tracking") or overrides.get("tracking"))
         frame = frame.f_back
-    return parser, overrides, files, tracking
+    return parser, overrides, files, tracking, dropped
+
+
+def dropped_none_problems(config: Mapping[str, Any], dropped: Iterable[str]) -> list[str]:
+    """One line per key given as ``--key None`` on ``monai.bundle run`` whose config value is not None: MONAI
+    drops the override, so the run would silently use the config's value."""
+    lines = []
+    for key in dropped:
+        value = config.get(key) if "#" not in key else None
+        if value is not None:
+            lines.append(f"config key '{key}': --{key} None is dropped by monai.bundle (it ignores None overrides), "
+                         f"so the config's {value!r} would be used; give the key's documented 'off' value, or "
+                         f"null in a config file passed after the bundle's (--config_file \"['train.yaml', "
+                         f"'mine.yaml']\")")
+    return lines
 
 
 def check_config() -> None:
     """First item of every run list of the bundles: check the config (with its overrides) against :data:`SPEC`.
 
     Under ``python -m monai.bundle run`` (or ``monai.bundle.run(...)``) the override keys are also checked against
-    the top-level keys of the config file(s) being run, with a "did you mean" suggestion. ``medgen train/sample``
+    the top-level keys of the config file(s) being run, with a "did you mean" suggestion, and ``--key None``, which
+    MONAI drops, is refused where the config's value is not None. ``medgen train/sample``
     make the same checks (:func:`check_run`) before the workflow is built.
     """
-    parser, overrides, files, tracking = _monai_run_frame()
+    parser, overrides, files, tracking, dropped = _monai_run_frame()
     if parser is None:
         return
+    lines = dropped_none_problems(parser.get(), dropped)
+    if lines:
+        raise SystemExit("\n".join(f"medgen: error: {line}" for line in lines))
     file_config = load_config_files(files) if overrides is not None and files else None
     check_values(parser.get(), overrides or (), file_config=file_config, tracking=tracking)
 

@@ -158,6 +158,10 @@ MONAI_BAD = [
     (["training", "--config_file", "bundles/cxr_ldm/configs/train_autoencoder.yaml", "--train_encoder", "False"],
      "config key 'train_encoder' false needs init_weights: a frozen encoder must come from trained autoencoder "
      "weights (--init_weights <model_autoencoder.pt>), got False"),
+    (["training", "--config_file", "bundles/cxr_ldm/configs/train_autoencoder.yaml", "--crop_size", "None"],
+     "config key 'crop_size': --crop_size None is dropped by monai.bundle (it ignores None overrides), so the "
+     "config's 64 would be used; give the key's documented 'off' value, or null in a config file passed after the "
+     "bundle's (--config_file \"['train.yaml', 'mine.yaml']\")"),
 ]
 
 

@@ -281,7 +281,23 @@ class SampleRunner:
                                  f"{other[:12]}..., these are {sha[:12]}...): write to another folder (--out)")
 
     def run(self) -> Path:
-        """Generate, write and return the path of ``samples.jsonl``."""
+        """Generate, write and return the path of ``samples.jsonl``.
+
+        The samples folder (one shard of it) is this process's meanwhile: a second job making the same seeds into it
+        would write them twice, so it stops with one line. Shards of one job write one folder side by side."""
+        from medgen.config import fail
+        from medgen.folder_lock import FolderInUseError, claim_folder
+
+        index, count = self.shard
+        role = "samples" if count == 1 else f"samples-shard-{index}of{count}"
+        try:
+            with claim_folder(self.output_dir, role, "write to another folder (--out DIR, --output_dir DIR)"):
+                return self._run()
+        except FolderInUseError as err:
+            fail(f"cannot sample: {err}")
+            raise AssertionError from err  # unreachable: fail() raises
+
+    def _run(self) -> Path:
         classes = self.pipeline.classes
         pairs = plan_seeds(classes, self.class_names, self.per_class, self.seed, self.shard)
         sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None

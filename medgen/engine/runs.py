@@ -122,6 +122,21 @@ def check_resume(ckpt_dir: str | Path, meta: Any, enabled: bool = True) -> Path 
     return path
 
 
+def claim_run_folder(output_dir: str | Path) -> str:
+    """Claim the run folder for this process (the first of a multi-process run) until it exits, before anything in
+    it is read or tidied (:func:`medgen.folder_lock.hold_folder`): a second training into a folder another process
+    trains in stops with one line, its checkpoints, weights and logs untouched. Returns ``output_dir``."""
+    from medgen.config import fail
+    from medgen.folder_lock import FolderInUseError, hold_folder
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            hold_folder(output_dir, "run", "train into another folder with --run_name NAME or --output_dir DIR")
+        except FolderInUseError as err:
+            fail(f"cannot train: {err}")
+    return str(output_dir)
+
+
 def check_batches(dataloader: Any, dataset_dir: Any) -> int:
     """The iterations one epoch of ``dataloader`` makes; stops with one line when it makes none.
 
@@ -223,14 +238,17 @@ def keep_datalist(datalist: dict, output_dir: str | Path, ckpt_dir: str | Path, 
                   write: bool = True, redact_paths: bool = False) -> dict:
     """Write ``datalist`` as ``<output_dir>/datalist.json`` and return it, unless the run folder holds a checkpoint
     this run would resume that was trained on other data: then stop with one line before anything is overwritten
-    or cached (the rest of the fingerprint is checked by :func:`check_resume`). ``write=False``: check only (the
-    processes of a multi-process run other than the first). ``redact_paths`` (config key ``redact_paths``): the
-    copy is :func:`redact_datalist` (same salt on resume); training and the resume check use ``datalist`` itself,
-    so resuming works as without it. Without it the copy names every source file: it is patient data (PHI)."""
+    or cached (the rest of the fingerprint is checked by :func:`check_resume`). With ``write``, first claims the
+    folder (:func:`medgen.folder_lock.hold_folder`): a run into a folder another process trains in stops with one
+    line. ``write=False``: check only (the processes of a multi-process run other than the first).
+    ``redact_paths`` (config key ``redact_paths``): the copy is :func:`redact_datalist` (same salt on resume);
+    training and the resume check use ``datalist`` itself, so resuming works as without it. Without it the copy
+    names every source file: it is patient data (PHI)."""
     from medgen.config import fail
     from medgen.data.datalist import write_datalist
     from medgen.engine.checkpoints import latest_checkpoint
-
+    if write:  # configs claim it first thing; this covers any other way in (a multi-process run's first process)
+        claim_run_folder(output_dir)
     path = latest_checkpoint(ckpt_dir) if resume else None
     if path is not None:
         found = read_meta(path, warn=False)

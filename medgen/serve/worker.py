@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from medgen.folder_lock import is_lock_file
 from medgen.serve.catalog import DOMAIN_WEIGHTS_FILE, BundleInfo, PipelineCache, public_reason
 from medgen.serve.jobs import Job, JobStore, StepCost, utcnow
 from medgen.serve.private import FILE_MODE, make_private, private_dir
@@ -75,9 +76,10 @@ class _ProgressPipeline:
 def zip_folder(folder: Path, dest: Path, skip: Sequence[str] = (".npy",)) -> Path:
     """Zip every regular file under ``folder`` into ``dest`` (0600, written atomically).
 
-    Member names are relative POSIX paths inside ``folder``; symlinks (to files or folders) are never followed or
-    stored, and a file that resolves outside ``folder`` is left out, so nothing outside the job's folder can
-    reach a result. Files are opened with ``O_NOFOLLOW``, so a file swapped for a symlink meanwhile is not read.
+    Member names are relative POSIX paths inside ``folder`` (its lock files left out); symlinks (to files or
+    folders) are never followed or stored, and a file that resolves outside ``folder`` is left out, so nothing
+    outside the job's folder can reach a result. Files are opened with ``O_NOFOLLOW``, so a file swapped for a
+    symlink meanwhile is not read.
     """
     root = Path(folder).resolve()
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -87,7 +89,8 @@ def zip_folder(folder: Path, dest: Path, skip: Sequence[str] = (".npy",)) -> Pat
             dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(base, d)))
             for name in sorted(files):
                 path = Path(base) / name
-                if name.endswith(tuple(skip)) or path.is_symlink() or not path.resolve().is_relative_to(root):
+                if name.endswith(tuple(skip)) or is_lock_file(name) or path.is_symlink() \
+                        or not path.resolve().is_relative_to(root):
                     continue
                 member = path.relative_to(root).as_posix()
                 if member.startswith("/") or ".." in member.split("/"):

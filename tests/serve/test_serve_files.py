@@ -73,6 +73,7 @@ def test_zip_members_stay_inside_the_job_folder(tmp_path: Path) -> None:
     (job / "samples" / "NORMAL" / "000000.png").write_bytes(b"png")
     (job / "samples" / "samples.jsonl").write_text("{}\n")
     (job / "samples" / "NORMAL" / "000000.npy").write_bytes(b"npy")  # skipped by suffix
+    (job / "samples" / ".medgen-samples.lock").write_bytes(b"")  # the sampling job's lock file: not a result
     (job / "samples" / "link_to_file.png").symlink_to(outside / "secret.txt")
     (job / "samples" / "link_to_dir").symlink_to(outside, target_is_directory=True)
     (job / "samples" / "NORMAL" / "up.png").symlink_to("../../../outside/secret.txt")

@@ -1,0 +1,89 @@
+"""One writer per output folder: a run folder or a samples folder belongs to one process at a time.
+
+Two trainings started with the same ``--run_name`` would both resume the same checkpoint and overwrite each other's
+checkpoints, weights and logs; two sampling jobs into one folder would both make the seeds still missing and write
+them twice. :func:`hold_folder` takes an advisory lock on ``<folder>/.medgen-<role>.lock`` with the ``filelock``
+library (``fcntl.flock`` on POSIX, ``msvcrt`` on Windows; torch already depends on it) and keeps it until the process
+exits (``medgen train`` and :func:`medgen.bundles.run_bundle`: until the run returns), so the second process stops at
+once with one line instead of mixing. The operating system drops the lock when
+its holder dies, so a killed run leaves nothing to clean up (the empty lock file stays, as pip's and conda's do:
+removing it would let a third process lock a new file while a second still holds the old one). Within one process a
+folder may be claimed again (a workflow that trains, then resumes in the same interpreter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+#: Locks this process holds, by lock file (kept referenced: a collected ``FileLock`` releases its lock).
+_HELD: dict[str, FileLock] = {}
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the folder; the message names it and what to do instead."""
+
+
+def lock_path(folder: str | os.PathLike, role: str) -> Path:
+    """The lock file of ``folder`` for ``role`` (``run``, ``samples``, ``samples-shard-1of4``)."""
+    return Path(folder) / f".medgen-{role}.lock"
+
+
+def hold_folder(folder: str | os.PathLike, role: str, hint: str) -> bool:
+    """Claim ``folder`` for ``role`` until this process exits or :func:`release_folder`; True when claimed now,
+    False when this process already held it. Raises :class:`FolderInUseError` naming the folder and ``hint`` (how
+    to use another one) when another process holds it."""
+    path = lock_path(folder, role)
+    key = str(path.resolve())
+    if key in _HELD:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(key, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderInUseError(
+            f"{Path(folder)} is in use by another process ({role} lock {path.name} is held): wait for it to finish, "
+            f"or {hint}") from None
+    _HELD[key] = lock
+    return True
+
+
+def release_folder(folder: str | os.PathLike, role: str) -> None:
+    """Give up a claim this process holds (no-op otherwise)."""
+    lock = _HELD.pop(str(lock_path(folder, role).resolve()), None)
+    if lock is not None:
+        lock.release()
+
+
+@contextlib.contextmanager
+def claim_folder(folder: str | os.PathLike, role: str, hint: str) -> Iterator[None]:
+    """:func:`hold_folder` for the ``with`` block: released at its end unless this process held it before (a
+    long-lived process, the service, must not keep one open lock per job)."""
+    claimed = hold_folder(folder, role, hint)
+    try:
+        yield
+    finally:
+        if claimed:
+            release_folder(folder, role)
+
+
+@contextlib.contextmanager
+def claims_released_after() -> Iterator[None]:
+    """Release, at the end of the block, every claim made inside it (a workflow run in a process that goes on: the
+    run folder is free for the next process as soon as the run is over)."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in [k for k in _HELD if k not in before]:
+            _HELD.pop(key).release()
+
+
+def is_lock_file(name: str) -> bool:
+    """Whether a file name is one of these lock files (left out of result archives)."""
+    return name.startswith(".medgen-") and name.endswith(".lock")
