@@ -5,10 +5,10 @@ checkpoints, weights and logs; two sampling jobs into one folder would both make
 them twice. :func:`hold_folder` takes an advisory lock on ``<folder>/.medgen-<role>.lock`` with the ``filelock``
 library (``fcntl.flock`` on POSIX, ``msvcrt`` on Windows; torch already depends on it) and keeps it until the process
 exits (``medgen train`` and :func:`medgen.bundles.run_bundle`: until the run returns), so the second process stops at
-once with one line instead of mixing. The operating system drops the lock when
-its holder dies, so a killed run leaves nothing to clean up (the empty lock file stays, as pip's and conda's do:
-removing it would let a third process lock a new file while a second still holds the old one). Within one process a
-folder may be claimed again (a workflow that trains, then resumes in the same interpreter).
+once with one line instead of mixing. The operating system drops the lock when its holder dies, so a killed run
+leaves nothing to clean up (the empty lock file stays, as pip's and conda's do: removing it would let a third process
+lock a new file while a second still holds the old one). Within one process a folder may be claimed again (a workflow
+that trains, then resumes in the same interpreter).
 """
 
 from __future__ import annotations
@@ -61,18 +61,6 @@ def release_folder(folder: str | os.PathLike, role: str) -> None:
 
 
 @contextlib.contextmanager
-def claim_folder(folder: str | os.PathLike, role: str, hint: str) -> Iterator[None]:
-    """:func:`hold_folder` for the ``with`` block: released at its end unless this process held it before (a
-    long-lived process, the service, must not keep one open lock per job)."""
-    claimed = hold_folder(folder, role, hint)
-    try:
-        yield
-    finally:
-        if claimed:
-            release_folder(folder, role)
-
-
-@contextlib.contextmanager
 def claims_released_after() -> Iterator[None]:
     """Release, at the end of the block, every claim made inside it (a workflow run in a process that goes on: the
     run folder is free for the next process as soon as the run is over)."""
@@ -82,6 +70,18 @@ def claims_released_after() -> Iterator[None]:
     finally:
         for key in [k for k in _HELD if k not in before]:
             _HELD.pop(key).release()
+
+
+@contextlib.contextmanager
+def claim_folder(folder: str | os.PathLike, role: str, hint: str) -> Iterator[None]:
+    """:func:`hold_folder` for the ``with`` block: released at its end unless this process held it before (a
+    long-lived process, the service, must not keep one open lock per job)."""
+    claimed = hold_folder(folder, role, hint)  # only this claim: another thread's claims stay as they are
+    try:
+        yield
+    finally:
+        if claimed:
+            release_folder(folder, role)
 
 
 def is_lock_file(name: str) -> bool:

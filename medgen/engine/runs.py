@@ -247,6 +247,7 @@ def keep_datalist(datalist: dict, output_dir: str | Path, ckpt_dir: str | Path, 
     from medgen.config import fail
     from medgen.data.datalist import write_datalist
     from medgen.engine.checkpoints import latest_checkpoint
+
     if write:  # configs claim it first thing; this covers any other way in (a multi-process run's first process)
         claim_run_folder(output_dir)
     path = latest_checkpoint(ckpt_dir) if resume else None
