@@ -491,12 +491,26 @@ def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool, list[str]
     return parser, overrides, files, tracking, dropped
 
 
+def config_value(config: Any, key: str) -> Any:
+    """The value at a config id (``unet_channels``, ``network_def#num_head_channels``, ``a::b``, list items by
+    index), None where there is none."""
+    value = config
+    for part in key.replace("::", "#").split("#"):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
 def dropped_none_problems(config: Mapping[str, Any], dropped: Iterable[str]) -> list[str]:
     """One line per key given as ``--key None`` on ``monai.bundle run`` whose config value is not None: MONAI
     drops the override, so the run would silently use the config's value."""
     lines = []
     for key in dropped:
-        value = config.get(key) if "#" not in key else None
+        value = config_value(config, key)
         if value is not None:
             lines.append(f"config key '{key}': --{key} None is dropped by monai.bundle (it ignores None overrides), "
                          f"so the config's {value!r} would be used; give the key's documented 'off' value, or "

@@ -1,4 +1,4 @@
-"""One writer per output folder: a run folder or a samples folder belongs to one process at a time.
+"""One writer per output folder: a run, samples, evaluation, audit or export folder belongs to one process at a time.
 
 Two trainings started with the same ``--run_name`` would both resume the same checkpoint and overwrite each other's
 checkpoints, weights and logs; two sampling jobs into one folder would both make the seeds still missing and write
@@ -8,15 +8,21 @@ exits (``medgen train`` and :func:`medgen.bundles.run_bundle`: until the run ret
 once with one line instead of mixing. The operating system drops the lock when its holder dies, so a killed run
 leaves nothing to clean up (the empty lock file stays, as pip's and conda's do: removing it would let a third process
 lock a new file while a second still holds the old one). Within one process a folder may be claimed again (a workflow
-that trains, then resumes in the same interpreter).
+that trains, then resumes in the same interpreter). Roles that may not run beside each other in one folder (shards of
+two different sharding layouts) are named by ``conflicts``: a claim takes its own lock first, then finds each such lock
+free, so of two jobs started together at least one sees the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -33,10 +39,40 @@ def lock_path(folder: str | os.PathLike, role: str) -> Path:
     return Path(folder) / f".medgen-{role}.lock"
 
 
-def hold_folder(folder: str | os.PathLike, role: str, hint: str) -> bool:
+def _in_use(folder: str | os.PathLike, role: str, hint: str) -> FolderInUseError:
+    return FolderInUseError(
+        f"{Path(folder)} is in use by another process ({role} lock {lock_path(folder, role).name} is held): wait for "
+        f"it to finish, or {hint}")
+
+
+def role_of(name: str) -> str | None:
+    """The role of a lock file's name (``.medgen-samples.lock`` -> ``samples``), None for other files."""
+    return name[len(".medgen-"):-len(".lock")] if is_lock_file(name) else None
+
+
+def held_elsewhere(folder: str | os.PathLike, roles: Callable[[str], bool]) -> str | None:
+    """The first role of ``folder`` chosen by ``roles`` whose lock another process holds (each is tried and, when
+    free, let go at once), else None."""
+    paths = sorted(Path(folder).glob(".medgen-*.lock")) if Path(folder).is_dir() else []
+    for path in paths:
+        role = role_of(path.name)
+        key = str(path.resolve())
+        if role is None or not roles(role) or key in _HELD:
+            continue
+        probe = FileLock(key, timeout=0, thread_local=False)
+        try:
+            probe.acquire()
+        except Timeout:
+            return role
+        probe.release()
+    return None
+
+
+def hold_folder(folder: str | os.PathLike, role: str, hint: str,
+                conflicts: Callable[[str], bool] | None = None) -> bool:
     """Claim ``folder`` for ``role`` until this process exits or :func:`release_folder`; True when claimed now,
     False when this process already held it. Raises :class:`FolderInUseError` naming the folder and ``hint`` (how
-    to use another one) when another process holds it."""
+    to use another one) when another process holds it, or holds a role for which ``conflicts(role)`` is true."""
     path = lock_path(folder, role)
     key = str(path.resolve())
     if key in _HELD:
@@ -46,9 +82,11 @@ def hold_folder(folder: str | os.PathLike, role: str, hint: str) -> bool:
     try:
         lock.acquire()
     except Timeout:
-        raise FolderInUseError(
-            f"{Path(folder)} is in use by another process ({role} lock {path.name} is held): wait for it to finish, "
-            f"or {hint}") from None
+        raise _in_use(folder, role, hint) from None
+    other = held_elsewhere(folder, lambda r: r != role and conflicts(r)) if conflicts else None
+    if other is not None:
+        lock.release()
+        raise _in_use(folder, other, hint)
     _HELD[key] = lock
     return True
 
@@ -73,15 +111,37 @@ def claims_released_after() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def claim_folder(folder: str | os.PathLike, role: str, hint: str) -> Iterator[None]:
+def claim_folder(folder: str | os.PathLike, role: str, hint: str,
+                 conflicts: Callable[[str], bool] | None = None) -> Iterator[None]:
     """:func:`hold_folder` for the ``with`` block: released at its end unless this process held it before (a
     long-lived process, the service, must not keep one open lock per job)."""
-    claimed = hold_folder(folder, role, hint)  # only this claim: another thread's claims stay as they are
+    claimed = hold_folder(folder, role, hint, conflicts)  # only this claim: another thread's claims stay as they are
     try:
         yield
     finally:
         if claimed:
             release_folder(folder, role)
+
+
+def holds_output_folder(role: str, verb: str, hint: str = "write to another folder (OUT_DIR)", arg: str = "out_dir",
+                        exit_code: int = 2) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command (returning an exit code) that writes the folder given as its argument ``arg``: the command
+    holds the folder while it runs, and a second one into it stops at once with ``error: cannot <verb>: ...`` and
+    ``exit_code``, before any work."""
+    def wrap(command: Callable[..., int]) -> Callable[..., int]:
+        signature = inspect.signature(command)
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> int:
+            folder = signature.bind(*args, **kwargs).arguments[arg]
+            try:
+                with claim_folder(folder, role, hint):
+                    return command(*args, **kwargs)
+            except FolderInUseError as err:
+                print(f"error: cannot {verb}: {err}", file=sys.stderr)
+                return exit_code
+        return run
+    return wrap
 
 
 def is_lock_file(name: str) -> bool:

@@ -162,6 +162,10 @@ MONAI_BAD = [
      "config key 'crop_size': --crop_size None is dropped by monai.bundle (it ignores None overrides), so the "
      "config's 64 would be used; give the key's documented 'off' value, or null in a config file passed after the "
      "bundle's (--config_file \"['train.yaml', 'mine.yaml']\")"),
+    (["training", "--config_file", "bundles/cxr_ddpm/configs/train.yaml", "--network_def#num_head_channels", "None"],
+     "config key 'network_def#num_head_channels': --network_def#num_head_channels None is dropped by monai.bundle (it "
+     "ignores None overrides), so the config's 32 would be used; give the key's documented 'off' value, or null in a "
+     "config file passed after the bundle's (--config_file \"['train.yaml', 'mine.yaml']\")"),
 ]
 
 

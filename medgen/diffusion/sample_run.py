@@ -10,7 +10,8 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,24 @@ def parse_shard(shard: str | Sequence[int] | None) -> tuple[int, int]:
     return (int(shard[0]), int(shard[1]))
 
 
+def samples_role(index: int, count: int) -> str:
+    """The samples folder's lock role of shard ``index`` of ``count`` (``samples`` for an unsharded job)."""
+    return "samples" if count == 1 else f"samples-shard-{index}of{count}"
+
+
+def shard_count(role: str) -> int | None:
+    """How many shards the job holding ``role`` belongs to (1 unsharded); None for a role that is not a samples one."""
+    if role == "samples":
+        return 1
+    match = re.fullmatch(r"samples-shard-\d+of(\d+)", role)
+    return int(match.group(1)) if match else None
+
+
+def sharded_otherwise(count: int) -> Callable[[str], bool]:
+    """Whether a lock role is a samples job's sharded otherwise than into ``count`` parts (its seeds overlap)."""
+    return lambda role: shard_count(role) not in (None, count)
+
+
 class SampleRunner:
     """The bundle's inference step: generate ``per_class`` images for each class into ``output_dir``.
 
@@ -284,14 +303,17 @@ class SampleRunner:
         """Generate, write and return the path of ``samples.jsonl``.
 
         The samples folder (one shard of it) is this process's meanwhile: a second job making the same seeds into it
-        would write them twice, so it stops with one line. Shards of one job write one folder side by side."""
+        would write them twice, so it stops with one line. Shards of one job write one folder side by side; a job
+        sharded otherwise (unsharded, or into another number of shards) would make seeds a running shard makes, so
+        it stops too."""
         from medgen.config import fail
         from medgen.folder_lock import FolderInUseError, claim_folder
 
         index, count = self.shard
-        role = "samples" if count == 1 else f"samples-shard-{index}of{count}"
+        role = samples_role(index, count)
         try:
-            with claim_folder(self.output_dir, role, "write to another folder (--out DIR, --output_dir DIR)"):
+            with claim_folder(self.output_dir, role, "write to another folder (--out DIR, --output_dir DIR)",
+                              conflicts=sharded_otherwise(count)):
                 return self._run()
         except FolderInUseError as err:
             fail(f"cannot sample: {err}")

@@ -3,7 +3,8 @@
 Exit codes (docs/dicom.md, "Exit codes"): 0 every image exported / every file acknowledged by the PACS; 1 some work
 failed (a samples line refused or unreadable, nothing to export or send, a file the PACS did not acknowledge,
 refused or could not be reached for, a path skipped); 2 the command could not start (a bad target, option value,
-UID root or credentials file; a samples folder, samples.jsonl or path to send that does not exist).
+UID root or credentials file; a samples folder, samples.jsonl or path to send that does not exist; an output folder
+another export is writing).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from medgen.export.dicom_writer import export_images
 from medgen.export.pacs import PacsError, parse_target, send, write_report
+from medgen.folder_lock import holds_output_folder
 
 __all__ = ["SampleExporter", "export_command", "send_command"]
 
@@ -65,6 +67,7 @@ def send_command(
     return _print_send_summary(results, to)
 
 
+@holds_output_folder("export", "export", "write to another folder (--out DIR)", exit_code=EXIT_USAGE)
 def export_command(
     samples_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -84,7 +87,9 @@ def export_command(
     view_position: str | None = None,
     calling_aet: str = "MEDGEN",
 ) -> int:
-    """Export a sampler output folder; with ``send_to`` (DICOM only) also send the files. Returns an exit code."""
+    """Export a sampler output folder; with ``send_to`` (DICOM only) also send the files. Returns an exit code.
+
+    ``out_dir`` is this process's while it runs: a second export into it would mix two exports' files and manifest."""
     if send_to and fmt != "dicom":
         print(f"error: --send-to needs --format dicom (got --format {fmt})", file=sys.stderr)
         return EXIT_USAGE

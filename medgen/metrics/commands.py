@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medgen.folder_lock import holds_output_folder
 from medgen.metrics.errors import ImageSetError, TooFewImagesError, WeightsUnavailableError
 from medgen.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures, extract_features
 
@@ -60,6 +61,7 @@ def _sizes(spec: str | Sequence | None) -> list[int | None] | None:
     return [None if str(s).strip() in ("all", "None") else int(s) for s in items]
 
 
+@holds_output_folder("evaluation", "evaluate")
 def evaluate_command(
     samples_dir: str,
     datalist: str,
@@ -133,6 +135,7 @@ def evaluate_command(
     return 0
 
 
+@holds_output_folder("audit", "audit")
 def audit_command(
     samples_dir: str,
     datalist: str,
@@ -151,6 +154,7 @@ def audit_command(
     ``redact_paths``: training files are named by their place in the datalist (``training[17]``) and
     closest_pairs.png is not written.
     """
+    from medgen.fileio import write_json_atomic
     from medgen.metrics.evaluate import heldout_split
     from medgen.metrics.image_sets import load_datalist_split, load_samples_dir, preparation_of, read_datalist
     from medgen.metrics.memorisation import PHI_NOTE, closest_pairs_png, memorisation_audit, redacted_ids
@@ -180,7 +184,7 @@ def audit_command(
         summary["closest_pairs"] = None
     else:
         summary["closest_pairs"] = closest_pairs_png(gen.images, train.images, result, pairs_png, n=pairs).name
-    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(summary, out / "audit.json", indent=2)
     print(
         f"memorisation audit: {summary['n_flagged']} of {summary['n_generated']} flagged "
         f"(aligned threshold {summary['threshold_aligned']:.4f}: flips, crops, shifts, rotations and intensity "

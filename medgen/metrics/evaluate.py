@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medgen.fileio import write_text_atomic
+from medgen.folder_lock import FolderInUseError, claim_folder
 from medgen.metrics.distribution import fid, kid, prdc
 from medgen.metrics.diversity import ms_ssim_diversity
 from medgen.metrics.error_analysis import mode_collapse, realism_ranking, spectrum_comparison
@@ -115,108 +117,113 @@ def evaluate(
     The memorisation section names training files and the report shows real training pixels (PHI);
     ``redact_paths`` names them by their place in the datalist and leaves real pixels out of the report.
     ``judge``: the classifier-judged section (:mod:`medgen.metrics.judge`; ``judge_classifier`` reuses one), trained
-    and run at ``classifier_size`` pixels (default ``size``; a smaller one keeps 256² evaluations short on a CPU)."""
+    and run at ``classifier_size`` pixels (default ``size``; a smaller one keeps 256² evaluations short on a CPU).
+
+    ``out_dir`` is this process's while it runs: a second evaluation into it would mix two runs' metrics, report and
+    judge, so it raises :class:`~medgen.folder_lock.FolderInUseError` before any work."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = read_datalist(datalist)
-    generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
-    prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training prepared them
-    prep["channels"] = generated.channels  # and in the samples' colour: grey or RGB
-    ref_cap, held_cap = (REFERENCE_CAP, HELDOUT_CAP) if max_real_per_class is None else (max_real_per_class,) * 2
-    reference = load_datalist_split(datalist, "training", size=size, per_class=ref_cap, seed=seed, **prep)
-    heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=held_cap, seed=seed, **prep)
-    feats = {n: (extract_features(e, reference), extract_features(e, generated)) for n, e in extractors.items()}
-    held_feats = {n: extract_features(e, heldout) for n, e in extractors.items()}
-    metrics: dict = {
-        "samples_dir": str(samples_dir),
-        "datalist": str(datalist),
-        "image_size": size,
-        "channels": generated.channels,
-        "classes": data["classes"],
-        "extractors": {n: e.name for n, e in extractors.items()},
-        "n_reference": len(reference),
-        "n_heldout": len(heldout),
-        "n_generated": len(generated),
-        "real_preparation": prep,
-        "real_skipped": dict(reference.skipped + heldout.skipped),  # items that failed to load, by reason
-    }
-    if extractors:
-        p_name = "inception" if "inception" in extractors else next(iter(extractors))
-        metrics["protocol"] = score_protocol(
-            data["classes"], (feats[p_name][0], reference.labels), (feats[p_name][1], generated.labels),
-            (held_feats[p_name], heldout.labels), seed=seed, kid_subsets=kid_subsets,
-        )
-        metrics["protocol"]["features"] = extractors[p_name].name
-        try:  # what a full protocol run would generate per class (the held-out counts, capped)
-            metrics["protocol"]["protocol_counts"] = protocol_counts(data)
-        except ValueError as err:
-            metrics["protocol"]["protocol_counts"] = {"error": str(err)}
-    metrics["generated"] = score_sets(reference, generated, extractors, kid_subsets, num_pairs=num_pairs, feats=feats)
-    floor_feats = {n: (feats[n][0], held_feats[n]) for n in extractors}
-    metrics["floor_real_heldout"] = score_sets(
-        reference, heldout, extractors, kid_subsets, num_pairs=num_pairs, feats=floor_feats
-    )
-    metrics["mse_ssim_table"] = real_vs_synthetic_table(
-        heldout.images, heldout.labels, generated.images, generated.labels, data["classes"], num_pairs=num_pairs
-    )
-    a_name = audit_extractor or next(iter(extractors), None)
-    audit = memorisation_audit(
-        generated.images,
-        reference.images,
-        heldout.images,
-        *((feats[a_name][1], feats[a_name][0], held_feats[a_name]) if a_name else (None, None, None)),
-    )
-    ref_ids = reference.ids
-    if redact_paths:
-        from medgen.metrics.memorisation import redacted_ids
-
-        ref_ids = redacted_ids(reference.ids, data, os.path.dirname(os.path.abspath(datalist)))
-    metrics["memorisation"] = audit.summary(generated.ids, ref_ids)
-    metrics["memorisation"]["feature_extractor"] = a_name
-    metrics["memorisation"]["redacted_paths"] = bool(redact_paths)
-    analysis: dict = {"spectrum": spectrum_comparison(reference.images, generated.images)}
-    if a_name:
-        rank = realism_ranking(feats[a_name][1], feats[a_name][0])
-        analysis["realism"] = {
-            "extractor": a_name,
-            "most": rank["most"],
-            "least": rank["least"],
-            "most_files": [generated.ids[i] for i in rank["most"]],
-            "least_files": [generated.ids[i] for i in rank["least"]],
-            "median_score": float(np.median(rank["scores"])),
+    with claim_folder(out_dir, "evaluation", "write to another folder (OUT_DIR, --output_dir DIR)"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data = read_datalist(datalist)
+        generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
+        prep = preparation_of(samples_meta(samples_dir))  # real images prepared as the weights' training prepared them
+        prep["channels"] = generated.channels  # and in the samples' colour: grey or RGB
+        ref_cap, held_cap = (REFERENCE_CAP, HELDOUT_CAP) if max_real_per_class is None else (max_real_per_class,) * 2
+        reference = load_datalist_split(datalist, "training", size=size, per_class=ref_cap, seed=seed, **prep)
+        heldout = load_datalist_split(datalist, heldout_split(data), size=size, per_class=held_cap, seed=seed, **prep)
+        feats = {n: (extract_features(e, reference), extract_features(e, generated)) for n, e in extractors.items()}
+        held_feats = {n: extract_features(e, heldout) for n, e in extractors.items()}
+        metrics: dict = {
+            "samples_dir": str(samples_dir),
+            "datalist": str(datalist),
+            "image_size": size,
+            "channels": generated.channels,
+            "classes": data["classes"],
+            "extractors": {n: e.name for n, e in extractors.items()},
+            "n_reference": len(reference),
+            "n_heldout": len(heldout),
+            "n_generated": len(generated),
+            "real_preparation": prep,
+            "real_skipped": dict(reference.skipped + heldout.skipped),  # items that failed to load, by reason
         }
-        analysis["mode_collapse"] = _guard(mode_collapse, feats[a_name][1], feats[a_name][0], seed=seed)
-    metrics["error_analysis"] = analysis
-    if utility_sizes:
-        from medgen.metrics.utility import utility_experiment
-
-        train_all = load_datalist_split(datalist, "training", size=size, **prep)
-        metrics["utility"] = utility_experiment(
-            train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
+        if extractors:
+            p_name = "inception" if "inception" in extractors else next(iter(extractors))
+            metrics["protocol"] = score_protocol(
+                data["classes"], (feats[p_name][0], reference.labels), (feats[p_name][1], generated.labels),
+                (held_feats[p_name], heldout.labels), seed=seed, kid_subsets=kid_subsets,
+            )
+            metrics["protocol"]["features"] = extractors[p_name].name
+            try:  # what a full protocol run would generate per class (the held-out counts, capped)
+                metrics["protocol"]["protocol_counts"] = protocol_counts(data)
+            except ValueError as err:
+                metrics["protocol"]["protocol_counts"] = {"error": str(err)}
+        metrics["generated"] = score_sets(reference, generated, extractors, kid_subsets, num_pairs=num_pairs,
+                                          feats=feats)
+        floor_feats = {n: (feats[n][0], held_feats[n]) for n in extractors}
+        metrics["floor_real_heldout"] = score_sets(
+            reference, heldout, extractors, kid_subsets, num_pairs=num_pairs, feats=floor_feats
         )
-    else:
-        from medgen.metrics.utility import read_utility_json
-
-        found = read_utility_json(utility_json or Path(samples_dir) / "utility.json", required=bool(utility_json))
-        if found:
-            metrics["utility"] = found
-    if judge:  # classifier-judged section: judge/ holds judge.json, the PNGs and the classifier
-        from medgen.metrics.judge import evaluation_judge
-
-        metrics["judge"] = evaluation_judge(samples_dir, datalist, out_dir / "judge", classifier=judge_classifier,
-                                            size=classifier_size or size, channels=generated.channels, seed=seed,
-                                            log=True)
-    metrics["seconds"] = round(time.time() - t0, 1)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if report:
-        from medgen.report.html import write_report
-
-        write_report(
-            out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout, audit=audit,
-            redact=redact_paths,
+        metrics["mse_ssim_table"] = real_vs_synthetic_table(
+            heldout.images, heldout.labels, generated.images, generated.labels, data["classes"], num_pairs=num_pairs
         )
-    return metrics
+        a_name = audit_extractor or next(iter(extractors), None)
+        audit = memorisation_audit(
+            generated.images,
+            reference.images,
+            heldout.images,
+            *((feats[a_name][1], feats[a_name][0], held_feats[a_name]) if a_name else (None, None, None)),
+        )
+        ref_ids = reference.ids
+        if redact_paths:
+            from medgen.metrics.memorisation import redacted_ids
+
+            ref_ids = redacted_ids(reference.ids, data, os.path.dirname(os.path.abspath(datalist)))
+        metrics["memorisation"] = audit.summary(generated.ids, ref_ids)
+        metrics["memorisation"]["feature_extractor"] = a_name
+        metrics["memorisation"]["redacted_paths"] = bool(redact_paths)
+        analysis: dict = {"spectrum": spectrum_comparison(reference.images, generated.images)}
+        if a_name:
+            rank = realism_ranking(feats[a_name][1], feats[a_name][0])
+            analysis["realism"] = {
+                "extractor": a_name,
+                "most": rank["most"],
+                "least": rank["least"],
+                "most_files": [generated.ids[i] for i in rank["most"]],
+                "least_files": [generated.ids[i] for i in rank["least"]],
+                "median_score": float(np.median(rank["scores"])),
+            }
+            analysis["mode_collapse"] = _guard(mode_collapse, feats[a_name][1], feats[a_name][0], seed=seed)
+        metrics["error_analysis"] = analysis
+        if utility_sizes:
+            from medgen.metrics.utility import utility_experiment
+
+            train_all = load_datalist_split(datalist, "training", size=size, **prep)
+            metrics["utility"] = utility_experiment(
+                train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
+            )
+        else:
+            from medgen.metrics.utility import read_utility_json
+
+            found = read_utility_json(utility_json or Path(samples_dir) / "utility.json", required=bool(utility_json))
+            if found:
+                metrics["utility"] = found
+        if judge:  # classifier-judged section: judge/ holds judge.json, the PNGs and the classifier
+            from medgen.metrics.judge import evaluation_judge
+
+            metrics["judge"] = evaluation_judge(samples_dir, datalist, out_dir / "judge", classifier=judge_classifier,
+                                                size=classifier_size or size, channels=generated.channels, seed=seed,
+                                                log=True)
+        metrics["seconds"] = round(time.time() - t0, 1)
+        write_text_atomic(json.dumps(metrics, indent=2), out_dir / "metrics.json")
+        if report:
+            from medgen.report.html import write_report
+
+            write_report(
+                out_dir / "report.html", metrics, reference=reference, generated=generated, heldout=heldout,
+                audit=audit, redact=redact_paths,
+            )
+        return metrics
 
 
 class Evaluation:
@@ -228,4 +235,10 @@ class Evaluation:
         self.args, self.kwargs = (samples_dir, datalist, output_dir, extractors), kwargs
 
     def __call__(self) -> dict:
-        return evaluate(*self.args, **self.kwargs)
+        from medgen.config import fail
+
+        try:
+            return evaluate(*self.args, **self.kwargs)
+        except FolderInUseError as err:
+            fail(f"cannot evaluate: {err}")
+            raise AssertionError from err  # unreachable: fail() raises

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy.stats import chi2, chi2_contingency, entropy, ks_2samp
 
+from medgen.fileio import write_text_atomic
 from medgen.metrics.classifier import load_classifier, predict_proba, save_classifier, train_classifier
 from medgen.metrics.errors import ImageSetError, require
 from medgen.metrics.image_sets import ImageSet, load_datalist_split, load_image, preparation_of, read_datalist
@@ -371,7 +372,7 @@ def judge(
     }
     _plots(out, result, (real_probs, held_y), (syn_probs, syn_y))
     result["seconds"] = round(time.time() - t0, 1)
-    (out / JUDGE_JSON).write_text(json.dumps(result, indent=2))
+    write_text_atomic(json.dumps(result, indent=2), out / JUDGE_JSON)
     return result
 
 

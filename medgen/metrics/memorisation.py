@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from medgen.data.image_io import atomic_save
 from medgen.metrics.errors import require
 
 HELDOUT_MIN = 10  # a 1st percentile from fewer than 100 held-out images is close to their minimum; 10 is the floor
@@ -420,8 +421,7 @@ def closest_pairs_png(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas = closest_pairs_canvas(generated, train, result, n)
-    Image.fromarray(np.round(canvas * 255).astype(np.uint8)).save(path)
-    return path
+    return atomic_save(Image.fromarray(np.round(canvas * 255).astype(np.uint8)), path)
 
 
 def redacted_ids(train_ids: Sequence[str], datalist: dict, root: str | None = None,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medgen.fileio import write_text_atomic
 from medgen.metrics.image_sets import ImageSet
 from medgen.metrics.memorisation import PHI_NOTE, AuditResult, closest_pairs_canvas
 from medgen.report.figures import (
@@ -125,10 +126,7 @@ def _write_page(path: str | os.PathLike, title: str, body: str) -> Path:
     """A self-contained HTML page (inline style, images as data URIs)."""
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body>{body}</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
-    return path
+    return write_text_atomic(doc, path)
 
 
 def protocol_section(protocol: dict | None) -> str:

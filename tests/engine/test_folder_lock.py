@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from medgen.diffusion.sample_run import samples_role, sharded_otherwise
 from medgen.folder_lock import (
     FolderInUseError,
     claim_folder,
@@ -90,6 +91,49 @@ def test_a_folder_is_held_by_one_process_and_free_again_when_it_ends(tmp_path: P
     assert is_lock_file(".medgen-run.lock") and not is_lock_file("model.pt")
 
 
+def test_jobs_sharded_otherwise_do_not_share_a_samples_folder(tmp_path: Path) -> None:
+    """Shards of one job write one folder side by side; an unsharded job, or one cut into another number of shards,
+    would make seeds a running shard makes."""
+    folder = tmp_path / "samples"
+    holder = start("-c", HOLD, str(folder), samples_role(0, 2))
+    assert holder.stderr.readline() == "held\n", holder.stderr.read()
+    try:
+        for index, count in ((0, 1), (2, 3)):
+            with pytest.raises(FolderInUseError, match=rf"^{folder} is in use by another process \(samples-shard-0of2 "
+                                                       r"lock .medgen-samples-shard-0of2.lock is held\)"):
+                hold_folder(folder, samples_role(index, count), "x", conflicts=sharded_otherwise(count))
+        assert hold_folder(folder, samples_role(2, 3), "x")  # the refused claim kept nothing: claimed anew now
+        release_folder(folder, samples_role(2, 3))
+        with claim_folder(folder, samples_role(1, 2), "x", conflicts=sharded_otherwise(2)):  # the same job's shard
+            pass
+    finally:
+        kill(holder)
+    with claim_folder(folder, samples_role(0, 1), "x", conflicts=sharded_otherwise(1)):  # free once the shard ends
+        pass
+
+
+def test_a_second_evaluation_or_audit_into_a_folder_in_use_stops_before_any_work(tmp_path: Path, capsys) -> None:
+    from medgen.metrics.commands import audit_command, evaluate_command
+    from medgen.metrics.evaluate import Evaluation
+
+    out = tmp_path / "out"
+    for role, verb, command in (("evaluation", "evaluate", evaluate_command), ("audit", "audit", audit_command)):
+        holder = start("-c", HOLD, str(out), role)
+        assert holder.stderr.readline() == "held\n", holder.stderr.read()
+        try:
+            assert command(str(tmp_path / "missing"), str(tmp_path / "missing.json"), str(out)) == 2
+            assert capsys.readouterr().err.strip() == (
+                f"error: cannot {verb}: {out} is in use by another process ({role} lock .medgen-{role}.lock is "
+                "held): wait for it to finish, or write to another folder (OUT_DIR)")
+            if role == "evaluation":  # the bundle's evaluate.yaml runs this component
+                with pytest.raises(SystemExit, match=rf"^medgen: error: cannot evaluate: {out} is in use"):
+                    Evaluation(str(tmp_path / "missing"), str(tmp_path / "missing.json"), str(out), {})()
+        finally:
+            kill(holder)
+        assert command(str(tmp_path / "missing"), str(tmp_path / "missing.json"), str(out)) == 2  # free: now it reads
+        assert "in use" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_line(kermany: Path, tmp_path: Path):
     run_dir = tmp_path / "runs" / "cxr_ddpm" / "shared-name"
@@ -125,6 +169,9 @@ def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_lin
         line = one_line_error(second)
         assert line.startswith(f"medgen: error: cannot sample: {samples} is in use by another process"), line
         assert line.endswith("write to another folder (--out DIR, --output_dir DIR)"), line
+        shard = one_line_error(run(*sample, "--per-class", "2", "--shard", "1/2"))  # its seeds are the long job's too
+        assert shard.startswith(f"medgen: error: cannot sample: {samples} is in use by another process (samples "
+                                "lock .medgen-samples.lock is held)"), shard
         assert long_job.poll() is None, "the first sampling job was disturbed"
     finally:
         kill(long_job)

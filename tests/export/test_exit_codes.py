@@ -52,6 +52,20 @@ def test_export_exit_codes(samples_dir, tmp_path, unused_port):
         assert (run.returncode, message in run.stderr) == (code, True), (name, run.stderr[-2000:])
         if code == 2 and name != "bad iod":
             assert not any((tmp_path / args[3]).glob("**/*.dcm")), name  # stopped before writing
+    busy = tmp_path / "o10"  # an output folder another export is writing: it belongs to that one
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from medgen.folder_lock import hold_folder; "
+                               "hold_folder(sys.argv[1], 'export', 'x'); print('held', flush=True); sys.stdin.read()",
+                               str(busy)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        run = medgen("export", samples_dir, "--out", busy)
+        assert run.returncode == 2 and run.stderr.strip() == (
+            f"error: cannot export: {busy} is in use by another process (export lock .medgen-export.lock is held): "
+            "wait for it to finish, or write to another folder (--out DIR)"), run.stderr[-2000:]
+        assert not any(busy.glob("**/*.dcm"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
     with open(samples_dir / "samples.jsonl", "a") as f:
         f.write('{"file": "NORMAL/missing.png", "class": "NORMAL", "seed": 99}\n')
     bad_line = medgen("export", samples_dir, "--out", tmp_path / "o9")
