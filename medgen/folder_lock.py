@@ -1,16 +1,17 @@
 """One writer per output folder: a run, samples, evaluation, audit or export folder belongs to one process at a time.
 
 Two trainings started with the same ``--run_name`` would both resume the same checkpoint and overwrite each other's
-checkpoints, weights and logs; two sampling jobs into one folder would both make the seeds still missing and write
-them twice. :func:`hold_folder` takes an advisory lock on ``<folder>/.medgen-<role>.lock`` with the ``filelock``
-library (``fcntl.flock`` on POSIX, ``msvcrt`` on Windows; torch already depends on it) and keeps it until the process
-exits (``medgen train`` and :func:`medgen.bundles.run_bundle`: until the run returns), so the second process stops at
-once with one line instead of mixing. The operating system drops the lock when its holder dies, so a killed run
-leaves nothing to clean up (the empty lock file stays, as pip's and conda's do: removing it would let a third process
-lock a new file while a second still holds the old one). Within one process a folder may be claimed again (a workflow
-that trains, then resumes in the same interpreter). Roles that may not run beside each other in one folder (shards of
-two different sharding layouts) are named by ``conflicts``: a claim takes its own lock first, then finds each such lock
-free, so of two jobs started together at least one sees the other.
+checkpoints, weights and logs; two sampling jobs into one folder would both make the seeds still missing and write them
+twice. :func:`hold_folder` takes an advisory lock on ``<folder>/.medgen-<role>.lock`` with the ``filelock`` library
+(``fcntl.flock`` on POSIX, ``msvcrt`` on Windows; torch already depends on it) and keeps it until the process exits
+(``medgen train`` and :func:`medgen.bundles.run_bundle`: until the run returns), so the second process stops at once
+with one line instead of mixing. The operating system drops the lock when its holder dies, so a killed run leaves
+nothing to clean up (the empty lock file stays, as pip's and conda's do: removing it after the release would let a third
+process lock a new file while a second still holds the old one; a claim for a ``with`` block removes its own while it
+still holds it). Within one process a folder may be claimed again (a workflow that trains, then resumes in the same
+interpreter). Roles that may not run beside each other in one folder (shards of two different sharding layouts) are
+named by ``conflicts``: a claim takes its own lock first, then finds each such lock free, so of two jobs started
+together at least one sees the other.
 """
 
 from __future__ import annotations
@@ -114,13 +115,27 @@ def claims_released_after() -> Iterator[None]:
 def claim_folder(folder: str | os.PathLike, role: str, hint: str,
                  conflicts: Callable[[str], bool] | None = None) -> Iterator[None]:
     """:func:`hold_folder` for the ``with`` block: released at its end unless this process held it before (a
-    long-lived process, the service, must not keep one open lock per job)."""
+    long-lived process, the service, must not keep one open lock per job). The lock file goes with the claim, so a
+    finished samples, evaluation or export folder holds only results; a folder the claim made that is empty then (a
+    command stopped by bad input before writing) goes too."""
+    made = not Path(folder).exists()
     claimed = hold_folder(folder, role, hint, conflicts)  # only this claim: another thread's claims stay as they are
     try:
         yield
     finally:
         if claimed:
+            _remove_lock_file(folder, role, made)
             release_folder(folder, role)
+
+
+def _remove_lock_file(folder: str | os.PathLike, role: str, remove_folder: bool) -> None:
+    """Unlink the lock file while its lock is still held, after the last write: a process trying it meanwhile is
+    refused, one that comes after locks a new file in a folder this one no longer writes. Then the folder, if asked and
+    empty."""
+    with contextlib.suppress(OSError):  # Windows cannot unlink an open file: it stays, empty, as a training's does
+        lock_path(folder, role).unlink()
+        if remove_folder and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
 
 
 def holds_output_folder(role: str, verb: str, hint: str = "write to another folder (OUT_DIR)", arg: str = "out_dir",

@@ -89,6 +89,13 @@ def test_a_folder_is_held_by_one_process_and_free_again_when_it_ends(tmp_path: P
     assert not hold_folder(folder, "run", "x")  # a claim made before the block is kept
     release_folder(folder, "run")
     assert is_lock_file(".medgen-run.lock") and not is_lock_file("model.pt")
+    with claim_folder(folder, "samples", "x"):  # a claim for a block takes its lock file with it: results only
+        (folder / "samples.jsonl").write_text("{}\n")
+    assert not (folder / ".medgen-samples.lock").exists() and (folder / "samples.jsonl").is_file()
+    made = tmp_path / "made"
+    with claim_folder(made, "export", "x"):  # a command stopped by bad input before writing
+        assert (made / ".medgen-export.lock").is_file()
+    assert not made.exists()  # the folder the claim made goes too: nothing left behind
 
 
 def test_jobs_sharded_otherwise_do_not_share_a_samples_folder(tmp_path: Path) -> None:
