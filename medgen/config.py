@@ -491,26 +491,13 @@ def _monai_run_frame() -> tuple[Any, dict[str, Any] | None, Any, bool, list[str]
     return parser, overrides, files, tracking, dropped
 
 
-def config_value(config: Any, key: str) -> Any:
-    """The value at a config id (``unet_channels``, ``network_def#num_head_channels``, ``a::b``, list items by
-    index), None where there is none."""
-    value = config
-    for part in key.replace("::", "#").split("#"):
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value
-
-
-def dropped_none_problems(config: Mapping[str, Any], dropped: Iterable[str]) -> list[str]:
+def dropped_none_problems(parser: Any, dropped: Iterable[str]) -> list[str]:
     """One line per key given as ``--key None`` on ``monai.bundle run`` whose config value is not None: MONAI
-    drops the override, so the run would silently use the config's value."""
+    drops the override, so the run would silently use the config's value. ``parser`` is the run's ``ConfigParser``,
+    whose ``get`` follows nested ids (``network_def#num_head_channels``, ``a::b``, list indices)."""
     lines = []
     for key in dropped:
-        value = config_value(config, key)
+        value = parser.get(key)
         if value is not None:
             lines.append(f"config key '{key}': --{key} None is dropped by monai.bundle (it ignores None overrides), "
                          f"so the config's {value!r} would be used; give the key's documented 'off' value, or "
@@ -530,7 +517,7 @@ def check_config() -> None:
     parser, overrides, files, tracking, dropped = _monai_run_frame()
     if parser is None:
         return
-    lines = dropped_none_problems(parser.get(), dropped)
+    lines = dropped_none_problems(parser, dropped)
     if lines:
         raise SystemExit("\n".join(f"medgen: error: {line}" for line in lines))
     file_config = load_config_files(files) if overrides is not None and files else None
