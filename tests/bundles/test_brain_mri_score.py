@@ -241,7 +241,7 @@ def test_evaluate_the_shipped_weights_from_another_folder(brain_mri, tmp_path):
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels(brain_mri, tmp_path):
+def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels_and_a_cosine_lr(brain_mri, tmp_path):
     shipped = CONFIGS.parent / "models" / "model.pt"
     config = json.loads(shipped.with_suffix(".json").read_text())["config"]
     network = ["--unet_channels", json.dumps(config["unet_channels"]), "--attention_levels",
@@ -250,10 +250,15 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels(brain
     common = ["--dataset_dir", str(brain_mri), "--max_items_per_class", "4", "--batch_size", "4", "--max_iterations",
               "2", "--image_size", "32", "--samples_per_class_in_grid", "1", "--grid_inference_steps", "2",
               "--num_workers", "0", *network]
-    # a learning rate of 1e-12: the run's weights are the shipped ones, so they were loaded, not a fresh network
+    # a learning rate of 1e-12: the run's weights are the shipped ones, so they were loaded, not a fresh network;
+    # its cosine schedule spans the run's 2 iterations, so it ends at lr_final_factor x the learning rate
     bundle("training", TRAIN, *common, "--init_weights", str(shipped), "--timestep_sampling", "lognormal",
-           "--learning_rate", "1e-12", "--run_name", "ft", runs_dir=tmp_path / "runs")
+           "--learning_rate", "1e-12", "--lr_schedule", "cosine", "--lr_total_iters", "2", "--lr_final_factor", "0.1",
+           "--run_name", "ft", runs_dir=tmp_path / "runs")
     out = tmp_path / "runs" / "brain_mri_score" / "ft"
+    ckpt = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert ckpt["lr_scheduler"]["last_epoch"] == 2
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-13)
     tuned = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     start = torch.load(shipped, map_location="cpu", weights_only=True)
     assert tuned.keys() == start.keys()
