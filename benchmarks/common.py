@@ -137,10 +137,11 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 def forward_flops(net: torch.nn.Module, image_size: int, channels: int = 1) -> int:
-    """FLOPs of one image's forward pass (convolutions, matmuls, attention)."""
+    """FLOPs of one image's forward pass (convolutions, matmuls, attention); timestep 1 (a positive noise level for a
+    score network, whose sigma must be > 0)."""
     x = torch.zeros(1, channels, image_size, image_size)
     with torch.inference_mode():
-        return count_flops(lambda: net(x, torch.zeros(1, dtype=torch.long), class_labels=torch.zeros(1).long()))
+        return count_flops(lambda: net(x, torch.ones(1, dtype=torch.long), class_labels=torch.zeros(1).long()))
 
 
 def fmt(value: Any) -> str:
