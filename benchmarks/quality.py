@@ -90,6 +90,12 @@ def generate(bundle: Path, weights: Path, counts: dict[str, int], sampling: dict
     return seeds
 
 
+def samples_on_disk(folder: Path) -> int:
+    """Images a samples folder already holds (its samples.jsonl records)."""
+    records = folder / "samples.jsonl"
+    return sum(1 for line in records.read_text().splitlines() if line.strip()) if records.is_file() else 0
+
+
 def check_sampling(bundle: Path, weights: Path, sampling: dict) -> None:
     """The bundle's own check of sampling values (steps, guidance, sampler): one line, before any work."""
     from medgen.bundles import config_file, read_config
@@ -282,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     def one(sampling: dict) -> dict:
         sampling = {**effective_sampling(bundle, sampling), **sampling}
         folder = samples_folder(root, bundle.name, sha, sampling, args.seed, ae_sha)
+        found = samples_on_disk(folder)
         t0 = time.perf_counter()
         seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size)
         gen_s = time.perf_counter() - t0
         result = real.score(folder, classes, counts=counts)
+        # the seconds are this run's: images a rerun found on disk cost nothing, so the JSON says how many it made
         return {"sampling": sampling, "seeds": seeds, "samples_dir": str(folder),
-                "generation_seconds": round(gen_s, 1), **result}
+                "generation_seconds": round(gen_s, 1), "images_generated": samples_on_disk(folder) - found,
+                "images_found_on_disk": found, **result}
 
     payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,
                                **({"autoencoder": str(autoencoder), "autoencoder_sha256": ae_sha} if ae_sha else {}),
@@ -296,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep:
         run = one(base)
         payload.update(run)
-        print(f"\nsampler {run['sampling']}  ({run['generation_seconds']:.0f} s to generate)")
+        print(f"\nsampler {run['sampling']}  ({run['images_generated']} images generated in "
+              f"{run['generation_seconds']:.0f} s, {run['images_found_on_disk']} found on disk)")
         print(table(ratio_rows(run), ["class", "N", "FID", "floor FID", "FID / floor", "KID", "floor KID",
                                       "precision", "recall"]))
         if args.autoencoder_ceiling and ae_sha:

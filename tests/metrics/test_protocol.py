@@ -96,6 +96,13 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
         assert entry["fid_ratio"] == pytest.approx(entry["generated"]["fid"] / entry["floor"]["fid"])
     samples = [json.loads(x) for x in (Path(result["samples_dir"]) / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and {s["steps"] for s in samples} == {4}
+    assert result["images_generated"] == 6 and result["images_found_on_disk"] == 0
+    # a rerun scores the images on disk and says its seconds made none of them
+    assert main(args) == 0
+    again = json.loads(out.read_text())
+    assert again["images_generated"] == 0 and again["images_found_on_disk"] == 6
+    assert again["overall"]["fid_ratio"] == pytest.approx(result["overall"]["fid_ratio"])
+    assert "0 images generated in" in capsys.readouterr().out
 
     # the model cards quote this JSON: the same weights pass the check, other weights fail it in one line
     assert main(["--bundle", "cxr_ddpm", "--check", "--json", str(out)]) == 0
