@@ -90,12 +90,6 @@ def generate(bundle: Path, weights: Path, counts: dict[str, int], sampling: dict
     return seeds
 
 
-def samples_on_disk(folder: Path) -> int:
-    """Images a samples folder already holds (its samples.jsonl records)."""
-    records = folder / "samples.jsonl"
-    return sum(1 for line in records.read_text().splitlines() if line.strip()) if records.is_file() else 0
-
-
 def check_sampling(bundle: Path, weights: Path, sampling: dict) -> None:
     """The bundle's own check of sampling values (steps, guidance, sampler): one line, before any work."""
     from medgen.bundles import config_file, read_config
@@ -246,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from medgen.bundles import find_bundle
+    from medgen.diffusion.sample_run import seeds_on_disk
     from medgen.metrics.protocol import ProtocolError, check_per_class, protocol_counts, ratio_rows
     from medgen.networks.weights_meta import image_size_of, read_meta, sha256_of
 
@@ -288,14 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     def one(sampling: dict) -> dict:
         sampling = {**effective_sampling(bundle, sampling), **sampling}
         folder = samples_folder(root, bundle.name, sha, sampling, args.seed, ae_sha)
-        found = samples_on_disk(folder)
+        found = len(seeds_on_disk(folder))  # what the sampler skips, so the seconds below are those of the rest
         t0 = time.perf_counter()
         seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size)
         gen_s = time.perf_counter() - t0
         result = real.score(folder, classes, counts=counts)
-        # the seconds are this run's: images a rerun found on disk cost nothing, so the JSON says how many it made
         return {"sampling": sampling, "seeds": seeds, "samples_dir": str(folder),
-                "generation_seconds": round(gen_s, 1), "images_generated": samples_on_disk(folder) - found,
+                "generation_seconds": round(gen_s, 1), "images_generated": len(seeds_on_disk(folder)) - found,
                 "images_found_on_disk": found, **result}
 
     payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,

@@ -231,6 +231,23 @@ def sharded_otherwise(count: int) -> Callable[[str], bool]:
     return lambda role: shard_count(role) not in (None, count)
 
 
+def seeds_on_disk(output_dir: str | Path) -> set[tuple[int, int]]:
+    """(label, seed) of every image a samples folder holds: a record in its ``samples.jsonl`` whose file exists (a
+    rerun skips these)."""
+    path = Path(output_dir) / "samples.jsonl"
+    if not path.is_file():
+        return set()
+    done = set()
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: that image is made again
+        if (Path(output_dir) / rec["file"]).is_file():
+            done.add((rec["label"], rec["seed"]))
+    return done
+
+
 class SampleRunner:
     """The bundle's inference step: generate ``per_class`` images for each class into ``output_dir``.
 
@@ -271,18 +288,7 @@ class SampleRunner:
         self.domain_weights = str(domain_weights) if domain_weights else None
 
     def done_seeds(self) -> set[tuple[int, int]]:
-        path = self.output_dir / "samples.jsonl"
-        if not path.is_file():
-            return set()
-        done = set()
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: that image is made again
-            if (self.output_dir / rec["file"]).is_file():
-                done.add((rec["label"], rec["seed"]))
-        return done
+        return seeds_on_disk(self.output_dir)
 
     def check_same_weights(self, sha: str | None) -> None:
         """Refuse to add to a samples folder that holds images of other weights (a rerun skips the seeds already
