@@ -73,15 +73,18 @@ def sampler_overrides(bundle: Path, sampler: str | None, steps: int | None, guid
 
 
 def generate(bundle: Path, weights: Path, counts: dict[str, int], sampling: dict, seed: int, out_dir: Path,
-             batch_size: int | str | None) -> dict[str, list[int]]:
-    """``counts[c]`` images of each class into ``out_dir`` with the bundle's inference config; returns the seeds."""
-    from medgen.bundles import config_file, run_bundle
+             batch_size: int | str | None, guide: Path | None = None) -> dict[str, list[int]]:
+    """``counts[c]`` images of each class into ``out_dir`` with the bundle's inference config (autoguided by
+    ``guide``, else classifier-free guidance); returns the seeds."""
+    from medgen.bundles import config_file, read_config, run_bundle
     from medgen.config import check_run
 
     seeds = {}
     for k, (name, n) in enumerate(counts.items()):
         overrides = {"ckpt_path": str(weights), "output_dir": str(out_dir), "per_class": n, "class_names": [name],
                      "seed": seed + CLASS_SEED_STRIDE * k, **sampling}
+        if "guide_path" in read_config(bundle, "inference"):
+            overrides["guide_path"] = str(guide) if guide else "none"
         if batch_size is not None:
             overrides["batch_size"] = batch_size
         check_run(config_file(bundle, "inference"), overrides)
@@ -169,11 +172,30 @@ class RealSets:
 
 
 def samples_folder(root: Path, bundle: str, sha: str, sampling: dict, seed: int,
-                   autoencoder_sha: str | None = None) -> Path:
-    """Named by the weights, the decoder (latent bundles: another decoder, other images), sampling and seed."""
+                   autoencoder_sha: str | None = None, guide_sha: str | None = None) -> Path:
+    """Named by the weights, the decoder (latent bundles: another decoder, other images), the guide, sampling and
+    seed."""
     tag = "-".join(f"{v}" for v in sampling.values())
     decoder = f"-ae{autoencoder_sha[:8]}" if autoencoder_sha else ""
-    return root / bundle / f"{sha[:12]}{decoder}-{tag}-s{seed}"
+    guide = f"-guide{guide_sha[:8]}" if guide_sha else ""
+    return root / bundle / f"{sha[:12]}{decoder}{guide}-{tag}-s{seed}"
+
+
+def bundle_guide(bundle: Path, given: str | None, weights: Path) -> Path | None:
+    """The autoguidance guide to sample ``weights`` with: ``--guide`` (a path, or ``none`` for classifier-free
+    guidance), else what the bundle's ``guide_path`` gives them (its shipped guide for its shipped weights)."""
+    from medgen.bundles import read_config
+    from medgen.diffusion.guide import default_guide
+
+    if given:
+        return None if given.lower() == "none" else Path(given).resolve()
+    raw = read_config(bundle, "inference").get("guide_path")
+    if not raw:
+        return None
+    if isinstance(raw, str) and raw.startswith("$"):
+        found = default_guide(bundle, weights)
+        return Path(found) if found else None
+    return Path(raw)
 
 
 def autoencoder_beside(weights: Path, meta: dict | None) -> Path | None:
@@ -201,6 +223,12 @@ def check_quoted(bundle: Path, weights: Path, json_path: Path) -> int:
     autoencoder = autoencoder_beside(weights, read_meta(weights, warn=False))
     if autoencoder is not None:
         files.append((autoencoder, results.get("autoencoder_sha256")))
+    if results.get("guide_sha256"):  # measured with autoguidance: the bundle's own guide
+        guide = bundle_guide(bundle, None, weights)
+        if guide is None:
+            raise SystemExit(f"benchmarks.quality: error: {json_path} was measured with an autoguidance guide, but "
+                             f"bundle {bundle.name} has no guide for these weights")
+        files.append((guide, results["guide_sha256"]))
     for path, quoted in files:
         actual = sha256_of(path)
         if quoted != actual:
@@ -223,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(a cheaper run; the floor is measured at the same N)")
     ap.add_argument("--seed", type=int, default=20_000, help="first seed (class k: seed + 100000 k + i)")
     ap.add_argument("--batch-size", help="sampling batch size, or auto")
+    ap.add_argument("--guide", help="autoguidance guide weights (model.pt of a smaller, shorter-trained model), or "
+                    "none for classifier-free guidance (default: the bundle's guide_path)")
     ap.add_argument("--samples-root", help="where the samples folders go (default: $MEDGEN_RUNS_DIR or ./runs, "
                                            "under quality/)")
     ap.add_argument("--sweep", action="store_true", help="FID ratio vs steps and guidance scale for --samplers")
@@ -269,8 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     sha = sha256_of(weights)
     autoencoder = autoencoder_beside(weights, meta)
     ae_sha = sha256_of(autoencoder) if autoencoder is not None and autoencoder.is_file() else None
+    guide = bundle_guide(bundle, args.guide, weights)
+    if guide is not None and not guide.is_file():
+        raise SystemExit(f"benchmarks.quality: error: no guide weights at {guide}")
+    guide_sha = sha256_of(guide) if guide is not None else None
     root = Path(args.samples_root or os.environ.get("MEDGEN_RUNS_DIR") or "runs") / "quality"
     print(f"bundle {bundle.name}  weights {weights} (sha256 {sha[:16]}...)  {size}px  generated per class {counts}")
+    if guide is not None:
+        print(f"autoguidance: guide {guide} (sha256 {guide_sha[:16]}...)")
     base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance)
     settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g) for s in args.samplers
                                               for n in args.sweep_steps for g in args.sweep_guidance]
@@ -282,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(sampling: dict) -> dict:
         sampling = {**effective_sampling(bundle, sampling), **sampling}
-        folder = samples_folder(root, bundle.name, sha, sampling, args.seed, ae_sha)
+        folder = samples_folder(root, bundle.name, sha, sampling, args.seed, ae_sha, guide_sha)
         found = len(seeds_on_disk(folder))  # what the sampler skips, so the seconds below are those of the rest
         t0 = time.perf_counter()
-        seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size)
+        seeds = generate(bundle, weights, counts, sampling, args.seed, folder, args.batch_size, guide)
         gen_s = time.perf_counter() - t0
         result = real.score(folder, classes, counts=counts)
         return {"sampling": sampling, "seeds": seeds, "samples_dir": str(folder),
@@ -294,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,
                                **({"autoencoder": str(autoencoder), "autoencoder_sha256": ae_sha} if ae_sha else {}),
+                               **({"guide": str(guide), "guide_sha256": guide_sha} if guide_sha else {}),
                                "image_size": size, "counts": counts, "machine": machine(),
                                "datalist_source": str(datalist.get("source")), "seed": args.seed}
     if not args.sweep:

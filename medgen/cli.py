@@ -153,9 +153,11 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
         overrides["quality_gate"] = str(Path(args.quality_filter).resolve())
     if args.domain_weights:
         overrides["domain_weights"] = str(Path(args.domain_weights).resolve())
+    if args.guide:
+        overrides["guide_path"] = "none" if args.guide.lower() == "none" else str(Path(args.guide).resolve())
     aliases = {k: SAMPLE_FLAGS[k] for k, v in given.items() if v is not None}
     aliases.update({"output_dir": "--out", "ckpt_path": "--ckpt", "quality_gate": "--quality-filter",
-                    "domain_weights": "--domain-weights"})
+                    "domain_weights": "--domain-weights", "guide_path": "--guide"})
     check_run(config_file(find_bundle(args.bundle), "inference"), overrides, aliases)
     run_bundle(args.bundle, "inference", "inference", overrides)
     return 0
@@ -338,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, help="first seed (default: the bundle's)")
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
     sample.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (1 = off; default: the bundle's)")
+                        help="guidance scale (1 = off; default: the bundle's)")
+    sample.add_argument("--guide", help="autoguidance: weights (model.pt) of a smaller, shorter-trained model of the "
+                        "bundle to guide with, or none for classifier-free guidance (default: the bundle's guide "
+                        "for its own weights)")
     sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M, 15 steps unless "
                         "--steps); score bundles: pc, als, reverse (default: the bundle's)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")

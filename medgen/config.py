@@ -285,6 +285,7 @@ SPEC: dict[str, Rule] = {
     "guidance_scale": number(ge=0), "shard": optional(shard), "n_steps_each": positive_steps,
     "snr": optional(number(gt=0)), "step_lr": number(gt=0), "denoise": boolean,
     "quality_gate": optional(existing_file), "domain_weights": optional(existing_file),
+    "guide_path": optional(either(existing_file, "none")),
     # export and evaluation
     "export_format": optional(choice("dicom", "png", "png16", "nifti")), "dicom_iod": choice("sc", "cr", "mr", "vlm"),
     "uid_root": optional(text), "send_to": optional(text), "max_real_per_class": optional(integer(1)),

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from medgen.diffusion.guide import default_guide
 from medgen.networks.weights_meta import read_meta
 
 MEDGEN = Path(__file__).resolve().parent
@@ -204,9 +205,11 @@ def literal_values(src: Path, file: str, keys: tuple[str, ...]) -> dict[str, Any
 
 
 def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] | None = None,
-                     autoencoder: dict[str, Any] | None = None) -> dict[str, Any]:
+                     autoencoder: dict[str, Any] | None = None, guide: dict[str, Any] | None = None) -> dict[str, Any]:
     """The zoo bundle's inference.json; ``sampling`` (:func:`literal_values` of ``inference.yaml``) overrides the
-    sampler defaults; ``autoencoder`` (its weights' metadata) makes it sample latents and decode them."""
+    sampler defaults; ``autoencoder`` (its weights' metadata) makes it sample latents and decode them; ``guide`` (the
+    metadata of the bundle's autoguidance guide, :func:`medgen.diffusion.guide.default_guide`) makes it guide with
+    that network (``models/model_guide.pt``) instead of classifier-free guidance."""
     config = common_keys(meta, kind, autoencoder)
     config.update({
         "output_dir": "$@bundle_root + '/samples'",
@@ -241,10 +244,22 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
         pipeline = config["pipeline"]
         pipeline["_target_"] = "scripts.latent_pipeline.LatentDiffusionPipeline"
         pipeline.update({"autoencoder": "@autoencoder", "scale_factor": "@scale_factor"})
+    if guide is not None:
+        guide_config = guide.get("config", {})
+        config.update({
+            "guide_path": "$@bundle_root + '/models/model_guide.pt'",
+            "guide_def": network_def(guide),
+            "guide": "$@guide_def.to(@device)",
+            "load_guide": "$@guide.load_state_dict(torch.load(@guide_path, map_location=@device, weights_only=True))",
+        })
+        config["pipeline"]["guide_network"] = (
+            f"$scripts.objectives.for_sampling(@guide, @scheduler, {guide_config.get('preconditioning', 'none')!r}, "
+            f"{float(guide_config.get('edm_sigma_data', 0.5))})")
     config.update({key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS})
     config["run"] = [
         "$monai.utils.set_determinism(seed=@seed)",
         "$@load_weights",
+        *(["$@load_guide"] if guide is not None else []),
         *(["$@load_autoencoder"] if autoencoder is not None else []),
         "$scripts.sampling.write_samples(@pipeline, @output_dir, @per_class, @seed, @sampler, "
         "@num_inference_steps, @guidance_scale, @class_names)",
@@ -417,11 +432,12 @@ def output_line(meta: dict[str, Any], kind: str) -> str:
 
 
 def zoo_readme(meta: dict[str, Any], source_meta: dict[str, Any], name: str, kind: str, card: str,
-               sampling: dict[str, Any] | None = None, autoencoder: dict[str, Any] | None = None) -> str:
+               sampling: dict[str, Any] | None = None, autoencoder: dict[str, Any] | None = None,
+               guide: dict[str, Any] | None = None) -> str:
     """A model card in the zoo's README layout; the medgen card's figures follow under Performance."""
     classes = ", ".join(meta["classes"])
     size = meta["image_size"]
-    settings = inference_config(meta, kind, sampling, autoencoder)
+    settings = inference_config(meta, kind, sampling, autoencoder, guide)
     train_file = "train_diffusion.json" if autoencoder is not None else "train.json"
     latent = "latent" if autoencoder is not None else "image"
     latent_shape = "x".join(map(str, meta.get("config", {}).get("latent_shape", [])))
@@ -437,6 +453,9 @@ classifier); its training is not part of this export.
     unit = "noise levels" if kind == "score" else "steps"
     sampler = (f"{SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])}, {settings['num_inference_steps']} "
                f"{unit}, guidance scale {settings['guidance_scale']}")
+    if guide is not None:
+        sampler += (" with autoguidance: guided by a smaller network trained for a fraction of the time "
+                    "(`guide_def`, `models/model_guide.pt`) instead of the unconditional prediction")
     return f"""# Model Overview
 {source_meta.get('description', '')}
 
@@ -548,6 +567,8 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
     kind = kind_of(meta)
     autoencoder, autoencoder_state = (latent_autoencoder(weights, meta, kind) if is_latent(meta)
                                       else (None, None))
+    guide_file = default_guide(src, weights)
+    guide = read_meta(guide_file) if guide_file else None
     source_meta = json.loads((src / "configs" / "metadata.json").read_text())
     target = Path(out) / name
     if target.exists() and not force:
@@ -574,12 +595,14 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         torch.save(unet_state_dict(weights, kind), work / "models" / "model.pt")
         if autoencoder_state is not None:
             torch.save(autoencoder_state, work / "models" / "model_autoencoder.pt")
+        if guide_file:
+            torch.save(unet_state_dict(Path(guide_file), "ddpm"), work / "models" / "model_guide.pt")
         class_map = meta.get("class_map") or meta.get("config", {}).get("class_map")
         train_file = "train_diffusion" if autoencoder is not None else "train"
         dataset_name = dataset_folder_name(src, f"{train_file}.yaml")
         sampling = literal_values(src, "inference.yaml", SAMPLING_KEYS)
         training = literal_values(src, f"{train_file}.yaml", TRAINING_KEYS)
-        configs = {"inference.json": inference_config(meta, kind, sampling, autoencoder),
+        configs = {"inference.json": inference_config(meta, kind, sampling, autoencoder, guide),
                    f"{train_file}.json": train_config(meta, kind, dataset_name, class_map, autoencoder, training),
                    f"multi_gpu_{train_file}.json": multi_gpu_config(kind, autoencoder is not None),
                    "metadata.json": zoo_metadata(meta, source_meta, kind)}
@@ -587,7 +610,7 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
             (work / "configs" / file).write_text(json.dumps(content, indent=4) + "\n")
         card = (src / "docs" / "README.md").read_text() if (src / "docs" / "README.md").is_file() else ""
         (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card, sampling,
-                                                            autoencoder))
+                                                            autoencoder, guide))
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         (work / "docs" / "export.json").write_text(json.dumps(
             {"bundle": name, "version": source_meta.get("version"), "exported": stamp,

@@ -133,7 +133,7 @@ def _extra_samplers() -> dict[str, Callable[[Scheduler], Scheduler]]:
 
 
 class DiffusionPipeline:
-    """Class-conditional image generation with classifier-free guidance.
+    """Class-conditional image generation with classifier-free guidance or autoguidance.
 
     Args:
         network: a diffusion UNet taking ``(x, timesteps, class_labels=...)``; eval mode is set here.
@@ -147,6 +147,8 @@ class DiffusionPipeline:
             the largest that fits in half the free memory (see :func:`auto_batch_size`).
         null_class: label of the unconditional class (default ``len(classes)``).
         channels_last: NHWC memory layout; default on for the CPU bf16 path, where oneDNN runs it faster.
+        guide_network: a guide for autoguidance (:mod:`medgen.diffusion.guide`): with it, guidance moves from the
+            guide's class-conditional prediction instead of the network's unconditional one.
     """
 
     def __init__(
@@ -161,9 +163,11 @@ class DiffusionPipeline:
         batch_size: int | str | None = 16,
         null_class: int | None = None,
         channels_last: bool | None = None,
+        guide_network: torch.nn.Module | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
+        self.guide_network = None if guide_network is None else guide_network.to(self.device).eval()
         self.train_scheduler = scheduler
         self.classes = list(classes)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -177,6 +181,8 @@ class DiffusionPipeline:
             channels_last = self.dtype is not None and self.device.type == "cpu"
         if channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
+            if self.guide_network is not None:
+                self.guide_network = self.guide_network.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
 
     @property
@@ -236,8 +242,15 @@ class DiffusionPipeline:
         return torch.stack(noise).to(self.device)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """Network output with classifier-free guidance: ``u + w (c - u)``; w = 1 is plain conditional."""
+        """Network output, guided: ``u + w (c - u)`` with ``u`` the unconditional output (classifier-free guidance)
+        or, with a guide network, the guide's conditional output (autoguidance); w = 1 is plain conditional."""
         timesteps = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        if self.guide_network is not None and guidance_scale != 1.0:
+            model_in = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+            with autocast(self.device, self.dtype):
+                cond = self.network(model_in, timesteps, class_labels=labels).float()
+                weak = self.guide_network(model_in, timesteps, class_labels=labels).float()
+            return weak + guidance_scale * (cond - weak)
         if guidance_scale == 1.0:
             model_in, steps, cls = x, timesteps, labels
         else:

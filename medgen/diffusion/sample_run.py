@@ -1,7 +1,8 @@
 """Generate images per class into a samples folder: PNGs, a grid per class and ``samples.jsonl``.
 
 Images are written as they are made (memory stays flat), each with a metadata line (class, seed, sampler, steps,
-guidance, checkpoint sha256, timestamp). A rerun into the same folder skips seeds already written.
+guidance, checkpoint sha256, timestamp; the guide and its sha256 under autoguidance). A rerun into the same folder
+skips seeds already written; one with other weights, another guide or other sampling settings is refused.
 """
 
 from __future__ import annotations
@@ -287,23 +288,38 @@ class SampleRunner:
         self.quality_gate = str(quality_gate) if quality_gate else None
         self.domain_weights = str(domain_weights) if domain_weights else None
 
+    @property
+    def guide_file(self) -> Path | None:
+        """The weights file of the pipeline's autoguidance guide (:func:`medgen.diffusion.guide.load_guide`), if any."""
+        path = getattr(getattr(self.pipeline, "guide_network", None), "weights_file", None)
+        return Path(path) if path else None
+
     def done_seeds(self) -> set[tuple[int, int]]:
         return seeds_on_disk(self.output_dir)
 
-    def check_same_weights(self, sha: str | None) -> None:
-        """Refuse to add to a samples folder that holds images of other weights (a rerun skips the seeds already
-        there, so the folder would mix two models)."""
+    def check_same_weights(self, sha: str | None, guide_sha: str | None = None) -> None:
+        """Refuse to add to a samples folder that holds images of other weights, of another guide, or made with
+        other sampling settings (a rerun skips the seeds already there, so the folder would mix them)."""
         path = self.output_dir / "samples.jsonl"
-        if sha is None or not path.is_file():
+        if not path.is_file():
             return
+        ours = {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "guide_sha256": guide_sha}
         for line in path.read_text().splitlines():
             try:
-                other = json.loads(line).get("checkpoint_sha256")
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if other and other != sha:
+            other = record.get("checkpoint_sha256")
+            if sha and other and other != sha:
                 raise ValueError(f"{self.output_dir} holds samples of other weights (checkpoint sha256 "
                                  f"{other[:12]}..., these are {sha[:12]}...): write to another folder (--out)")
+            theirs = {key: record.get(key) for key in ours}
+            diffs = [f"{key} {_brief(theirs[key])} there vs {_brief(ours[key])} now" for key in ours
+                     if theirs[key] != ours[key]]
+            if diffs:
+                raise ValueError(f"{self.output_dir} holds samples made otherwise ({'; '.join(diffs)}): write to "
+                                 "another folder (--out)")
 
     def run(self) -> Path:
         """Generate, write and return the path of ``samples.jsonl``.
@@ -329,7 +345,9 @@ class SampleRunner:
         classes = self.pipeline.classes
         pairs = plan_seeds(classes, self.class_names, self.per_class, self.seed, self.shard)
         sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
-        self.check_same_weights(sha)
+        guide = self.guide_file
+        guide_sha = sha256_of(guide) if guide else None
+        self.check_same_weights(sha, guide_sha)
         done = self.done_seeds()
         todo = [p for p in pairs if p not in done]
         if done:
@@ -342,6 +360,8 @@ class SampleRunner:
             for labels, seeds, images, scores in self._batches(todo, quality):
                 for i, (label, seed, image) in enumerate(zip(labels, seeds, images)):
                     record = self._write_image(label, seed, image, sha)
+                    if guide:
+                        record.update(guide=str(guide), guide_sha256=guide_sha)
                     if scores is not None:
                         record["realism_score"] = round(float(scores[i]), 5)
                         record["quality_gate"] = quality.get("quality_gate")
@@ -411,6 +431,11 @@ class SampleRunner:
                 grid = Image.fromarray(make_grid(images))
                 paths.append(atomic_save(grid, self.output_dir / f"grid_{name}.png", format="PNG"))
         return paths
+
+
+def _brief(value: Any) -> str:
+    """A recorded value for a one-line message (hashes shortened)."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else str(value)
 
 
 def _read_png(path: Path) -> np.ndarray:

@@ -34,7 +34,8 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=1000, strict=True,
                               description="denoising steps; default the bundle's (`defaults` in GET /api/v1/models)")
     guidance_scale: float | None = Field(default=None, ge=0.0, le=20.0, strict=True,
-                                         description="classifier-free guidance, 1 = off; default the bundle's")
+                                         description="guidance scale, 1 = off; default the bundle's. Autoguidance "
+                                         "where the bundle ships a guide for its weights, else classifier-free")
     output_format: Literal["png", "dicom", "nifti"] = "png"
     iod: Literal["sc", "cr", "mr", "vlm"] | None = Field(
         default=None, description="DICOM only, one of the model's `dicom_iods` (GET /api/v1/models), as `medgen "

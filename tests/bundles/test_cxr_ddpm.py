@@ -127,8 +127,10 @@ def test_inference_writes_images_grids_and_metadata(trained, tmp_path):
     ]
     for r in records:
         assert {"sampler", "steps", "guidance_scale", "checkpoint_sha256", "timestamp"} <= set(r)
-        # the bundle's sampler and guidance (the sweep's best at <= 20 steps), the steps asked for
-        assert (r["sampler"], r["steps"], r["guidance_scale"]) == ("dpmpp2m", 5, 3.0)
+        # the bundle's sampler and guidance scale, the steps asked for; weights of its own: no guide, so
+        # classifier-free guidance at that scale
+        assert (r["sampler"], r["steps"], r["guidance_scale"]) == ("dpmpp2m", 5, 1.5)
+        assert "guide_sha256" not in r
         assert len(r["checkpoint_sha256"]) == 64
         image = np.asarray(Image.open(out / r["file"]))
         assert image.shape == (32, 32) and image.dtype == np.uint8

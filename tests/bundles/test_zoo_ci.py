@@ -187,6 +187,9 @@ def test_the_exported_inference_runs_from_any_folder_without_medgen(models: Path
     keys = ("sampler", "num_inference_steps", "guidance_scale")
     assert {k: exported[k] for k in keys} == {k: source[k] for k in keys}
     assert f", {source['num_inference_steps']} " in (bundle / "docs" / "README.md").read_text()
+    # a bundle that ships an autoguidance guide for its weights exports it and guides with it
+    guided = (REPO / "bundles" / name / "models" / "model_guide.pt").is_file()
+    assert ("guide_network" in exported["pipeline"]) == guided == (bundle / "models" / "model_guide.pt").is_file()
     assert all((bundle / "samples" / line["image"]).stat().st_size > 100 for line in lines)
     assert not (elsewhere / "samples").exists()  # bundle_root is the config file's folder, not the current one
     # the same image as the medgen bundle makes from the same seed, class and settings (its first class, seed 0)

@@ -86,8 +86,11 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
 
     assert result["weights_sha256"] == sha256_of(REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt")
     assert result["counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
-    # the given sampler and steps, the bundle's own guidance (inference.yaml: 3.0)
-    assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 3.0}
+    # the given sampler and steps, the bundle's own guidance (inference.yaml: 1.5) and, for its shipped weights,
+    # its shipped autoguidance guide
+    assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 1.5}
+    assert result["guide_sha256"] == sha256_of(REPO / "bundles" / "cxr_ddpm" / "models" / "model_guide.pt")
+    assert "-guide" in Path(result["samples_dir"]).name
     assert result["seeds"] == {"NORMAL": [20000, 20002], "PNEUMONIA": [120000, 120002]}
     assert {"cpu", "cores", "torch"} <= set(result["machine"])
     for name in ("NORMAL", "PNEUMONIA"):

@@ -63,7 +63,7 @@ def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str,
     assert {"ddim", "ddpm"} <= set(model["samplers"])
     assert data["limits"]["max_images"] == 8
     # what a job that leaves them out gets: cxr_ddpm's inference.yaml, as `medgen sample` uses it
-    assert model["defaults"] == {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 3.0}
+    assert model["defaults"] == {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.5}
     assert model["samplers"][0] == "dpmpp2m"
 
 
@@ -76,7 +76,7 @@ def test_a_job_without_sampling_settings_samples_as_the_bundle_does(server: Serv
         null = client.post("/api/v1/generate", json={**request, "guidance_scale": None})
     assert info["status"] == "succeeded", info
     assert {k: info["request"][k] for k in ("sampler", "steps", "guidance_scale")} == \
-        {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 3.0}
+        {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.5}
     assert null.status_code == 422 and "leave it out" in null.text
 
 
