@@ -34,7 +34,7 @@ def test_generate_two_images_in_the_browser(server: Server, keys: dict[str, str]
 
     # the form starts from the bundle's own sampling settings (cxr_ddpm's inference.yaml)
     assert page.js("['sampler', 'steps', 'guidance_scale'].map(i => document.getElementById(i).value)") == \
-        ["dpmpp2m", "20", "3"]
+        ["dpmpp2m", "20", "1.5"]
     page.set_value("class_label", "NORMAL")
     page.set_value("num_images", 2, "input")
     page.set_value("seed", 11)
