@@ -68,7 +68,8 @@ def guide_differences(guide: Mapping[str, Any], main: Mapping[str, Any]) -> list
     wanted = {k: meta_value(main, k) for k in MATCH_KEYS}
     for key in MATCH_IF_RECORDED:
         a, b = meta_value(guide, key), meta_value(main, key)
-        if a is not None and b is not None or key in LATENT_FINGERPRINT_KEYS and (a is None) != (b is None):
+        both_recorded = a is not None and b is not None
+        if both_recorded or (key in LATENT_FINGERPRINT_KEYS and (a is None) != (b is None)):  # latent vs pixel
             found[key], wanted[key] = a, b
     # what the sampler sees: EDM-preconditioned weights are turned into epsilon (medgen.diffusion.objectives)
     for meta, into in ((guide, found), (main, wanted)):
@@ -79,23 +80,19 @@ def guide_differences(guide: Mapping[str, Any], main: Mapping[str, Any]) -> list
 
 def guide_network(path: str | Path | None, weights: str | Path, scheduler: Any,
                   device: str | torch.device = "cpu") -> torch.nn.Module | None:
-    """:func:`load_guide`, or None (classifier-free guidance) for no path or ``none`` (what ``--guide_path none``
-    gives: ``monai.bundle run`` drops a ``None`` override)."""
-    if not path or str(path).lower() == OFF:
-        return None
-    return load_guide(path, weights, scheduler, device)
-
-
-def check_guide_or_exit(path: str | Path | None, weights: str | Path, scheduler: Any) -> None:
-    """For a bundle's run list, before the pipeline is built: a guide that cannot be used (missing, damaged, without
-    metadata, of another task) ends the run with one line (``SystemExit``), not a traceback through MONAI's config
-    parser."""
+    """For a bundle config: :func:`load_guide`, or None (classifier-free guidance) for no path or ``none`` (what
+    ``--guide_path none`` gives: ``monai.bundle run`` drops a ``None`` override). A guide that cannot be used
+    (missing, damaged, without metadata, of another task) ends the run with one line (``SystemExit``), not a
+    traceback through MONAI's config parser."""
     from medgen.config import fail
 
+    if not path or str(path).lower() == OFF:
+        return None
     try:
-        guide_network(path, weights, scheduler)
+        return load_guide(path, weights, scheduler, device)
     except WeightsFileError as err:
         fail(f"guide_path: {err}")
+        raise AssertionError from err  # unreachable: fail() raises
 
 
 def load_guide(path: str | Path, weights: str | Path, scheduler: Any,

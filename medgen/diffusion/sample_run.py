@@ -297,7 +297,7 @@ class SampleRunner:
     def done_seeds(self) -> set[tuple[int, int]]:
         return seeds_on_disk(self.output_dir)
 
-    def check_same_weights(self, sha: str | None, guide_sha: str | None = None) -> None:
+    def check_folder_matches(self, sha: str | None, guide_sha: str | None = None) -> None:
         """Refuse to add to a samples folder that holds images of other weights, of another guide, or made with
         other sampling settings (a rerun skips the seeds already there, so the folder would mix them)."""
         path = self.output_dir / "samples.jsonl"
@@ -347,7 +347,7 @@ class SampleRunner:
         sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
         guide = self.guide_file
         guide_sha = sha256_of(guide) if guide else None
-        self.check_same_weights(sha, guide_sha)
+        self.check_folder_matches(sha, guide_sha)
         done = self.done_seeds()
         todo = [p for p in pairs if p not in done]
         if done:
