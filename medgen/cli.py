@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundle to guide with, or none for classifier-free guidance (default: the bundle's guide "
                         "for its own weights)")
     sample.add_argument("--sampler", default=None, help="ddim, ddpm or dpmpp2m (DPM-Solver++ 2M, 15 steps unless "
-                        "--steps); score bundles: pc, als, reverse (default: the bundle's)")
+                        "--steps); score bundles: dpmpp2m, pc, als, reverse (default: the bundle's)")
     sample.add_argument("--out", help="output folder (default: <bundle>/runs/samples)")
     sample.add_argument("--ckpt", help="weights file (default: <bundle>/models/model.pt)")
     sample.add_argument("--shard", help="i/n: make the i-th of n interleaved parts")

@@ -123,6 +123,14 @@ def network_def(meta: dict[str, Any]) -> dict[str, Any]:
             "num_class_embeds": "$len(@classes) + 1"}
 
 
+def score_network_def(meta: dict[str, Any]) -> dict[str, Any]:
+    """The score network around ``@network`` (the UNet), with the input scaling and skip of the weights."""
+    config = meta.get("config", {})
+    return {"_target_": "scripts.score.ScoreNetwork", "unet": "@network", "sigma_data": config.get("sigma_data", 0.5),
+            "skip": config.get("skip_connection", True),
+            "noise_embedding_scale": meta["network"].get("noise_embedding_scale", 1.0)}
+
+
 def scheduler_def(meta: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "score":
         return {"_target_": "scripts.ncsn.NCSNScheduler", "num_train_timesteps": meta["config"]["num_levels"],
@@ -177,10 +185,7 @@ def common_keys(meta: dict[str, Any], kind: str, autoencoder: dict[str, Any] | N
         "scheduler": scheduler_def(meta, kind),
     }
     if kind == "score":
-        keys["score_network"] = {"_target_": "scripts.score.ScoreNetwork", "unet": "@network",
-                                 "sigma_data": config.get("sigma_data", 0.5),
-                                 "skip": config.get("skip_connection", True),
-                                 "noise_embedding_scale": meta["network"].get("noise_embedding_scale", 1.0)}
+        keys["score_network"] = score_network_def(meta)
     else:
         keys["preconditioning"] = config.get("preconditioning", "none")
         keys["edm_sigma_data"] = config.get("edm_sigma_data", 0.5)
@@ -252,9 +257,13 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
             "guide": "$@guide_def.to(@device)",
             "load_guide": "$@guide.load_state_dict(torch.load(@guide_path, map_location=@device, weights_only=True))",
         })
-        config["pipeline"]["guide_network"] = (
-            f"$scripts.objectives.for_sampling(@guide, @scheduler, {guide_config.get('preconditioning', 'none')!r}, "
-            f"{float(guide_config.get('edm_sigma_data', 0.5))})")
+        if kind == "score":  # the guide's UNet seen as a score network, with its own sigma_data / skip
+            config["guide_score_network"] = {**score_network_def(guide), "unet": "@guide"}
+            config["pipeline"]["guide_network"] = "@guide_score_network"
+        else:
+            config["pipeline"]["guide_network"] = (
+                f"$scripts.objectives.for_sampling(@guide, @scheduler, "
+                f"{guide_config.get('preconditioning', 'none')!r}, {float(guide_config.get('edm_sigma_data', 0.5))})")
     config.update({key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS})
     config["run"] = [
         "$monai.utils.set_determinism(seed=@seed)",
@@ -596,7 +605,7 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         if autoencoder_state is not None:
             torch.save(autoencoder_state, work / "models" / "model_autoencoder.pt")
         if guide_file:
-            torch.save(unet_state_dict(Path(guide_file), "ddpm"), work / "models" / "model_guide.pt")
+            torch.save(unet_state_dict(Path(guide_file), kind), work / "models" / "model_guide.pt")
         class_map = meta.get("class_map") or meta.get("config", {}).get("class_map")
         train_file = "train_diffusion" if autoencoder is not None else "train"
         dataset_name = dataset_folder_name(src, f"{train_file}.yaml")

@@ -8,7 +8,8 @@ Four samplers over the levels of an :class:`~medgen.diffusion.ncsn.NCSNScheduler
   - ``dpmpp2m``: the probability-flow ODE of the VE SDE by DPM-Solver++ 2M (deterministic, one network evaluation
     per level, so 20-50 levels instead of the stochastic samplers' 200 x 2).
 Each ends with Tweedie's denoising x0 = x + σ_min² s(x, σ_min) (NCSNv2, "final denoising"), which removes the
-last level's noise. Classifier-free guidance mixes the scores: s = s_∅ + w (s_c - s_∅).
+last level's noise. Classifier-free guidance mixes the scores: s = s_∅ + w (s_c - s_∅); autoguidance takes the weak
+score from a guide network instead (:mod:`medgen.diffusion.guide`): s = s_guide + w (s_c - s_guide).
 
 :class:`LangevinPipeline` is a :class:`~medgen.diffusion.pipeline.DiffusionPipeline`: batching, class lookup,
 guidance, autocast, ``iter_generate`` / ``generate`` (and so ``SampleRunner`` and ``SampleGridHandler``) are the
@@ -60,6 +61,9 @@ class LangevinPipeline(DiffusionPipeline):
             None uses NCSN's α_i = ``step_lr`` σ_i² / σ_min² instead.
         step_lr: ε of NCSN's step size (used when ``snr`` is None).
         denoise: end with Tweedie's denoising step.
+        guide_network: a smaller, shorter-trained score network of the same task for autoguidance
+            (:func:`medgen.diffusion.guide.load_guide`): guidance then moves from the guide's class-conditional score
+            instead of the network's unconditional one, s = s_guide + w (s_c - s_guide).
     """
 
     def __init__(
@@ -79,11 +83,15 @@ class LangevinPipeline(DiffusionPipeline):
         snr: float | None = 0.16,
         step_lr: float = 6.2e-6,
         denoise: bool = True,
+        guide_network: nn.Module | None = None,
     ) -> None:
         if not isinstance(scheduler, NCSNScheduler):
             raise TypeError(f"LangevinPipeline needs an NCSNScheduler (sigma levels), got {type(scheduler).__name__}")
+        guide = None if guide_network is None else LevelConditionedScore(guide_network, scheduler.sigmas)
+        if guide is not None and hasattr(guide_network, "weights_file"):
+            guide.weights_file = guide_network.weights_file  # what SampleRunner records beside each image
         super().__init__(LevelConditionedScore(network, scheduler.sigmas), scheduler, classes, image_size,
-                         in_channels, device, precision, batch_size, null_class, channels_last)
+                         in_channels, device, precision, batch_size, null_class, channels_last, guide)
         self.sampler = self.check_sampler(sampler)
         if n_steps_each < 0:
             raise ValueError(f"n_steps_each (Langevin steps per level) must be >= 0, got {n_steps_each}")

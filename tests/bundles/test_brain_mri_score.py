@@ -240,6 +240,27 @@ def test_evaluate_the_shipped_weights_from_another_folder(brain_mri, tmp_path):
     assert loss["rows"][0]["sigma"] == pytest.approx(shipped["sigmas"]["sigma_max"])
 
 
+def test_the_shipped_weights_sample_with_the_shipped_guide_unless_told_otherwise(tmp_path):
+    """The model card's default: autoguidance by models/model_guide.pt at the bundle's scale, recorded per image;
+    --guide_path none gives classifier-free guidance at the same scale, and another folder of images."""
+    models = CONFIGS.parent / "models"
+    guide_sha = json.loads((models / "model_guide.json").read_text())["weights_sha256"]
+    records = {}
+    for name, extra in (("default", []), ("cfg", ["--guide_path", "none"])):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(REPO / INFER),
+               "--per_class", "1", "--num_inference_steps", "3", "--output_dir", str(out), *extra]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        records[name] = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["class"] for r in records["default"]] == ["notumor", "tumor"]
+    assert {(r["guide_sha256"], r["guidance_scale"]) for r in records["default"]} == {(guide_sha, 1.5)}
+    assert all("guide_sha256" not in r and r["guidance_scale"] == 1.5 for r in records["cfg"])
+    first = records["default"][0]["file"]
+    assert (tmp_path / "default" / first).read_bytes() != (tmp_path / "cfg" / first).read_bytes()
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels_and_a_cosine_lr(brain_mri, tmp_path):
     shipped = CONFIGS.parent / "models" / "model.pt"

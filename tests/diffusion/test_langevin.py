@@ -111,6 +111,23 @@ def test_classifier_free_guidance_moves_samples_along_class_minus_unconditional(
     assert other.mean().item() == pytest.approx(-0.6, abs=0.02)
 
 
+def test_autoguidance_moves_samples_away_from_the_guide_s_class_score():
+    # model s_c of N(0.3, s^2), guide of N(0.1, s^2) for the same class: s_g + w (s_c - s_g) is the score of
+    # N(0.1 + w * 0.2, s^2); the model's own unconditional score (N(0, s^2)) is never asked
+    sched = NCSNScheduler(100, sigma_max=10.0, sigma_min=0.01)
+    guide = GaussianScore(means=(0.1, -0.1), null_mean=5.0)
+    guide.weights_file = "guide.pt"
+    pipe = LangevinPipeline(GaussianScore(means=(0.3, -0.3), null_mean=0.0), sched, ["a", "b"], image_size=8,
+                            precision="fp32", batch_size=64, guide_network=guide)
+    assert pipe.guide_network.weights_file == "guide.pt"  # what SampleRunner records beside each image
+    plain = pipe.generate([0] * 64, list(range(64)), 100)
+    guided = pipe.generate([0] * 64, list(range(64)), 100, guidance_scale=2.0)
+    other = pipe.generate([1] * 64, list(range(64)), 100, guidance_scale=2.0)
+    assert plain.mean().item() == pytest.approx(0.3, abs=0.02)  # w = 1: the model alone
+    assert guided.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert other.mean().item() == pytest.approx(-0.5, abs=0.02)
+
+
 def test_final_denoising_removes_the_last_noise_level():
     sched = NCSNScheduler(30, sigma_max=10.0, sigma_min=0.3)  # a large sigma_min makes the difference visible
     net = GaussianScore()
