@@ -78,6 +78,28 @@ def guide_differences(guide: Mapping[str, Any], main: Mapping[str, Any]) -> list
     return differences(found, wanted, keys=list(found), labels=("guide", "weights"))
 
 
+def same_latents(guide: Mapping[str, Any], guide_path: str | Path, main: Mapping[str, Any],
+                 weights: str | Path) -> bool:
+    """Whether a latent guide and the latent weights it guides, recording different autoencoders, were trained on
+    the same latents: one autoencoder is the other with only its decoder fine-tuned (encoder frozen), as a bundle's
+    shipped autoencoder is when its decoder was improved after the diffusion weights were trained. The autoencoder
+    files looked at are those the two metadata name, beside each weights file."""
+    from medgen.latent.meta import fine_tuned_decoder_of
+
+    shas = meta_value(guide, "autoencoder_sha256"), meta_value(main, "autoencoder_sha256")
+    if None in shas or shas[0] == shas[1]:
+        return False
+    for meta, beside in ((main, weights), (guide, guide_path)):
+        name = meta_value(meta, "autoencoder_file")
+        candidate = Path(beside).parent / Path(name).name if name else None
+        if candidate is None or not candidate.is_file():
+            continue
+        actual = sha256_of(candidate)
+        if actual in shas and fine_tuned_decoder_of(candidate, shas[1] if actual == shas[0] else shas[0]):
+            return True
+    return False
+
+
 def guide_network(path: str | Path | None, weights: str | Path, scheduler: Any,
                   device: str | torch.device = "cpu") -> torch.nn.Module | None:
     """For a bundle config: :func:`load_guide`, or None (classifier-free guidance) for no path or ``none`` (what
@@ -112,6 +134,9 @@ def load_guide(path: str | Path, weights: str | Path, scheduler: Any,
         raise WeightsFileError(path, "weights of another network", "no metadata (model.json beside it), so the "
                                "guide's network and what it predicts are unknown", _FIX)
     main = read_meta(weights, warn=False)
+    if main and same_latents(meta, path, main, weights):  # a decoder fine-tuning between them: the same latents
+        meta = {**meta, "config": {**meta.get("config", {}),
+                                   "autoencoder_sha256": meta_value(main, "autoencoder_sha256")}}
     diffs = guide_differences(meta, main) if main else []
     if diffs:
         raise WeightsFileError(path, "weights of another network", "a guide of another task: " + "; ".join(diffs),

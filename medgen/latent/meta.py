@@ -90,7 +90,7 @@ def check_autoencoder_file(autoencoder_path: str | Path | None, meta: Mapping[st
     if not recorded:
         return path
     actual = sha256_of(path)
-    if actual != recorded and not _fine_tuned_decoder_of(path, recorded):
+    if actual != recorded and not fine_tuned_decoder_of(path, recorded):
         named = meta_value(meta, "autoencoder_file") or "an autoencoder"
         raise LatentConfigError(
             f"the autoencoder {path} (config key '{key}', sha256 {actual[:12]}...) is not the one the diffusion "
@@ -99,7 +99,7 @@ def check_autoencoder_file(autoencoder_path: str | Path | None, meta: Mapping[st
     return path
 
 
-def _fine_tuned_decoder_of(path: Path, recorded_sha256: str) -> bool:
+def fine_tuned_decoder_of(path: Path, recorded_sha256: str) -> bool:
     """Whether the autoencoder at ``path`` is the one with ``recorded_sha256`` with only its decoder fine-tuned."""
     from medgen.autoencoder.weights import load_autoencoder, same_latents
     from medgen.networks.weights_meta import WeightsFileError

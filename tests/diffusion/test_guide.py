@@ -139,3 +139,45 @@ def test_a_bundle_s_guide_guides_only_the_weights_it_was_chosen_for(tmp_path: Pa
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "guides_sha256": sha256_of(shipped)}))
     assert default_guide(tmp_path / "bundle", shipped) == str(guide)
     assert default_guide(tmp_path / "bundle", own) is None  # a user's own weights: classifier-free guidance
+
+
+def test_a_latent_guide_on_a_fine_tuned_decoder_s_latents_guides_weights_of_the_original(tmp_path: Path) -> None:
+    """A bundle's shipped autoencoder can be its diffusion weights' one with the decoder fine-tuned afterwards (the
+    same latents, another sha256); a guide trained later on the shipped one guides those weights. An autoencoder
+    with another encoder gives other latents: refused."""
+    from medgen.autoencoder import build_autoencoder, init_autoencoder
+    from medgen.autoencoder.weights import AutoencoderWeightsMeta
+
+    tiny = {"channels": (8, 16), "latent_channels": 2, "num_res_blocks": 1, "norm_num_groups": 4}
+
+    def autoencoder(path: Path, start: Path | None = None, encoder: bool = False) -> str:
+        net = build_autoencoder(1, **tiny)
+        if start is not None:
+            net = init_autoencoder(net, start, train_encoder=encoder)
+            with torch.no_grad():  # a decoder (and, trained, an encoder) that learned something
+                for name, param in net.named_parameters():
+                    if encoder or name.startswith("decoder"):
+                        param.add_(0.01)
+        torch.save(net.state_dict(), path)
+        write_sidecar(path, AutoencoderWeightsMeta(CLASSES, 16, 1, net).meta)
+        return sha256_of(path)
+
+    def latent(name: str, folder: Path, autoencoder_sha: str, width: int) -> Path:
+        folder.mkdir(exist_ok=True)
+        return save(unet(width), folder / name, config={"route": "latent", "autoencoder_file": "model_autoencoder.pt",
+                                                        "autoencoder_sha256": autoencoder_sha, "scale_factor": 0.5,
+                                                        "latent_shape": [2, 8, 8]})
+
+    bundle, runs = tmp_path / "models", tmp_path / "runs"
+    runs.mkdir()
+    original = autoencoder(runs / "original.pt")
+    weights = latent("model.pt", bundle, original, 16)  # trained on the original autoencoder's latents
+    shipped = autoencoder(bundle / "model_autoencoder.pt", start=runs / "original.pt")  # decoder fine-tuned
+    guide_file = latent("guide.pt", runs, shipped, 8)  # trained later, on the shipped one
+    assert shipped != original
+    guide = load_guide(guide_file, weights, DDPMScheduler(num_train_timesteps=1000))
+    assert guide.weights_file == str(guide_file)
+
+    autoencoder(bundle / "model_autoencoder.pt", start=runs / "original.pt", encoder=True)  # other latents
+    with pytest.raises(WeightsFileError, match="autoencoder_sha256"):
+        load_guide(guide_file, weights, DDPMScheduler(num_train_timesteps=1000))
