@@ -57,11 +57,12 @@ def test_score_bundle_serves_with_its_own_samplers(tmp_path: Path) -> None:
 
             # the estimate counts network passes: over 100 levels pc runs 100 corrector + 99 predictor steps, dpmpp2m
             # 99 ODE steps (+ 1 final denoising each), so a pc job costs 100 passes per image more, not the same
+            # (unguided here: guidance, the bundle's default, doubles both)
             rate = client.get("/api/v1/models").json()["models"][0]["seconds_per_image_step"]
             estimates = {}
             for sampler in ("pc", "dpmpp2m"):
                 queued = client.post("/api/v1/generate", json={**job, "num_images": 64, "steps": 100,
-                                                                "sampler": sampler}).json()
+                                                                "sampler": sampler, "guidance_scale": 1.0}).json()
                 assert "estimated_time_seconds" in queued, queued
                 estimates[sampler] = queued["estimated_time_seconds"]
                 assert client.delete(f"/api/v1/jobs/{queued['job_id']}").status_code == 202
