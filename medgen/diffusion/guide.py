@@ -78,8 +78,8 @@ def guide_differences(guide: Mapping[str, Any], main: Mapping[str, Any]) -> list
     return differences(found, wanted, keys=list(found), labels=("guide", "weights"))
 
 
-def same_latents(guide: Mapping[str, Any], guide_path: str | Path, main: Mapping[str, Any],
-                 weights: str | Path) -> bool:
+def trained_on_same_latents(guide: Mapping[str, Any], guide_path: str | Path, main: Mapping[str, Any],
+                            weights: str | Path) -> bool:
     """Whether a latent guide and the latent weights it guides, recording different autoencoders, were trained on
     the same latents: one autoencoder is the other with only its decoder fine-tuned (encoder frozen), as a bundle's
     shipped autoencoder is when its decoder was improved after the diffusion weights were trained. The autoencoder
@@ -134,7 +134,7 @@ def load_guide(path: str | Path, weights: str | Path, scheduler: Any,
         raise WeightsFileError(path, "weights of another network", "no metadata (model.json beside it), so the "
                                "guide's network and what it predicts are unknown", _FIX)
     main = read_meta(weights, warn=False)
-    if main and same_latents(meta, path, main, weights):  # a decoder fine-tuning between them: the same latents
+    if main and trained_on_same_latents(meta, path, main, weights):  # a decoder fine-tuning between them
         meta = {**meta, "config": {**meta.get("config", {}),
                                    "autoencoder_sha256": meta_value(main, "autoencoder_sha256")}}
     diffs = guide_differences(meta, main) if main else []
