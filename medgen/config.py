@@ -267,7 +267,7 @@ SPEC: dict[str, Rule] = {
     "crop_size": optional(integer(0)), "train_encoder": boolean,
     # optimisation
     "batch_size": either(integer(1), "auto"), "learning_rate": number(gt=0), "max_epochs": integer(1),
-    "gradient_accumulation": integer(1), "fused_optimizer": boolean,
+    "gradient_accumulation": integer(1), "fused_optimizer": boolean, "class_balanced": boolean,
     "lr_schedule": choice("constant", "cosine"), "lr_warmup_iters": integer(0), "lr_final_factor": number(ge=0, le=1),
     "lr_total_iters": optional(integer(1)),
     "precision": choice("auto", "bf16", "fp16", "fp32"),

@@ -33,7 +33,7 @@ from medgen.metrics.image_sets import (
     preparation_of,
     read_datalist,
 )
-from medgen.metrics.memorisation import memorisation_audit
+from medgen.metrics.memorisation import EVALUATE_PHI_NOTE, memorisation_audit
 from medgen.metrics.protocol import HELDOUT_CAP, REFERENCE_CAP, protocol_counts, score_protocol
 from medgen.metrics.similarity import real_vs_synthetic_table
 from medgen.networks.weights_meta import samples_meta
@@ -182,6 +182,7 @@ def evaluate(
         metrics["memorisation"] = audit.summary(generated.ids, ref_ids)
         metrics["memorisation"]["feature_extractor"] = a_name
         metrics["memorisation"]["redacted_paths"] = bool(redact_paths)
+        metrics["memorisation"]["phi_note"] = EVALUATE_PHI_NOTE
         analysis: dict = {"spectrum": spectrum_comparison(reference.images, generated.images)}
         if a_name:
             rank = realism_ranking(feats[a_name][1], feats[a_name][0])

@@ -60,6 +60,12 @@ PHI_NOTE = (
     "shows real training pixels: store and share them as patient data. With --redact-paths, training files are "
     "named by their place in the datalist ('training[17]') and closest_pairs.png is not written."
 )
+EVALUATE_PHI_NOTE = (
+    "PHI: this evaluation compares generated images with real patients' training images. Without --redact-paths "
+    "(bundle key redact_paths), report.html shows real training pixels (the real rows and the closest pairs) and "
+    "metrics.json names the training files: store and share both as patient data. With it, training files are named "
+    "by their place in the datalist ('training[17]') and the report shows no real pixels."
+)
 
 
 def nearest_pixel_l2(queries: np.ndarray, reference: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:

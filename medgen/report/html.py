@@ -13,7 +13,7 @@ import numpy as np
 
 from medgen.fileio import write_text_atomic
 from medgen.metrics.image_sets import ImageSet
-from medgen.metrics.memorisation import PHI_NOTE, AuditResult, closest_pairs_canvas
+from medgen.metrics.memorisation import EVALUATE_PHI_NOTE, AuditResult, closest_pairs_canvas
 from medgen.report.figures import (
     audit_figure,
     histogram_figure,
@@ -257,7 +257,7 @@ def write_report(
         f"{mem.get('n_generated', 0)} generated images flagged (closer to a training image than the "
         f"percentile {mem.get('percentile', 1):g} of held-out-to-train distances; the aligned measure searches "
         "flips, crops/rescales, shifts, rotations and intensity changes of each training image).</p>"
-        f"<p class='note'>{html.escape(PHI_NOTE)}</p>"
+        f"<p class='note'>{html.escape(EVALUATE_PHI_NOTE)}</p>"
     )
     if mem.get("flagged"):
         parts.append(

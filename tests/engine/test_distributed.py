@@ -40,7 +40,7 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(),
                                 reason=f"needs the Kermany chest X-rays at {DATA} (set MEDGEN_TEST_DATA)")
 
 
-def torchrun(out: Path, max_epochs: int, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(out: Path, max_epochs: int, nproc: int = 2, *extra: str) -> subprocess.CompletedProcess:
     configs = f"['{BUNDLE / 'train.yaml'}','{BUNDLE / 'multi_gpu_train.yaml'}']"
     cmd = [
         sys.executable,
@@ -61,6 +61,7 @@ def torchrun(out: Path, max_epochs: int, nproc: int = 2) -> subprocess.Completed
         str(out),
         "--model_path",
         str(out / "model.pt"),
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -98,6 +99,18 @@ def test_two_gloo_processes_keep_identical_weights_and_resume(tmp_path: Path) ->
     assert final["trainer"]["iteration"] == 4
     # 8 images, 2 ranks, batch 2: 2 optimizer steps per epoch on each rank, 4 after the resumed epoch
     assert max(int(s["step"]) for s in final["optimizer"]["state"].values()) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@needs_data
+def test_class_balanced_drawing_splits_an_epoch_across_ranks(tmp_path: Path) -> None:
+    run = torchrun(tmp_path, 1, 2, "--class_balanced", "True")
+    assert (run.stdout + run.stderr).count("class-balanced drawing: 8 items of labels {0: 4, 1: 4}") == 2
+    ckpt = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert ckpt["trainer"]["iteration"] == 2  # MONAI's DistributedWeightedRandomSampler: 8 images, 4 per rank, batch 2
+    sync = jsonl(tmp_path / "replica_sync.jsonl")
+    assert [(r["epoch"], r["world_size"], r["in_sync"]) for r in sync] == [(1, 2, True)]
 
 
 @pytest.mark.slow

@@ -85,3 +85,6 @@ def test_evaluate_with_redact_paths_writes_no_source_path_and_no_real_pixels(lea
     assert any(f["index"] == n_fresh and f["train_file"].startswith("training[") for f in flagged)
     report = (tmp_path / "e" / "report.html").read_text()
     assert "real: left out (--redact-paths)" in report and "Closest pairs" not in report and "PHI" in report
+    # the note names what evaluate writes (report.html, metrics.json), not the audit's closest_pairs.png
+    assert "closest_pairs.png" not in report and "metrics.json names the training files" in report
+    assert "report.html shows real training pixels" in json.loads(metrics)["memorisation"]["phi_note"]
