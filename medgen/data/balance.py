@@ -18,8 +18,7 @@ from torch.utils.data import Sampler, WeightedRandomSampler
 logger = logging.getLogger(__name__)
 
 
-def class_weights(items: Sequence[dict[str, Any]], label_key: str = "label") -> list[float]:
-    """Weight 1 / (the count of its class) for each item, so that every class has the same total weight."""
+def _weights_and_counts(items: Sequence[dict[str, Any]], label_key: str) -> tuple[list[float], Counter]:
     labels = []
     for item in items:
         try:
@@ -28,7 +27,12 @@ def class_weights(items: Sequence[dict[str, Any]], label_key: str = "label") -> 
             raise ValueError(f"{item.get('image', item)}: class-balanced sampling needs an integer {label_key!r} "
                              f"in every datalist item, this one has {item.get(label_key)!r}") from err
     counts = Counter(labels)
-    return [1.0 / counts[label] for label in labels]
+    return [1.0 / counts[label] for label in labels], counts
+
+
+def class_weights(items: Sequence[dict[str, Any]], label_key: str = "label") -> list[float]:
+    """Weight 1 / (the count of its class) for each item, so that every class has the same total weight."""
+    return _weights_and_counts(items, label_key)[0]
 
 
 def class_balanced_sampler(dataset: Any, distributed: bool = False, label_key: str = "label") -> Sampler:
@@ -38,8 +42,7 @@ def class_balanced_sampler(dataset: Any, distributed: bool = False, label_key: s
     follow the data set the loader reads. ``distributed``: each rank draws its share (MONAI's sampler, which the
     trainer re-seeds every epoch as it does a ``DistributedSampler``).
     """
-    weights = class_weights(dataset.data, label_key)
-    counts = Counter(int(item[label_key]) for item in dataset.data)
+    weights, counts = _weights_and_counts(dataset.data, label_key)
     logger.info("class-balanced drawing: %s items of labels %s, each label 1/%d of the draws",
                 len(weights), dict(sorted(counts.items())), len(counts))
     if distributed:
