@@ -44,6 +44,7 @@ VENDORED = {
     "medgen.diffusion.ncsn": "ncsn.py",
     "medgen.diffusion.langevin": "langevin.py",
     "medgen.diffusion.score_training": "score_training.py",
+    "medgen.data.balance": "balance.py",
     "medgen.networks.unet": "unet.py",
     "medgen.networks.score": "score.py",
     "medgen.latent.checks": "latent_checks.py",
@@ -301,8 +302,8 @@ def resize_steps(meta: dict[str, Any], image_keys: list[str]) -> list[dict[str, 
 def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: dict | None,
                  autoencoder: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The zoo bundle's training config: train.json, or train_diffusion.json on the frozen ``autoencoder``;
-    ``training`` (:func:`literal_values` of the training config) carries the medgen bundle's noise-level sampling
-    and loss weighting."""
+    ``training`` (:func:`literal_values` of the training config) carries the medgen bundle's noise-level sampling,
+    loss weighting and, where the bundle has the key, ``class_balanced`` drawing."""
     config = common_keys(meta, kind, autoencoder)
     image_keys = ["image"]
     config.update({
@@ -375,22 +376,32 @@ def train_config(meta: dict[str, Any], kind: str, dataset_name: str, class_map: 
                         "train_data_loader": "@train#dataloader", "network": trained, "optimizer": "@optimizer",
                         "loss_function": "@train#loss", "inferer": "@train#inferer",
                         "prepare_batch": "@train#prepare_batch", "train_handlers": "@train#handlers"}
+    if "class_balanced" in (training or {}):
+        config["class_balanced"] = training["class_balanced"]
+        train["dataloader"].update({
+            "sampler": "$scripts.balance.class_balanced_sampler(@train#dataset) if @class_balanced else None",
+            "shuffle": "$not @class_balanced"})
     config["train"] = train
     config["run"] = ["$monai.utils.set_determinism(seed=@seed)",
                      *(["$@load_autoencoder"] if autoencoder is not None else []), "$@train#trainer.run()"]
     return config
 
 
-def multi_gpu_config(kind: str, latent: bool = False) -> dict[str, Any]:
+def multi_gpu_config(kind: str, latent: bool = False, class_balanced: bool = False) -> dict[str, Any]:
     """Overrides of train.json (train_diffusion.json if ``latent``) for ``torchrun`` (as the zoo's bundles write
-    them)."""
+    them); with ``class_balanced`` (the training config has that key) MONAI's ``DistributedWeightedRandomSampler``
+    when it is true."""
     load = ["$@load_autoencoder"] if latent else []
+    sampler: Any = {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
+                    "shuffle": True}
+    if class_balanced:
+        sampler = ("$scripts.balance.class_balanced_sampler(@train#dataset, distributed=True) if @class_balanced "
+                   "else monai.data.DistributedSampler(@train#dataset, even_divisible=True, shuffle=True)")
     return {
         "device": "$torch.device('cuda:' + os.environ['LOCAL_RANK'] if torch.cuda.is_available() else 'cpu')",
         "network": {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)",
                     "device_ids": "$[@device] if @device.type == 'cuda' else None"},
-        "train#sampler": {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
-                          "shuffle": True},
+        "train#sampler": sampler,
         "train#dataloader#sampler": "@train#sampler",
         "train#dataloader#shuffle": False,
         "train#trainer#train_handlers": "$@train#handlers[: -2 if dist.get_rank() > 0 else None]",
@@ -442,7 +453,7 @@ def output_line(meta: dict[str, Any], kind: str) -> str:
 
 def zoo_readme(meta: dict[str, Any], source_meta: dict[str, Any], name: str, kind: str, card: str,
                sampling: dict[str, Any] | None = None, autoencoder: dict[str, Any] | None = None,
-               guide: dict[str, Any] | None = None) -> str:
+               guide: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> str:
     """A model card in the zoo's README layout; the medgen card's figures follow under Performance."""
     classes = ", ".join(meta["classes"])
     size = meta["image_size"]
@@ -460,6 +471,8 @@ was trained with medgen (`train_autoencoder.yaml`: L1, KL, adversarial and a per
 classifier); its training is not part of this export.
 """
     unit = "noise levels" if kind == "score" else "steps"
+    balanced = (" `--class_balanced true` draws every class equally often (a rare class as often as a common one)."
+                if "class_balanced" in train_config(meta, kind, "", None, autoencoder, training or {}) else "")
     sampler = (f"{SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])}, {settings['num_inference_steps']} "
                f"{unit}, guidance scale {settings['guidance_scale']}")
     if guide is not None:
@@ -478,7 +491,8 @@ Classes: {classes}. Images are {size}x{size}, {meta.get('channels', 1)} channel(
 {stages}
 ## Training Configuration
 `configs/{train_file}`: AdamW, learning rate 2e-4, batch 16, class-conditional with a null class (label dropout 0.1)
-for classifier-free guidance. Checkpoints go to `runs/checkpoints`, TensorBoard events to `runs/tensorboard`.
+for classifier-free guidance.{balanced} Checkpoints go to `runs/checkpoints`, TensorBoard events to
+`runs/tensorboard`.
 
 ### Input
 {f"Noisy {latent} and log noise level (timesteps), class label." if kind == "score" else
@@ -610,16 +624,17 @@ def export_bundle(bundle: str | Path, out: str | Path, force: bool = False) -> P
         train_file = "train_diffusion" if autoencoder is not None else "train"
         dataset_name = dataset_folder_name(src, f"{train_file}.yaml")
         sampling = literal_values(src, "inference.yaml", SAMPLING_KEYS)
-        training = literal_values(src, f"{train_file}.yaml", TRAINING_KEYS)
+        training = literal_values(src, f"{train_file}.yaml", (*TRAINING_KEYS, "class_balanced"))
         configs = {"inference.json": inference_config(meta, kind, sampling, autoencoder, guide),
                    f"{train_file}.json": train_config(meta, kind, dataset_name, class_map, autoencoder, training),
-                   f"multi_gpu_{train_file}.json": multi_gpu_config(kind, autoencoder is not None),
+                   f"multi_gpu_{train_file}.json": multi_gpu_config(kind, autoencoder is not None,
+                                                                    "class_balanced" in training),
                    "metadata.json": zoo_metadata(meta, source_meta, kind)}
         for file, content in configs.items():
             (work / "configs" / file).write_text(json.dumps(content, indent=4) + "\n")
         card = (src / "docs" / "README.md").read_text() if (src / "docs" / "README.md").is_file() else ""
         (work / "docs" / "README.md").write_text(zoo_readme(meta, source_meta, name, kind, card, sampling,
-                                                            autoencoder, guide))
+                                                            autoencoder, guide, training))
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         (work / "docs" / "export.json").write_text(json.dumps(
             {"bundle": name, "version": source_meta.get("version"), "exported": stamp,

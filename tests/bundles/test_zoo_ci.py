@@ -226,6 +226,41 @@ def test_the_exported_training_runs_on_real_data_without_medgen(models: Path, na
     assert list((bundle / "runs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize(("processes", "balanced"), [(1, True), (2, True), (2, False)])
+def test_the_exported_training_draws_a_rare_class_as_often_as_a_common_one(models: Path, processes: int,
+                                                                          balanced: bool, tmp_path: Path,
+                                                                          no_medgen: dict[str, str]) -> None:
+    """`--class_balanced True` works in the exported cxr_ddpm (medgen's train.yaml key), in one process and under
+    torchrun with multi_gpu_train.json: 2 NORMAL against 6 PNEUMONIA images, each class half of the draws; false
+    keeps MONAI's DistributedSampler under torchrun."""
+    dataset = tmp_path / "kermany"
+    for folder, count in (("NORMAL", 2), ("PNEUMONIA", 6)):
+        (dataset / folder).mkdir(parents=True)
+        for image in sorted((DATA / DATASETS["cxr_ddpm"] / "train" / folder).iterdir())[:count]:
+            (dataset / folder / image.name).symlink_to(image)
+    bundle = tmp_path / "cxr_ddpm"
+    shutil.copytree(models / "cxr_ddpm", bundle)
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    assert config["class_balanced"] is False and config["train"]["dataloader"]["shuffle"] == "$not @class_balanced"
+    tiny = ["--image_size", "32", "--network_def#channels", "[8,16]", "--network_def#attention_levels",
+            "[false,true]", "--network_def#num_res_blocks", "1", "--network_def#norm_num_groups", "8",
+            "--network_def#num_head_channels", "8"]
+    configs = str(bundle / "configs" / "train.json")
+    launch = [sys.executable, "-m", "monai.bundle", "run"]
+    if processes > 1:
+        configs = f"['{configs}','{bundle / 'configs' / 'multi_gpu_train.json'}']"
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                  "-m", "monai.bundle", "run"]
+    done = run([*launch, "--config_file", configs, "--dataset_dir", str(dataset), "--class_balanced", str(balanced),
+                "--max_epochs", "1", "--batch_size", "4", *tiny], cwd=tmp_path,
+               env={**no_medgen, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    drawing = "class-balanced drawing: 8 items of labels {0: 2, 1: 6}, each label 1/2 of the draws"
+    assert (done.stderr + done.stdout).count(drawing) == (processes if balanced else 0)
+    # 8 draws an epoch, split between the ranks (MONAI's Distributed(Weighted Random)Sampler), in batches of 4
+    assert list((bundle / "runs" / "checkpoints").glob(f"checkpoint_final_iteration={2 // processes}.pt"))
+
+
 def test_zoo_export_refuses_to_overwrite_and_to_export_without_weights(tmp_path: Path) -> None:
     (tmp_path / "cxr_ddpm").mkdir()
     done = run([sys.executable, "-m", "medgen.cli", "zoo-export", "cxr_ddpm", "--out", str(tmp_path)], cwd=REPO)
