@@ -6,15 +6,18 @@
 
 1. Synthetic images: ``--synthetic-per-class`` per class from the bundle's weights through the bundle's own
    inference config (medgen's DiffusionPipeline and SampleRunner; DPM-Solver++ 2M at the bundle's steps for DDPM
-   bundles, the bundle's own sampler for score bundles; image k of the job gets seed ``--sample-seed + k``), written
-   to ``--synthetic-dir``; a rerun (or a folder `medgen sample` made) reuses the images already there.
+   bundles, the bundle's own sampler for score bundles; the bundle's guide network where it autoguides, or
+   ``--guide PATH|none``; image k of the job gets seed ``--sample-seed + k``), written to ``--synthetic-dir``; a rerun
+   (or a folder `medgen sample` made) reuses the images already there. What made the images used (sampler, steps,
+   guidance, guide) is read from their ``samples.jsonl`` records: a folder of mixed settings, or of other settings
+   than the options given, stops with one line.
 2. Real images: the data set's own training and test folders, read as training reads them.
 3. Classifiers (:mod:`medgen.metrics.classifier`): real only vs real + synthetic at each ``--sizes`` real images per
    class, one per ``--seeds`` (each seed draws its own real subset), all with ``--steps`` optimizer steps; and one on
    synthetic images alone. All tested on the real test split.
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain and its CI, F1, confusion matrices, McNemar
    (Bonferroni across the sizes). Prints a table; writes ``utility_<bundle>.json`` (weights sha256, sampler, steps,
-   guidance, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into ``--out``, and a copy of the
+   guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into ``--out``, and a copy of the
    JSON as ``utility.json`` in the synthetic folder, where ``medgen evaluate`` finds it for its report.
 """
 
@@ -78,6 +81,22 @@ def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guid
             "guidance_scale": float(guidance if guidance is not None else cfg.get("guidance_scale", 1.0))}
 
 
+def guide_option(folder: Path, guide: str | None) -> str | None:
+    """``--guide`` as the inference config's ``guide_path`` (None: leave the bundle's default); a one-line error for
+    a missing file or a bundle without autoguidance."""
+    from medgen.bundles import read_config
+
+    if guide is None:
+        return None
+    if "guide_path" not in read_config(folder, "inference"):
+        if guide == "none":
+            return None
+        raise UtilityError(f"--guide {guide}: bundle {folder.name} samples without a guide network")
+    if guide != "none" and not Path(guide).is_file():
+        raise UtilityError(f"--guide {guide}: no such file")
+    return guide if guide == "none" else str(Path(guide).resolve())
+
+
 def _records(folder: Path) -> list[dict]:
     path = folder / "samples.jsonl"
     if not path.is_file():
@@ -106,9 +125,41 @@ def _chosen(records: list[dict], classes: list[str], per_class: int, sha: str) -
     return by_class
 
 
+#: what made a synthetic image, as its samples.jsonl record names it (guide_sha256: None without a guide network)
+SETTING_KEYS = ("sampler", "steps", "guidance_scale", "guide_sha256")
+
+
+def used_settings(used: list[dict], out: Path, asked: dict) -> dict:
+    """The one sampling setting the ``used`` images were made with, from their records; a one-line error when they
+    were made with several, or with other settings than ``asked`` (the options given on the command line)."""
+    made = {tuple(r.get(k) for k in SETTING_KEYS) for r in used}
+    if len(made) > 1:
+        shown = "; ".join(", ".join(f"{k} {v}" for k, v in zip(SETTING_KEYS, m)) for m in sorted(made, key=str))
+        raise UtilityError(f"{out}: its images were made with {len(made)} sampling settings ({shown}); a result "
+                           "must describe one: give a folder of one setting (--synthetic-dir)")
+    settings = dict(zip(SETTING_KEYS, made.pop()))
+    settings["guide"] = next((r.get("guide") for r in used if r.get("guide")), None)
+    options = {"sampler": "--sampler", "steps": "--sampling-steps", "guidance_scale": "--guidance",
+               "guide_sha256": "--guide"}
+    wrong = [f"{options[key]} {_brief(value)} asked, {_brief(settings[key])} there" for key, value in asked.items()
+             if value != settings[key]]
+    if wrong:
+        raise UtilityError(f"{out} holds images made otherwise ({'; '.join(wrong)}): give another --synthetic-dir "
+                           "or leave those options out to use its images as they are")
+    return settings
+
+
+def _brief(value: Any) -> str:
+    """A setting as an error shows it: a guide's sha256 cut to 12 characters, no guide as none."""
+    if value is None:
+        return "none"
+    return f"guide {value[:12]}..." if isinstance(value, str) and len(value) == 64 else str(value)
+
+
 def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], per_class: int, seed: int,
-                  settings: dict, size: int, batch_size: int) -> tuple[Any, dict]:
-    """Sample (or reuse) ``per_class`` images per class into ``out``; returns the ImageSet and what made it."""
+                  settings: dict, size: int, batch_size: int, asked: dict | None = None) -> tuple[Any, dict]:
+    """Sample (or reuse) ``per_class`` images per class into ``out``; returns the ImageSet and what made it (the
+    images' own records: :func:`used_settings`)."""
     from medgen.bundles import run_bundle
     from medgen.metrics.image_sets import ImageSet, load_image
 
@@ -119,17 +170,27 @@ def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], pe
         before = sum(len(v) for v in chosen.values())
         print(f"sampling {per_class} per class ({settings['sampler']}, {settings['steps']} steps, guidance "
               f"{settings['guidance_scale']}) into {out}", flush=True)
-        run_bundle(folder, "inference", "inference", {
-            "ckpt_path": str(weights), "output_dir": str(out.resolve()), "per_class": per_class, "seed": seed,
-            "sampler": settings["sampler"], "num_inference_steps": settings["steps"],
-            "guidance_scale": settings["guidance_scale"], "batch_size": batch_size,
-        })
+        try:
+            run_bundle(folder, "inference", "inference", {
+                "ckpt_path": str(weights), "output_dir": str(out.resolve()), "per_class": per_class, "seed": seed,
+                "sampler": settings["sampler"], "num_inference_steps": settings["steps"],
+                "guidance_scale": settings["guidance_scale"], "batch_size": batch_size,
+                **({"guide_path": settings["guide_path"]} if settings.get("guide_path") else {}),
+            })
+        except RuntimeError as err:  # MONAI's "Failed to evaluate" around the sampler's own one-line refusal
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, ValueError):
+                raise UtilityError(str(cause)) from err
+            raise
         chosen = _chosen(_records(out), classes, per_class, sha)
         made = sum(len(v) for v in chosen.values()) - before
     short = {c: len(v) for c, v in chosen.items() if len(v) < per_class}
     if short:
         raise UtilityError(f"{out} has too few synthetic images for {short} (need {per_class} per class)")
     used = [r for c in classes for r in chosen[c]]
+    made_with = used_settings(used, out, asked or {})
     images = [load_image(out / r["file"], size) for r in used]
     synthetic = ImageSet(
         torch.stack([torch.from_numpy(x) for x in images]).numpy(), [classes.index(r["class"]) for r in used],
@@ -141,6 +202,9 @@ def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], pe
         "sampler": sorted({str(r.get("sampler")) for r in used}),
         "steps": sorted({int(r["steps"]) for r in used if r.get("steps") is not None}),
         "guidance_scale": sorted({float(r["guidance_scale"]) for r in used if r.get("guidance_scale") is not None}),
+        "guide": made_with["guide"],
+        "guide_sha256": made_with["guide_sha256"],
+        "made_with": made_with,
         "generated_now": made,
         "sampling_seconds": round(time.time() - start, 1) if made else 0.0,
     }
@@ -223,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", help="default: dpmpp2m for DDPM bundles, the bundle's own for score bundles")
     parser.add_argument("--sampling-steps", type=int, help="default: the bundle's")
     parser.add_argument("--guidance", type=float, help="default: the bundle's")
+    parser.add_argument("--guide", help="autoguidance: a guide network's weights, or none for classifier-free "
+                        "guidance (default: the bundle's own choice for these weights)")
     parser.add_argument("--sample-batch", type=int, default=16)
     parser.add_argument("--sizes", type=sizes_arg, default=sizes_arg("25,50,200,all"), help="real images per class")
     parser.add_argument("--seeds", default="0,1", help="classifier seeds, comma-separated")
@@ -259,9 +325,15 @@ def run(args: argparse.Namespace) -> int:
         raise UtilityError(f"{weights} records no classes (no model.json beside it): use weights medgen trained")
     size = int(meta_value(meta, "image_size", 64))
     settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance)
+    settings["guide_path"] = guide_option(folder, args.guide)
     out_dir = Path(args.synthetic_dir) if args.synthetic_dir else REPO / "runs" / "utility" / name
+    asked = {key: value for key, value in (("sampler", args.sampler), ("steps", args.sampling_steps),
+                                           ("guidance_scale", args.guidance)) if value is not None}
+    if args.guide is not None:
+        asked["guide_sha256"] = None if args.guide == "none" else weights_digest(Path(args.guide))
     synthetic, syn_info = synthetic_set(folder, weights, out_dir, classes, args.synthetic_per_class,
-                                        args.sample_seed, settings, size, args.sample_batch)
+                                        args.sample_seed, settings, size, args.sample_batch, asked)
+    settings = syn_info["made_with"]  # what made the images used, which a reused folder decides
     t_real = time.time()
     real_train, real_test, data_info = real_sets(name, classes, size, preparation_of(meta), args.data,
                                                  args.train_per_class, args.test_per_class,
@@ -281,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         "sampler": settings["sampler"],
         "steps": settings["steps"],
         "guidance_scale": settings["guidance_scale"],
+        "guide": settings["guide"],
+        "guide_sha256": settings["guide_sha256"],
         "synthetic": syn_info,
         "data": data_info,
         "classifier": {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds,
@@ -297,8 +371,10 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = write_json(f"utility_{name}", result, args.out)
     (out_dir / "utility.json").write_text(path.read_text())
-    fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {args.synthetic_per_class} synthetic "
-                           f"per class, seeds {seeds}, {args.steps} steps per classifier")
+    guided = (f"autoguidance {settings['guidance_scale']}" if settings["guide_sha256"]
+              else f"guidance {settings['guidance_scale']}")
+    fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {guided}, {args.synthetic_per_class} "
+                           f"synthetic per class, seeds {seeds}, {args.steps} steps per classifier")
     png = args.out / f"utility_{name}.png"
     fig.savefig(png, dpi=110, bbox_inches="tight")
     html = write_utility_report(args.out / f"utility_{name}.html", result)

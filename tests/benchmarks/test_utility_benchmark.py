@@ -37,6 +37,27 @@ def test_a_bundle_without_weights_fails_in_one_line_naming_the_missing_file(tmp_
     assert len(err) == 1 and "elsewhere.pt" in err[0]
 
 
+def test_the_result_describes_the_images_used_and_refuses_a_folder_of_mixed_or_other_settings(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.utility import UtilityError, used_settings
+
+    guide = "de02e9119f7ec0dba1b121e4b53323fe9c88410215d5a9840e07c2ee65431dfb"
+    made = {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.5, "guide": "/b/models/model_guide.pt",
+            "guide_sha256": guide}
+    records = [{"file": f"NORMAL/{i}.png", **made} for i in range(3)]
+    folder = Path("/runs/samples")
+    assert used_settings(records, folder, {}) == made
+    assert used_settings(records, folder, {"guidance_scale": 1.5, "guide_sha256": guide}) == made
+    unguided = {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.0}
+    assert used_settings([unguided], folder, {"guide_sha256": None}) == {**unguided, "guide": None,
+                                                                         "guide_sha256": None}
+    with pytest.raises(UtilityError, match=r"^/runs/samples: its images were made with 2 sampling settings"):
+        used_settings([*records, unguided], folder, {})
+    with pytest.raises(UtilityError, match=r"^/runs/samples holds images made otherwise \(--guidance 3.0 asked, "
+                                           r"1.5 there; --guide none asked, guide de02e9119f7e... there\)"):
+        used_settings(records, folder, {"guidance_scale": 3.0, "guide_sha256": None})
+
+
 @pytest.mark.slow
 def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kermany, tmp_path):
     if not WEIGHTS.is_file():
@@ -70,6 +91,15 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert again.returncode == 0, again.stderr[-2000:]
     assert "sampling" not in again.stdout.split("real:")[0]
     assert json.loads((out / "utility_cxr_ddpm.json").read_text())["synthetic"]["generated_now"] == 0
+
+    # the bundle's default sampling autoguides: the result names the guide; other settings for the same folder fail
+    guide = REPO / "bundles" / "cxr_ddpm" / "models" / "model_guide.pt"
+    assert result["guide_sha256"] == hashlib.sha256(guide.read_bytes()).hexdigest()
+    assert (result["guidance_scale"], result["synthetic"]["guide_sha256"]) == (1.5, result["guide_sha256"])
+    other = run_benchmark(*args, "--guide", "none")
+    assert other.returncode == 2 and other.stderr.strip().splitlines() == [
+        f"error: {synth} holds images made otherwise (--guide none asked, guide {result['guide_sha256'][:12]}... "
+        "there): give another --synthetic-dir or leave those options out to use its images as they are"]
 
 
 @pytest.mark.slow
