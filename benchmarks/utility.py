@@ -17,8 +17,9 @@
    synthetic images alone. All tested on the real test split.
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain and its CI, F1, confusion matrices, McNemar
    (Bonferroni across the sizes). Prints a table; writes ``utility_<bundle>.json`` (weights sha256, sampler, steps,
-   guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into ``--out``, and a copy of the
-   JSON as ``utility.json`` in the synthetic folder, where ``medgen evaluate`` finds it for its report.
+   guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into
+   ``--out``, and a copy of the JSON as ``utility.json`` in the synthetic folder, where ``medgen evaluate`` finds it
+   for its report.
 """
 
 from __future__ import annotations
