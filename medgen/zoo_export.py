@@ -471,8 +471,8 @@ was trained with medgen (`train_autoencoder.yaml`: L1, KL, adversarial and a per
 classifier); its training is not part of this export.
 """
     unit = "noise levels" if kind == "score" else "steps"
-    balanced = (" `--class_balanced true` draws every class equally often (a rare class as often as a common one)."
-                if "class_balanced" in train_config(meta, kind, "", None, autoencoder, training or {}) else "")
+    balanced = (" `--class_balanced True` draws every class equally often (a rare class as often as a common one)."
+                if "class_balanced" in (training or {}) else "")
     sampler = (f"{SAMPLER_NAMES.get(settings['sampler'], settings['sampler'])}, {settings['num_inference_steps']} "
                f"{unit}, guidance scale {settings['guidance_scale']}")
     if guide is not None:

@@ -100,6 +100,14 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert other.returncode == 2 and other.stderr.strip().splitlines() == [
         f"error: {synth} holds images made otherwise (--guide none asked, guide {result['guide_sha256'][:12]}... "
         "there): give another --synthetic-dir or leave those options out to use its images as they are"]
+    # more images of other settings into the same folder: the sampler's refusal, as one line (not a traceback)
+    more = list(args)
+    for flag, value in (("--synthetic-per-class", "3"), ("--sampling-steps", "4")):
+        more[more.index(flag) + 1] = value
+    refused = run_benchmark(*more)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {synth} holds samples made otherwise (steps 3 "
+                                                              "there vs 4 now)")
 
 
 @pytest.mark.slow

@@ -242,6 +242,7 @@ def test_the_exported_training_draws_a_rare_class_as_often_as_a_common_one(model
     shutil.copytree(models / "cxr_ddpm", bundle)
     config = json.loads((bundle / "configs" / "train.json").read_text())
     assert config["class_balanced"] is False and config["train"]["dataloader"]["shuffle"] == "$not @class_balanced"
+    assert "`--class_balanced True` draws every class equally often" in (bundle / "docs" / "README.md").read_text()
     tiny = ["--image_size", "32", "--network_def#channels", "[8,16]", "--network_def#attention_levels",
             "[false,true]", "--network_def#num_res_blocks", "1", "--network_def#norm_num_groups", "8",
             "--network_def#num_head_channels", "8"]
