@@ -179,9 +179,9 @@ def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], pe
                 **({"guide_path": settings["guide_path"]} if settings.get("guide_path") else {}),
             })
         except RuntimeError as err:  # MONAI's "Failed to evaluate" around the sampler's own one-line refusal
-            cause = err
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
+            from medgen.cli import root_cause
+
+            cause = root_cause(err)
             if isinstance(cause, ValueError):
                 raise UtilityError(str(cause)) from err
             raise
