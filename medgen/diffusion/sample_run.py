@@ -313,13 +313,14 @@ class SampleRunner:
             other = record.get("checkpoint_sha256")
             if sha and other and other != sha:
                 raise ValueError(f"{self.output_dir} holds samples of other weights (checkpoint sha256 "
-                                 f"{other[:12]}..., these are {sha[:12]}...): write to another folder (--out)")
+                                 f"{other[:12]}..., these are {sha[:12]}...): write to another folder "
+                                 "(--out DIR, --output_dir DIR)")
             theirs = {key: record.get(key) for key in ours}
             diffs = [f"{key} {_brief(theirs[key])} there vs {_brief(ours[key])} now" for key in ours
                      if theirs[key] != ours[key]]
             if diffs:
                 raise ValueError(f"{self.output_dir} holds samples made otherwise ({'; '.join(diffs)}): write to "
-                                 "another folder (--out)")
+                                 "another folder (--out DIR, --output_dir DIR)")
 
     def run(self) -> Path:
         """Generate, write and return the path of ``samples.jsonl``.

@@ -124,6 +124,7 @@ def test_samples_record_their_guide_and_never_mix_with_other_guidance(tmp_path: 
         with pytest.raises(ValueError, match=named) as err:
             SampleRunner(other, out, guidance_scale=scale, **{**settings, "per_class": 4}).run()
         assert str(out) in str(err.value)
+        assert str(err.value).endswith("write to another folder (--out DIR, --output_dir DIR)")  # both spellings
     assert len((out / "samples.jsonl").read_text().splitlines()) == lines  # nothing was added
 
 
