@@ -64,6 +64,12 @@ def speed(bundle: Path, batch: int, measure: int, repeats: int) -> list[dict[str
         f"(c) medgen latent {sampler}-{steps}": (sampler, steps, pipe.compute_path, steps,
                                                 lambda: medgen_sample(pipe, labels, seeds, sampler, steps)),
     }
+    guidance = float(parser["guidance_scale"])
+    if guidance != 1.0:  # the bundle's default sampling: a second network pass per step (its guide or the null class)
+        how = "autoguidance" if getattr(pipe, "guide_network", None) is not None else "guidance"
+        runs[f"(c) medgen latent {sampler}-{steps}, {how} w {guidance:g} (the default)"] = (
+            sampler, steps, pipe.compute_path, steps,
+            lambda: medgen_sample(pipe, labels, seeds, sampler, steps, guidance_scale=guidance))
     times = interleaved({name: run[4] for name, run in runs.items()}, repeats)
     rows = []
     for name, (name_sampler, total, path, timed_steps, _) in runs.items():

@@ -93,6 +93,7 @@ def medgen_sample(
     sampler: str,
     total_steps: int,
     measured_steps: int | None = None,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor | None:
     """The pipeline's own loop, stopped after ``measured_steps`` when timing."""
 
@@ -101,7 +102,7 @@ def medgen_sample(
             raise _Enough
 
     try:
-        return pipe.generate_batch(labels, seeds, total_steps, sampler=sampler, callback=stop)
+        return pipe.generate_batch(labels, seeds, total_steps, guidance_scale, sampler=sampler, callback=stop)
     except _Enough:
         return None
 
