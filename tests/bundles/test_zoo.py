@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from medgen.networks.weights_meta import sha256_of
 from medgen.zoo import Finding, fill_large_file_hashes, verify_bundle, verify_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +34,27 @@ def test_every_bundle_passes_the_zoo_checks(bundle: Path) -> None:
         assert found == []
     else:  # the one finding allowed: no weights shipped, and the checker says so
         assert len(found) == 1 and "models/model.pt and no large_files.yml entry" in found[0], found
+
+
+@pytest.mark.parametrize("bundle", [b for b in BUNDLES if b.name in SHIPS_WEIGHTS],
+                         ids=[b.name for b in BUNDLES if b.name in SHIPS_WEIGHTS])
+def test_every_shipped_sidecar_has_its_weights_in_the_repository(bundle: Path) -> None:
+    """A sidecar whose weights file stayed out of the repository (``*.pt`` is ignored unless added by force) would make
+    a fresh install sample otherwise without a word: a missing guide means classifier-free guidance, not the figures
+    the model card quotes."""
+    sidecars = sorted((bundle / "models").glob("*.json"))
+    assert sidecars, f"{bundle.name} ships weights but no sidecar"
+    tracked = None
+    if (REPO / ".git").exists():
+        listing = subprocess.run(["git", "ls-files", "bundles"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        tracked = set(listing.stdout.split()) if listing.returncode == 0 else None
+    for sidecar in sidecars:
+        meta = json.loads(sidecar.read_text())
+        weights = bundle / "models" / meta["weights_file"]
+        assert weights.is_file(), f"{sidecar.name} describes {weights.name}, which is missing"
+        assert sha256_of(weights) == meta["weights_sha256"], f"{sidecar.name} describes other weights than {weights}"
+        if tracked is not None:
+            assert str(weights.relative_to(REPO)) in tracked, f"{weights} is not in the repository (git add -f)"
 
 
 @pytest.mark.slow
