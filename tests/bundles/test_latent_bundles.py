@@ -308,3 +308,61 @@ def test_the_shipped_cxr_weights_sample_256_pixel_radiographs_and_dicom(tmp_path
     for path in files:
         ds = pydicom.dcmread(path)
         assert (ds.Modality, ds.Rows, ds.Columns, ds.SyntheticData) == ("CR", 256, 256, "YES")
+
+
+def rare_and_common(shared_data: Path, root: Path) -> Path:
+    """Brain slices as train_diffusion.yaml reads them: 2 notumor against 6 tumor (2 per tumour folder) per split."""
+    source = shared_data / LAYOUT["brain_mri_ldm"][0]
+    for split in ("Training", "Testing"):
+        for cls in ("notumor", "glioma", "meningioma", "pituitary"):
+            (root / split / cls).mkdir(parents=True)
+            for f in sorted((source / split / cls).glob("*.jp*g"))[:2]:
+                (root / split / cls / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained", ["brain_mri_ldm"], indirect=True)  # cxr_ldm's train_diffusion.yaml is the same
+def test_the_latent_loader_draws_a_rare_class_as_often_as_a_common_one_only_when_asked(trained: dict,
+                                                                                         tmp_path: Path) -> None:
+    import torch
+    from monai.bundle import ConfigParser
+
+    files = sorted(trained["data"].glob("Training/*/*.jp*g"))[:10]
+    items = [{"image": str(f), "label": int(i >= 2)} for i, f in enumerate(files)]  # 2 rare, 8 common
+    share = {}
+    for balanced in (False, True):
+        parser = ConfigParser()
+        parser.read_config(str(trained["bundle"] / "configs" / "train_diffusion.yaml"))
+        parser.update({"class_balanced": balanced, "image_size": 32, "output_dir": str(tmp_path / str(balanced)),
+                       "datalist": {"classes": ["rare", "common"], "training": items}})
+        loader = parser.get_parsed_content("train#dataloader")
+        assert len(loader.dataset) == 10  # the latents of the ten images, encoded by the bundle's autoencoder
+        torch.manual_seed(0)
+        drawn = [loader.dataset.data[i]["label"] for _ in range(200) for i in loader.sampler]
+        share[balanced] = drawn.count(0) / len(drawn)
+    assert share[False] == pytest.approx(0.2)  # shuffled epochs: each latent once per epoch
+    assert 0.45 < share[True] < 0.55
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trained", ["brain_mri_ldm"], indirect=True)
+def test_multi_gpu_latent_training_draws_classes_evenly_across_ranks(trained: dict, shared_data: Path,
+                                                                      tmp_path: Path) -> None:
+    """torchrun, 2 gloo processes, train_diffusion.yaml + multi_gpu_train.yaml with --class_balanced True: each rank
+    draws its share with MONAI's DistributedWeightedRandomSampler and the run writes its weights."""
+    data = rare_and_common(shared_data, tmp_path / "data")
+    configs = trained["bundle"] / "configs"
+    config_files = f"['{configs / 'train_diffusion.yaml'}','{configs / 'multi_gpu_train.yaml'}']"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDGEN_DATA_DIR": "/nonexistent-so-only-given-data-is-read"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "monai.bundle", "run", "training", "--config_file", config_files, "--dataset_dir",
+                           str(data), "--runs_dir", str(tmp_path / "runs"), "--run_name", "ddp", "--image_size", "32",
+                           "--class_balanced", "True", *TINY_UNET],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # 8 training slices less the 10% validation split, merged into notumor (label 0) and tumor (label 1)
+    lines = [line for line in out.splitlines() if "class-balanced drawing:" in line]
+    assert len(lines) == 2 and all("each label 1/2 of the draws" in line for line in lines), lines
+    assert (tmp_path / "runs" / "brain_mri_ldm" / "ddp" / "model.pt").is_file()

@@ -369,3 +369,40 @@ for trained in (False, True):
     assert done.returncode == 0, done.stderr[-3000:]
     fresh, trained = map(float, done.stdout.split()[-2:])
     assert fresh > 0.8 and trained < 0.35 * fresh, (fresh, trained)
+
+
+@pytest.mark.parametrize("name", ["brain_mri_ldm"])  # cxr_ldm's export is made by the same code
+def test_the_exported_latent_training_draws_a_rare_class_as_often_as_a_common_one(
+        models: Path, name: str, no_medgen: dict[str, str], tmp_path: Path) -> None:
+    """train_diffusion.json keeps class_balanced: 2 notumor against 6 tumor slices (2 per tumour folder), each class
+    half of the draws when true, its share of the slices when false; multi_gpu_train_diffusion.json draws with MONAI's
+    DistributedWeightedRandomSampler when true."""
+    dataset = tmp_path / "brain"
+    for folder in ("notumor", "glioma", "meningioma", "pituitary"):
+        (dataset / "Training" / folder).mkdir(parents=True)
+        for image in sorted((DATA / DATASETS[name] / "Training" / folder).iterdir())[:2]:
+            (dataset / "Training" / folder / image.name).symlink_to(image)
+    multi = json.loads((models / name / "configs" / "multi_gpu_train_diffusion.json").read_text())
+    assert "class_balanced_sampler(@train#dataset, distributed=True) if @class_balanced" in multi["train#sampler"]
+    script = tmp_path / "draws.py"
+    script.write_text(f"""
+import sys, torch
+from monai.bundle import ConfigParser
+bundle = {str(models / name)!r}
+sys.path.insert(0, bundle)
+for balanced in (False, True):
+    parser = ConfigParser()
+    parser.read_config(bundle + "/configs/train_diffusion.json")
+    parser.update({{"bundle_root": bundle, "dataset_dir": {str(dataset)!r}, "num_workers": 0,
+                   "class_balanced": balanced}})
+    loader = parser.get_parsed_content("train#dataloader")
+    labels = [int(item["label"]) for item in loader.dataset.data]
+    torch.manual_seed(0)
+    drawn = [labels[i] for _ in range(300) for i in loader.sampler]
+    print(labels.count(0) / len(labels), drawn.count(0) / len(drawn))
+""")
+    done = run([sys.executable, str(script)], cwd=tmp_path, env=no_medgen)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (share, drawn_false), (_, drawn_true) = (map(float, line.split()) for line in done.stdout.split("\n")[-3:-1])
+    assert 0.2 <= share <= 0.3 and drawn_false == pytest.approx(share)  # notumor: 2 of the 8 slices (less validation)
+    assert 0.45 < drawn_true < 0.55
