@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_meta(weights)
     datalist = bundle_datalist(bundle, args.dataset_dir)
     classes = list(datalist["classes"])
+    full = protocol_counts(datalist)
     try:
-        counts = check_per_class(protocol_counts(datalist), args.per_class)
+        counts = check_per_class(full, args.per_class)
     except ProtocolError as err:
         raise SystemExit(f"benchmarks.quality: error: {err}") from None
     from medgen.metrics.image_sets import preparation_of
@@ -305,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     guide_sha = sha256_of(guide) if guide is not None else None
     root = Path(args.samples_root or os.environ.get("MEDGEN_RUNS_DIR") or "runs") / "quality"
     print(f"bundle {bundle.name}  weights {weights} (sha256 {sha[:16]}...)  {size}px  generated per class {counts}")
+    if counts != full:
+        print(f"fewer images per class than the protocol's N {full}: FID is biased upwards by about 1/N, the floor's "
+              f"more than that of samples far from it, so FID / floor falls with N; compare ratios only at one N "
+              f"(KID is unbiased)")
     if guide is not None:
         print(f"autoguidance: guide {guide} (sha256 {guide_sha[:16]}...)")
     base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance)
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, Any] = {"bundle": bundle.name, "weights": str(weights), "weights_sha256": sha,
                                **({"autoencoder": str(autoencoder), "autoencoder_sha256": ae_sha} if ae_sha else {}),
                                **({"guide": str(guide), "guide_sha256": guide_sha} if guide_sha else {}),
-                               "image_size": size, "counts": counts, "machine": machine(),
+                               "image_size": size, "counts": counts, "protocol_counts": full, "machine": machine(),
                                "datalist_source": str(datalist.get("source")), "seed": args.seed}
     if not args.sweep:
         run = one(base)

@@ -85,7 +85,8 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
     from medgen.networks.weights_meta import sha256_of
 
     assert result["weights_sha256"] == sha256_of(REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt")
-    assert result["counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
+    assert result["counts"] == result["protocol_counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
+    assert "fewer images per class than the protocol's N" not in printed
     # the given sampler and steps, the bundle's own guidance (inference.yaml: 1.5) and, for its shipped weights,
     # its shipped autoguidance guide
     assert result["sampling"] == {"sampler": "dpmpp2m", "num_inference_steps": 4, "guidance_scale": 1.5}
@@ -106,6 +107,11 @@ def test_benchmark_scores_the_shipped_weights_and_records_what_it_measured(tiny_
     assert again["images_generated"] == 0 and again["images_found_on_disk"] == 6
     assert again["overall"]["fid_ratio"] == pytest.approx(result["overall"]["fid_ratio"])
     assert "0 images generated in" in capsys.readouterr().out
+    # fewer than the protocol's N: FID / floor depends on N, so the run says so and the JSON keeps both counts
+    assert main([*args, "--per-class", "2", "--json", str(tmp_path / "two.json")]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["counts"] == {"NORMAL": 2, "PNEUMONIA": 2} and two["protocol_counts"] == {"NORMAL": 3, "PNEUMONIA": 3}
+    assert "fewer images per class than the protocol's N {'NORMAL': 3, 'PNEUMONIA': 3}" in capsys.readouterr().out
 
     # the model cards quote this JSON: the same weights pass the check, other weights fail it in one line
     assert main(["--bundle", "cxr_ddpm", "--check", "--json", str(out)]) == 0
