@@ -141,6 +141,10 @@ def protocol_section(protocol: dict | None) -> str:
     wanted = "" if "error" in counts else (
         f" A full protocol run generates {', '.join(f'{n} {html.escape(str(c))}' for c, n in counts.items())} "
         "images (the held-out counts, capped at 500).")
+    used = {c: v.get("generated", {}).get("n") for c, v in (protocol.get("classes") or {}).items()}
+    if wanted and any(isinstance(used.get(c), int) and used[c] < n for c, n in counts.items()):
+        wanted += (" These are fewer: FID is biased upwards by about 1/N, the floor's more than that of samples far "
+                   "from it, so FID / floor here is lower than at the protocol's N (KID is unbiased).")
     return (f'<h2 id="protocol">Quality protocol: FID / real-data floor</h2>{_table(cols, rows)}'
             f"<p class='note'>Features: {html.escape(str(protocol.get('features')))}. Each class's generated images "
             "and real held-out images are cut to the same N and compared with the same training reference; FID / "

@@ -95,3 +95,20 @@ def test_report_shows_a_utility_json_given_or_found_in_the_samples_folder(tmp_pa
     assert 'src="data:image/png;base64,' in found and "not run" not in found
     with pytest.raises(FileNotFoundError, match="absent.json"):
         report(utility_json=tmp_path / "absent.json")
+
+
+def test_the_protocol_table_says_when_it_has_fewer_images_than_the_protocol_asks():
+    from medgen.report.html import protocol_section
+
+    def protocol(n: int) -> dict:
+        entry = {"generated": {"n": n, "fid": 50.0, "kid": 0.02, "precision": 0.5, "recall": 0.7},
+                 "floor": {"n": n, "fid": 20.0, "kid": 0.001, "precision": 0.9, "recall": 0.9}, "fid_ratio": 2.5}
+        return {"classes": {"neg": entry, "pos": entry}, "overall": {**entry, "generated": {**entry["generated"]}},
+                "features": "inception", "protocol_counts": {"neg": 405, "pos": 500}}
+
+    fewer = protocol_section(protocol(100))
+    assert "A full protocol run generates 405 neg, 500 pos images" in fewer
+    assert "FID / floor here is lower than at the protocol's N" in fewer
+    full = protocol(405)
+    full["classes"]["pos"] = {**full["classes"]["pos"], "generated": {**full["classes"]["pos"]["generated"], "n": 500}}
+    assert "lower than at the protocol's N" not in protocol_section(full)
