@@ -44,8 +44,9 @@ def monai_run(run_id: str, config: Path, *args: str, cwd: Path, ok: bool = True)
     return proc
 
 
-def data_tree(shared_data: Path, name: str, root: Path) -> Path:
-    source_name, layout = LAYOUT[name]
+def data_tree(shared_data: Path, name: str, root: Path, layout: dict | None = None) -> Path:
+    source_name, default_layout = LAYOUT[name]
+    layout = layout or default_layout
     source = shared_data / source_name
     if not source.is_dir():
         pytest.skip(f"{source_name} not found at {source}")
@@ -310,17 +311,6 @@ def test_the_shipped_cxr_weights_sample_256_pixel_radiographs_and_dicom(tmp_path
         assert (ds.Modality, ds.Rows, ds.Columns, ds.SyntheticData) == ("CR", 256, 256, "YES")
 
 
-def rare_and_common(shared_data: Path, root: Path) -> Path:
-    """Brain slices as train_diffusion.yaml reads them: 2 notumor against 6 tumor (2 per tumour folder) per split."""
-    source = shared_data / LAYOUT["brain_mri_ldm"][0]
-    for split in ("Training", "Testing"):
-        for cls in ("notumor", "glioma", "meningioma", "pituitary"):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((source / split / cls).glob("*.jp*g"))[:2]:
-                (root / split / cls / f.name).symlink_to(f)
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("trained", ["brain_mri_ldm"], indirect=True)  # cxr_ldm's train_diffusion.yaml is the same
 def test_the_latent_loader_draws_a_rare_class_as_often_as_a_common_one_only_when_asked(trained: dict,
@@ -351,7 +341,8 @@ def test_multi_gpu_latent_training_draws_classes_evenly_across_ranks(trained: di
                                                                       tmp_path: Path) -> None:
     """torchrun, 2 gloo processes, train_diffusion.yaml + multi_gpu_train.yaml with --class_balanced True: each rank
     draws its share with MONAI's DistributedWeightedRandomSampler and the run writes its weights."""
-    data = rare_and_common(shared_data, tmp_path / "data")
+    two_each = {"notumor": 2, "glioma": 2, "meningioma": 2, "pituitary": 2}  # 2 notumor against 6 tumor per split
+    data = data_tree(shared_data, "brain_mri_ldm", tmp_path / "data", {"Training": two_each, "Testing": two_each})
     configs = trained["bundle"] / "configs"
     config_files = f"['{configs / 'train_diffusion.yaml'}','{configs / 'multi_gpu_train.yaml'}']"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDGEN_DATA_DIR": "/nonexistent-so-only-given-data-is-read"}
