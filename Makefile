@@ -32,7 +32,7 @@ demo: setup
 
 # the suite in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process, so its fixtures run once):
 # one process leaves a core idle while tests wait on subprocesses and services (2 cores: 18 min instead of 27).
-# TEST_WORKERS=0: one process.
+# Each worker, and every process its tests start, computes on one thread (tests/conftest.py). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
 test: setup system-deps
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

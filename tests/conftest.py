@@ -11,6 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
+# Under pytest-xdist (`make test`: one worker per core) each worker, and every process a test starts, computes with
+# one thread: two OpenMP threads per process on a 2-core machine oversubscribe it and spin (measured: the bundle and
+# run-folder tests took 181 s with two threads per process, 144 s with one). One process (-n 0) keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def data_root() -> Path:
     return Path(os.environ.get("MEDGEN_TEST_DATA", REPO.parent / "shared" / "data")).resolve()

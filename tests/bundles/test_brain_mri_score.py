@@ -115,7 +115,7 @@ def test_metadata_is_valid_against_the_model_zoo_schema():
 # ---- the bundle, end to end on real images --------------------------------------------------------------------
 def bundle(run_id: str, config: str, *args: str, runs_dir: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", **({"MEDGEN_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
+    env = {**os.environ, **({"MEDGEN_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -231,8 +231,7 @@ def test_evaluate_the_shipped_weights_from_another_folder(brain_mri, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
            f"['{REPO / INFER}','{REPO / EVAL}']", "--dataset_dir", str(small), "--eval_dir", str(evaluation),
            "--max_items_per_class", "2", "--num_eval_levels", "3", "--per_class", "1", "--num_inference_steps", "2"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     loss = json.loads((evaluation / "dsm_loss_per_sigma.json").read_text())
     shipped = json.loads((CONFIGS.parent / "models" / "model.json").read_text())
@@ -250,8 +249,7 @@ def test_the_shipped_weights_sample_with_the_shipped_guide_unless_told_otherwise
         out = tmp_path / name
         cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(REPO / INFER),
                "--per_class", "1", "--num_inference_steps", "3", "--output_dir", str(out), *extra]
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "OMP_NUM_THREADS": "2"})
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         records[name] = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["class"] for r in records["default"]] == ["notumor", "tumor"]
@@ -290,7 +288,7 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_edm_noise_levels_and_a
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *common,
            "--init_weights", str(epsilon), "--run_name", "wrong"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "MEDGEN_RUNS_DIR": str(tmp_path / "runs")})
+                          env={**os.environ, "MEDGEN_RUNS_DIR": str(tmp_path / "runs")})
     lines = [x for x in proc.stderr.splitlines() if x.startswith("medgen: error")]
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
     assert "prediction_type epsilon (weights) vs score (config)" in lines[0] and str(epsilon) in lines[0]

@@ -39,7 +39,7 @@ def train_cmd(data: Path, out: Path, epochs: int = EPOCHS, *extra: str) -> list[
             "--num_workers", "0", *TINY, *extra]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

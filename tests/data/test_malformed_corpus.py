@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("training", "validation", "test")
 TINY = ["--image_size", "32", "--unet_channels", "[8,16]", "--attention_levels", "[False,False]",
         "--num_res_blocks", "1", "--norm_num_groups", "8", "--network_def#num_head_channels", "8"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 PIL_KINDS = {"real", "palette", "greyalpha", "rgba", "cmyk", "exif", "wide", "tall", "pngasjpg", "jpgaspng"}
 TIMEOUT = 900  # a training subprocess on a busy 2-core machine
 

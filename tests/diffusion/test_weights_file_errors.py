@@ -19,7 +19,7 @@ from medgen.networks.weights_meta import MissingWeightsError, WeightsFileError
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_WEIGHTS = REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt"
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def tiny(channels: tuple[int, int] = (8, 16)) -> ConditionalDiffusionUNet:

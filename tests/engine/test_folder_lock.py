@@ -168,7 +168,7 @@ def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_lin
     samples = tmp_path / "samples"
     sample = ["-m", "medgen.cli", "sample", "cxr_ddpm", "--ckpt", str(run_dir / "model.pt"), "--out", str(samples),
               "--sampler", "ddpm", "--steps", "1000"]
-    long_job = start(*sample, "--per-class", "500")
+    long_job = start(*sample, "--per-class", "500", "--batch-size", "1")  # its first image is written soon
     try:
         wait_for(lambda: (samples / "samples.jsonl").is_file() and (samples / "samples.jsonl").stat().st_size > 0,
                  long_job, "first sample")

@@ -33,7 +33,6 @@ def sha256(path: Path) -> str:
 def medgen(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     """``medgen ARGS`` in ``cwd``, with no run folder base set (so ``./runs`` is the default)."""
     env = {k: v for k, v in os.environ.items() if k != "MEDGEN_RUNS_DIR"}
-    env["OMP_NUM_THREADS"] = "2"
     proc = subprocess.run([sys.executable, "-m", "medgen.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
     if ok:

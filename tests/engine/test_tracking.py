@@ -115,7 +115,7 @@ def train(config: str, data: Path, out: Path | None, *extra: str, runs_dir: Path
            "--dataset_dir", str(data), *where,
            "--max_items_per_class", "4", "--batch_size", "4", "--max_epochs", "2", "--checkpoint_interval", "1",
            "--samples_per_class_in_grid", "2", "--num_workers", "0", *TINY, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", **({"MEDGEN_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
+    env = {**os.environ, **({"MEDGEN_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -22,7 +22,7 @@ from synthetic_dicom import dicom_file
 from medgen.export.dicom_writer import export_images
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 TIMEOUT = 900
 TINY = ["--image_size", "32", "--unet_channels", "[8,16]", "--attention_levels", "[False,False]",
         "--num_res_blocks", "1", "--norm_num_groups", "8", "--network_def#num_head_channels", "8"]
