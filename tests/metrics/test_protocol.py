@@ -169,7 +169,7 @@ def test_bad_requests_stop_with_one_line(tiny_kermany, tmp_path, extra, message)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", ["cxr_ddpm", "brain_mri_score", "cxr_ldm", "brain_mri_ldm"])
+@pytest.mark.parametrize("bundle", ["cxr_ddpm", "brain_mri_score", "cxr_ldm", "brain_mri_ldm", "blood_cells_ddpm"])
 def test_the_figures_a_model_card_quotes_are_the_shipped_weights_at_the_protocol_s_n(bundle, shared_data, monkeypatch,
                                                                                      capsys):
     """quality_<bundle>_protocol_n.json, the figures a card and its metadata quote: measured on the weights (and guide,
