@@ -172,9 +172,9 @@ def test_bad_requests_stop_with_one_line(tiny_kermany, tmp_path, extra, message)
 @pytest.mark.parametrize("bundle", ["cxr_ddpm", "brain_mri_score", "cxr_ldm", "brain_mri_ldm", "blood_cells_ddpm"])
 def test_the_figures_a_model_card_quotes_are_the_shipped_weights_at_the_protocol_s_n(bundle, shared_data, monkeypatch,
                                                                                      capsys):
-    """quality_<bundle>_protocol_n.json, the figures a card and its metadata quote: measured on the weights (and guide,
-    and autoencoder) the bundle ships, at its inference defaults, with as many images per class as the protocol asks
-    of its data."""
+    """quality_<bundle>_protocol_n.json, the figures a card and its metadata.json quote: measured on the weights (and
+    guide, and autoencoder) the bundle ships, at its inference defaults, with as many images per class as the protocol
+    asks of its data; metadata.json's eval_metrics are this JSON's figures."""
     from benchmarks.quality import bundle_datalist, effective_sampling, main
 
     path = REPO / "benchmarks" / "results" / f"quality_{bundle}_protocol_n.json"
@@ -186,3 +186,9 @@ def test_the_figures_a_model_card_quotes_are_the_shipped_weights_at_the_protocol
     assert bool(result.get("guide_sha256")) == (REPO / "bundles" / bundle / "models" / "model_guide.pt").is_file()
     assert result["counts"] == counts
     assert all(result["classes"][name]["floor"]["n"] == n for name, n in counts.items())
+    # and metadata.json's eval_metrics quote this JSON, not an older run
+    quoted = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    for name, figures in [*result["classes"].items(), ("overall", result["overall"])]:
+        assert quoted[f"protocol_fid_ratio_{name}"] == round(figures["fid_ratio"], 2), name
+    assert {name: quoted[f"protocol_images_{name}"] for name in counts} == counts
+    assert quoted["protocol_kid_inception_overall"] == pytest.approx(result["overall"]["generated"]["kid"], abs=5e-4)
