@@ -177,9 +177,12 @@ def init_autoencoder(network: AutoencoderKL, init_weights: str | Path | None = N
     if not train_encoder:
         freeze_encoder(network)
         network.fine_tune["encoder_sha256"] = encoder_sha256(network)
-        # the files whose latents these are: init_weights, and those it was itself decoder-fine-tuned from
-        before = (meta.get("config") or {}).get("same_latents_as") if same_latents(meta, source, None) else None
-        network.fine_tune["same_latents_as"] = [*(before or []), init_sha]
+        # the files whose latents these are: init_weights, and those it was itself decoder-fine-tuned from (weights
+        # written before same_latents_as existed name only their init_sha256, as same_latents reads them)
+        config = meta.get("config") or {}
+        chained = same_latents(meta, source, None)
+        before = (config.get("same_latents_as") or [config.get("init_sha256")]) if chained else []
+        network.fine_tune["same_latents_as"] = [*before, init_sha]
     return network
 
 

@@ -436,6 +436,18 @@ def test_a_frozen_encoder_fine_tunes_only_the_decoder_and_records_whose_latents_
     assert not same_latents(meta, both, sha256_of(start))
 
 
+def test_fine_tuning_the_shipped_cxr_ldm_decoder_again_keeps_the_latents_its_diffusion_weights_were_trained_on():
+    """cxr_ldm's shipped autoencoder is a decoder fine-tuning recorded before same_latents_as existed (init_sha256
+    only): a second fine-tuning from it must still name the file model.json was trained on, or sampling refuses it."""
+    models = Path(__file__).resolve().parents[2] / "bundles" / "cxr_ldm" / "models"
+    shipped = models / "model_autoencoder.pt"
+    trained_on = json.loads((models / "model.json").read_text())["config"]["autoencoder_sha256"]
+    network, meta = load_autoencoder(shipped)
+    assert "same_latents_as" not in meta["config"] and meta["config"]["init_sha256"] == trained_on
+    tuned = init_autoencoder(network, shipped, train_encoder=False)
+    assert tuned.fine_tune["same_latents_as"] == [trained_on, sha256_of(shipped)]
+
+
 def test_fine_tuning_needs_weights_of_the_same_architecture(trained_run, cxr_datalist, tmp_path):
     out, _ = trained_run
     with pytest.raises(ValueError, match="train_encoder false needs init_weights"):
