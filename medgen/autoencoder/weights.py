@@ -177,13 +177,16 @@ def init_autoencoder(network: AutoencoderKL, init_weights: str | Path | None = N
     if not train_encoder:
         freeze_encoder(network)
         network.fine_tune["encoder_sha256"] = encoder_sha256(network)
-        # the files whose latents these are: init_weights, and those it was itself decoder-fine-tuned from (weights
-        # written before same_latents_as existed name only their init_sha256, as same_latents reads them)
-        config = meta.get("config") or {}
-        chained = same_latents(meta, source, None)
-        before = (config.get("same_latents_as") or [config.get("init_sha256")]) if chained else []
+        # the files whose latents these are: init_weights, and those it was itself decoder-fine-tuned from
+        before = latent_origins(meta.get("config") or {}) if same_latents(meta, source, None) else []
         network.fine_tune["same_latents_as"] = [*before, init_sha]
     return network
+
+
+def latent_origins(config: Mapping[str, Any]) -> list[str]:
+    """The files a decoder fine-tuning's ``config`` says it makes the latents of: ``same_latents_as``, or, in weights
+    written before that key existed, ``init_sha256`` alone."""
+    return list(config.get("same_latents_as") or [config.get("init_sha256")])
 
 
 def same_latents(autoencoder_meta: Mapping[str, Any] | None, network: AutoencoderKL,
@@ -195,6 +198,6 @@ def same_latents(autoencoder_meta: Mapping[str, Any] | None, network: Autoencode
     if not autoencoder_meta:
         return False
     config = autoencoder_meta.get("config") or {}
-    origins = config.get("same_latents_as") or [config.get("init_sha256")]
+    origins = latent_origins(config)
     return (bool(config.get("encoder_frozen")) and (recorded_sha256 is None or recorded_sha256 in origins)
             and config.get("encoder_sha256") == encoder_sha256(network))
