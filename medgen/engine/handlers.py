@@ -111,7 +111,10 @@ class LossHistory:
     """Record the mean training loss of each epoch in ``path`` (JSON lines) and on ``engine.state.metrics``, and
     redraw ``training_curves.png`` beside it.
 
-    Each line is appended and fsynced. When a run starts (after a resume), lines of epochs beyond the resumed one
+    Each line is appended and fsynced. A run stopped by its time limit (or ``max_iterations``) ends without ignite's
+    ``EPOCH_COMPLETED``: its last epoch gets a line too, marked ``"partial": true`` with the ``iterations`` it covers
+    when the epoch was cut short. A resumed run carries that partial mean on and replaces the line with the whole
+    epoch's when the epoch completes. When a run starts (after a resume), lines of epochs beyond the resumed one
     (trained by a run that was killed before its next checkpoint) and a line cut short by a kill are dropped, so
     the file holds one line per epoch of the weights. A non-finite loss stops training with one line before any
     checkpoint or ``model.pt`` is written from the diverged weights.
@@ -126,15 +129,27 @@ class LossHistory:
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+        engine.add_event_handler(Events.TERMINATE, self._write_stopped)
 
     def _start(self, engine: Engine) -> None:
         self._sum, self._n = 0.0, 0
         if not self.path.is_file():
             return
-        text = self.path.read_text(encoding="utf-8", errors="replace")
-        kept = [r for r in read_json_lines(self.path) if int(r.get("epoch", 0)) <= engine.state.epoch]
-        lines = "".join(json.dumps(r) + "\n" for r in kept)
-        if lines != text:
+        epoch, iteration = engine.state.epoch, engine.state.iteration
+        kept = []
+        for r in read_json_lines(self.path):
+            if not r.get("partial"):
+                if int(r.get("epoch", 0)) <= epoch:
+                    kept.append(r)
+            elif int(r.get("epoch", 0)) == epoch + 1 and int(r.get("iteration", -1)) == iteration:
+                kept.append(r)  # the epoch these weights stopped in: its mean so far goes on
+                self._n = int(r.get("iterations", 0))
+                self._sum = float(r["loss"]) * self._n
+        self._rewrite(kept)
+
+    def _rewrite(self, records: list[dict]) -> None:
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        if lines != self.path.read_text(encoding="utf-8", errors="replace"):
             write_text_atomic(lines, self.path)
 
     def _accumulate(self, engine: Engine) -> None:
@@ -148,13 +163,26 @@ class LossHistory:
         self._sum += loss
         self._n += 1
 
-    def _write(self, engine: Engine) -> None:
+    def _write(self, engine: Engine, partial: bool = False) -> None:
         mean = self._sum / max(self._n, 1)
-        engine.state.metrics["train_loss_epoch"] = mean  # "train_loss" is the per-iteration value
-        append_line(self.path, json.dumps({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
-                                           "loss": mean}))
+        record = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "loss": mean}
+        if partial:
+            record.update(iterations=self._n, partial=True)
+        else:
+            engine.state.metrics["train_loss_epoch"] = mean  # "train_loss" is the per-iteration value
+        if self.path.is_file():  # an earlier partial line of this epoch gives way to this one
+            records = read_json_lines(self.path)
+            self._rewrite([r for r in records if not (r.get("partial") and r.get("epoch") == record["epoch"])])
+        append_line(self.path, json.dumps(record))
         self._sum, self._n = 0.0, 0
         write_training_curves(self.path.parent, loss_name=self.path.name)
+
+    def _write_stopped(self, engine: Engine) -> None:
+        """A stop by ``terminate()`` (time limit, ``max_iterations``): ignite fires no ``EPOCH_COMPLETED`` even on an
+        epoch's last iteration, so the line is written here; partial unless the epoch was done."""
+        if self._n:
+            length = engine.state.epoch_length
+            self._write(engine, partial=not (length and engine.state.iteration % length == 0))
 
 
 class LossProgressBar:

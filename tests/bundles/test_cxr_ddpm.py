@@ -192,11 +192,17 @@ def test_time_limit_stops_cleanly_and_the_next_run_continues(kermany, tmp_path):
     final = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     iterations = final["trainer"]["iteration"]
     assert 0 < iterations < 1000 * 2 and (out / "model.pt").is_file()
+    losses = [json.loads(x) for x in (out / "loss.jsonl").read_text().splitlines()]
+    assert losses[-1]["iteration"] == iterations  # the epoch the limit stopped in has its line (2 iterations an epoch)
+    assert losses[-1].get("partial", False) == bool(iterations % 2)
     resumed = run(bundle_cmd("training", TRAIN, *train_args(kermany, out, iterations // 2 + 2)))
     log = resumed.stdout + resumed.stderr
     assert f"resumed from {out / 'checkpoints' / 'checkpoint_final.pt'}" in log
     again = torch.load(out / "checkpoints" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert again["trainer"]["iteration"] == (iterations // 2 + 2) * 2
+    losses = [json.loads(x) for x in (out / "loss.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in losses] == list(range(1, iterations // 2 + 3))  # whole epochs, the cut one completed
+    assert not any(r.get("partial") for r in losses)
 
 
 def test_bad_input_gives_one_clear_line(tmp_path, small_cxr_tree):

@@ -271,3 +271,47 @@ def test_loss_log_drops_epochs_the_resumed_weights_never_had_and_a_torn_line(tmp
     LossHistory(log).attach(engine)
     engine.run(range(2), max_epochs=3)
     assert [r["epoch"] for r in map(json.loads, log.read_text().splitlines())] == [1, 2, 3]
+
+
+def _losses(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_a_run_stopped_by_its_limit_keeps_the_loss_of_the_epoch_it_stopped_in_and_its_resume_completes_it(tmp_path):
+    from medgen.engine import ResumeFromLatest
+
+    log, ckpt = tmp_path / "loss.jsonl", tmp_path / "ckpt"
+
+    def run(max_iterations: int) -> Engine:
+        net = torch.nn.Linear(2, 2)
+        engine = Engine(lambda e, b: {"loss": float(e.state.iteration)})  # iteration i has loss i
+        ResumeFromLatest(ckpt, {"model": net}).attach(engine)
+        TimeLimit(max_iterations=max_iterations).attach(engine)
+        LossHistory(log).attach(engine)
+        _saver(net, ckpt).attach(engine)
+        engine.run(range(4), max_epochs=10)
+        return engine
+
+    run(6)  # epoch 1 (iterations 1-4), then 5 and 6 of epoch 2
+    assert _losses(log) == [{"epoch": 1, "iteration": 4, "loss": 2.5},
+                            {"epoch": 2, "iteration": 6, "loss": 5.5, "iterations": 2, "partial": True}]
+    assert (tmp_path / "training_curves.png").is_file()
+    run(12)  # resumed at iteration 6: epoch 2 completes over all its iterations (5-8), epoch 3 stops on its last
+    assert _losses(log) == [{"epoch": 1, "iteration": 4, "loss": 2.5}, {"epoch": 2, "iteration": 8, "loss": 6.5},
+                            {"epoch": 3, "iteration": 12, "loss": 10.5}]
+
+
+def test_a_partial_loss_line_the_resumed_weights_never_reached_is_dropped(tmp_path):
+    log = tmp_path / "loss.jsonl"
+    for record in ({"epoch": 1, "iteration": 4, "loss": 2.5},
+                   {"epoch": 2, "iteration": 6, "loss": 5.5, "iterations": 2, "partial": True}):
+        append_line(log, json.dumps(record))
+    engine = Engine(lambda e, b: {"loss": 1.0})
+
+    @engine.on(Events.STARTED)
+    def resumed(e):  # the epoch-1 checkpoint, not the run's final one at iteration 6
+        e.state.epoch, e.state.iteration = 1, 4
+
+    LossHistory(log).attach(engine)
+    engine.run(range(4), max_epochs=2)
+    assert _losses(log) == [{"epoch": 1, "iteration": 4, "loss": 2.5}, {"epoch": 2, "iteration": 8, "loss": 1.0}]
