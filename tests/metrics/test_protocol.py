@@ -192,3 +192,42 @@ def test_the_figures_a_model_card_quotes_are_the_shipped_weights_at_the_protocol
         assert quoted[f"protocol_fid_ratio_{name}"] == round(figures["fid_ratio"], 2), name
     assert {name: quoted[f"protocol_images_{name}"] for name in counts} == counts
     assert quoted["protocol_kid_inception_overall"] == pytest.approx(result["overall"]["generated"]["kid"], abs=5e-4)
+
+
+def _card_tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables of a model card: rows of cells (the header row first, the |---| row dropped)."""
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip().strip("*").strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+@pytest.mark.parametrize("bundle", ["cxr_ddpm", "brain_mri_score", "cxr_ldm", "brain_mri_ldm", "blood_cells_ddpm"])
+def test_a_model_card_s_first_table_at_the_protocol_s_n_is_the_protocol_json(bundle):
+    """The card's own text: its first FID table with the protocol's N per class quotes quality_<bundle>_protocol_n.json
+    (FID, floor FID and their ratio, as rounded in the card), not an older run's figures."""
+    result = json.loads((REPO / "benchmarks" / "results" / f"quality_{bundle}_protocol_n.json").read_text())
+    figures = {**result["classes"], "overall": result["overall"]}
+    counts = {name: str(c["generated"]["n"]) for name, c in figures.items()}
+    card = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
+    for table in _card_tables(card):
+        header, body = table[0], {row[0]: row for row in table[1:]}
+        if header[:5] != ["class", "N", "FID", "floor FID", "FID / floor"]:
+            continue
+        if all(name in body and body[name][1] == n for name, n in counts.items() if name != "overall"):
+            break
+    else:
+        pytest.fail(f"{bundle}'s card has no FID table with the protocol's N {counts}")
+    for name, row in body.items():
+        quoted = figures[name]
+        assert row[1] == counts[name], name
+        for cell, value in ((row[2], quoted["generated"]["fid"]), (row[3], quoted["floor"]["fid"]),
+                            (row[4], quoted["fid_ratio"])):
+            places = len(cell.partition(".")[2])
+            assert float(cell) == round(value, places), f"{name}: the card says {cell}, the JSON {value}"
