@@ -124,6 +124,7 @@ class LossHistory:
         self.path = Path(path)
         self._sum = 0.0
         self._n = 0
+        self._carried = False  # the file holds a partial line of the epoch under way (a resumed run's)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -132,7 +133,7 @@ class LossHistory:
         engine.add_event_handler(Events.TERMINATE, self._write_stopped)
 
     def _start(self, engine: Engine) -> None:
-        self._sum, self._n = 0.0, 0
+        self._sum, self._n, self._carried = 0.0, 0, False
         if not self.path.is_file():
             return
         epoch, iteration = engine.state.epoch, engine.state.iteration
@@ -143,6 +144,7 @@ class LossHistory:
                     kept.append(r)
             elif int(r.get("epoch", 0)) == epoch + 1 and int(r.get("iteration", -1)) == iteration:
                 kept.append(r)  # the epoch these weights stopped in: its mean so far goes on
+                self._carried = True
                 self._n = int(r.get("iterations", 0))
                 self._sum = float(r["loss"]) * self._n
         self._rewrite(kept)
@@ -170,9 +172,9 @@ class LossHistory:
             record.update(iterations=self._n, partial=True)
         else:
             engine.state.metrics["train_loss_epoch"] = mean  # "train_loss" is the per-iteration value
-        if self.path.is_file():  # an earlier partial line of this epoch gives way to this one
-            records = read_json_lines(self.path)
-            self._rewrite([r for r in records if not (r.get("partial") and r.get("epoch") == record["epoch"])])
+        if self._carried:  # the partial line this run resumed gives way to this one
+            self._rewrite([r for r in read_json_lines(self.path) if not r.get("partial")])
+            self._carried = False
         append_line(self.path, json.dumps(record))
         self._sum, self._n = 0.0, 0
         write_training_curves(self.path.parent, loss_name=self.path.name)
