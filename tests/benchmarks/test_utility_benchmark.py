@@ -87,10 +87,16 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert 'id="utility"' in page and "AUC NORMAL [95% CI]" in page and "data:image/png;base64," in page
     assert json.loads((synth / "utility.json").read_text())["weights_sha256"] == result["weights_sha256"]
 
-    again = run_benchmark(*args)  # the synthetic set is reused, not sampled again
+    # the synthetic set is reused, not sampled again; --image-size resizes real and synthetic images alike
+    again = run_benchmark(*args, "--image-size", "32")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "sampling" not in again.stdout.split("real:")[0]
-    assert json.loads((out / "utility_cxr_ddpm.json").read_text())["synthetic"]["generated_now"] == 0
+    assert "sampling" not in again.stdout.split("real:")[0] and "test images at 32x32" in again.stdout
+    rerun = json.loads((out / "utility_cxr_ddpm.json").read_text())
+    assert rerun["synthetic"]["generated_now"] == 0
+    assert (rerun["image_size"], rerun["model_image_size"]) == (32, 64)
+    tiny = run_benchmark(*args, "--image-size", "8")
+    assert tiny.returncode == 2
+    assert tiny.stderr.strip().splitlines() == ["error: --image-size 8: give at least 16 pixels"]
 
     # the bundle's default sampling autoguides: the result names the guide; other settings for the same folder fail
     guide = REPO / "bundles" / "cxr_ddpm" / "models" / "model_guide.pt"
