@@ -35,7 +35,7 @@ demo: setup
 # Each worker, and every process its tests start, computes on one thread (tests/conftest.py). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
 test: setup system-deps
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
