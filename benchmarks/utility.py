@@ -14,7 +14,8 @@
 2. Real images: the data set's own training and test folders, read as training reads them.
 3. Classifiers (:mod:`medgen.metrics.classifier`): real only vs real + synthetic at each ``--sizes`` real images per
    class, one per ``--seeds`` (each seed draws its own real subset), all with ``--steps`` optimizer steps; and one on
-   synthetic images alone. All tested on the real test split.
+   synthetic images alone. All tested on the real test split, at the weights' image size or ``--image-size`` (64
+   compares a 256x256 model's samples with the same real images as the 64x64 models').
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain and its CI, F1, confusion matrices, McNemar
    (Bonferroni across the sizes). Prints a table; writes ``utility_<bundle>.json`` (weights sha256, sampler, steps,
    guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and ``.html`` into
