@@ -329,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
     classes = list(meta_value(meta, "classes", []) or [])
     if not classes:
         raise UtilityError(f"{weights} records no classes (no model.json beside it): use weights medgen trained")
-    size = int(args.image_size or meta_value(meta, "image_size", 64))
+    model_size = int(meta_value(meta, "image_size", 64))
+    size = int(args.image_size or model_size)
     if size < 16:
         raise UtilityError(f"--image-size {size}: give at least 16 pixels")
     settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance)
@@ -358,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         "weights": str(weights),
         "weights_sha256": weights_digest(weights),
         "image_size": size,
-        "model_image_size": int(meta_value(meta, "image_size", 64)),
+        "model_image_size": model_size,
         "sampler": settings["sampler"],
         "steps": settings["steps"],
         "guidance_scale": settings["guidance_scale"],
@@ -384,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
               else f"guidance {settings['guidance_scale']}")
     fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {guided}, {args.synthetic_per_class} "
                            f"synthetic per class, seeds {seeds}, {args.steps} steps per classifier"
-                           + (f", classifier at {size}x{size}" if size != result["model_image_size"] else ""))
+                           + (f", classifier at {size}x{size}" if size != model_size else ""))
     png = args.out / f"utility_{name}.png"
     fig.savefig(png, dpi=110, bbox_inches="tight")
     html = write_utility_report(args.out / f"utility_{name}.html", result)
