@@ -68,15 +68,19 @@ def train_classifier(
     seed: int = 0,
     log: bool = False,
     max_steps: int | None = None,
+    init: torch.nn.Module | None = None,
 ) -> ResNet:
     """Train :func:`build_classifier` on N x 1 x H x W images in [0, 1] with class-weighted cross-entropy.
 
     ``max_steps`` stops after that many optimizer steps (the one-cycle schedule spans them), so classifiers trained
-    on sets of different sizes can get the same compute."""
+    on sets of different sizes can get the same compute. ``init``: start from a copy of this classifier's weights
+    (fine-tuning; ``init`` itself is left as it is)."""
     require("classifier training", 2 * num_classes, len(images))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_classifier(num_classes, in_channels=int(images.shape[1]))
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
     weights = torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1.0)), dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)

@@ -1,12 +1,14 @@
 """Downstream utility: does adding synthetic images help a classifier trained on few real ones?
 
 For each real-data size (images per class) a classifier (:mod:`medgen.metrics.classifier`) is trained on (a) real
-only and (b) real + synthetic images, for one or several seeds (each seed draws its own real subset), and a third
+only and (b) real + synthetic images, for one or several seeds (each seed draws its own real subset), optionally
+(c) the synthetic-only classifier fine-tuned on the same real images (pre-training on synthetic data), and one more
 classifier on synthetic images alone (train on synthetic, test on real). All are evaluated on the held-out real test
 set: one-vs-rest AUC per class with a percentile-bootstrap 95% interval over test images (Mann-Whitney U from
-scipy; with several seeds the interval is that of the mean over seeds), the paired AUC gain of (b) over (a) with its
-interval, F1 per class (MONAI's confusion-matrix metric), confusion matrices, and McNemar's exact test (scipy
-``binomtest``) between the two arms' predictions per seed, Bonferroni-corrected across the sizes. Written here: the
+scipy; with several seeds the interval is that of the mean over seeds), the paired AUC gain of (b) and (c) over
+(a) with its interval, F1 per class (MONAI's confusion-matrix metric), confusion matrices, and McNemar's exact test
+(scipy ``binomtest``) between (a)'s predictions and (b)'s or (c)'s per seed, Bonferroni-corrected across every such
+test. Written here: the
 bootstrap of paired and seed-averaged AUCs, the Bonferroni step and the K x K confusion matrix, which scipy and MONAI
 lack.
 """
@@ -18,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +30,10 @@ from medgen.metrics.classifier import predict_proba, train_classifier
 from medgen.metrics.errors import require
 from medgen.metrics.image_sets import ImageSet
 
-#: arm names, in table order
-REAL, REAL_SYN, SYN = "real", "real+synthetic", "synthetic only"
+#: arm names, in table order; TUNED: the synthetic-only classifier fine-tuned on the real subset
+REAL, REAL_SYN, TUNED, SYN = "real", "real+synthetic", "synthetic, then real", "synthetic only"
+#: the arms compared with real only, and the result keys of their AUC gains and McNemar tests
+COMPARED = {REAL_SYN: ("auc_gain", "mcnemar"), TUNED: ("auc_gain_fine_tuned", "mcnemar_fine_tuned")}
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -171,6 +176,7 @@ def utility_experiment(
     synthetic_per_class: int | str | None = None,
     steps: int | None = None,
     synthetic_only: bool = True,
+    fine_tune_lr: float | None = None,
 ) -> dict:
     """Real-only vs real + synthetic classifiers at several real sizes per class (``None`` = all), and a
     synthetic-only one; every score on ``real_test``.
@@ -183,6 +189,8 @@ def utility_experiment(
         steps: optimizer steps per classifier, the same for every arm (equal compute); ``None``: at least
             ``epochs`` epochs and ``min_steps`` steps.
         synthetic_only: also train on synthetic images alone (all of them) and test on real.
+        fine_tune_lr: also fine-tune each seed's synthetic-only classifier on that seed's real subset, ``steps``
+            steps peaking at this learning rate (arm ``"synthetic, then real"``); ``None``: not.
     """
     k = len(real_train.classes)
     require("utility experiment", 2 * k, len(real_test), "real test images")
@@ -191,19 +199,20 @@ def utility_experiment(
     counts = np.bincount(real_train.labels, minlength=k)
     minority = real_train.classes[int(np.argmin(counts))]
     rows: list[dict] = []
-    tests: list[dict] = []
-    gains: list[dict] = []
+    compared = [REAL_SYN] + ([TUNED] if fine_tune_lr else [])
+    tests: dict[str, list[dict]] = {arm: [] for arm in compared}
+    gains: dict[str, list[dict]] = {arm: [] for arm in compared}
 
-    def fit(x: np.ndarray, y: np.ndarray, s: int) -> tuple[np.ndarray, int]:
+    def fit(x: np.ndarray, y: np.ndarray, s: int, **kw: Any) -> tuple[np.ndarray, int, torch.nn.Module]:
         per_epoch = int(np.ceil(len(x) / batch_size))
         if steps:
             ep, cap = int(np.ceil(steps / per_epoch)), steps
         else:
             ep, cap = max(epochs, int(np.ceil(min_steps / per_epoch))), None
-        model = train_classifier(x, y, k, epochs=ep, batch_size=batch_size, seed=s, max_steps=cap)
-        return predict_proba(model, real_test.images), (cap or ep * per_epoch)
+        model = train_classifier(x, y, k, epochs=ep, batch_size=batch_size, seed=s, max_steps=cap, **kw)
+        return predict_proba(model, real_test.images), (cap or ep * per_epoch), model
 
-    def summarise(size: int | str, arm: str, probs: list[np.ndarray], info: dict, t0: float) -> dict:
+    def summarise(size: int | str, arm: str, probs: list[np.ndarray], info: dict, seconds: float) -> dict:
         stack = np.stack(probs)  # R x N x K
         preds = stack.argmax(2)
         cms = [confusion_matrix(truth, p, k) for p in preds]
@@ -223,18 +232,26 @@ def utility_experiment(
             "f1": {name: float(np.mean([f[c] for f in f1s])) for c, name in enumerate(real_test.classes)},
             "confusion_matrix": np.sum(cms, axis=0).tolist(),
             "confusion_matrix_per_seed": [cm.tolist() for cm in cms],
-            "seconds": round(time.time() - t0, 1),
+            "seconds": round(seconds, 1),
         }
         if log:
             aucs = ", ".join(f"{n} {v['auc']:.3f}" for n, v in per_class.items())
             print(f"utility {size} {arm}: acc {row['accuracy']:.3f}, AUC {aucs} ({row['seconds']:.0f} s)", flush=True)
         return row
 
+    # synthetic only, one classifier per seed: its own row, and the start of the fine-tuned arm
+    pretrained: dict[int, torch.nn.Module] = {}
+    probs_syn, t_syn, syn_steps = [], time.time(), 0
+    if synthetic_only or fine_tune_lr:
+        for s in seeds:
+            prob, syn_steps, pretrained[s] = fit(synthetic.images, synthetic.labels, s)
+            probs_syn.append(prob)
+        t_syn = time.time() - t_syn
     for n in sizes:
         name = _size_name(n)
-        probs: dict[str, list[np.ndarray]] = {REAL: [], REAL_SYN: []}
+        probs: dict[str, list[np.ndarray]] = {REAL: [], **{arm: [] for arm in compared}}
         info: dict[str, dict] = {}
-        t0 = {REAL: 0.0, REAL_SYN: 0.0}
+        t0 = dict.fromkeys(probs, 0.0)
         for s in seeds:
             rng = np.random.default_rng(s)
             idx = _take_per_class(real_train.labels, n, rng)
@@ -247,42 +264,47 @@ def utility_experiment(
                     np.concatenate([real_train.labels[idx], synthetic.labels[syn]]),
                 ),
             }
+            if fine_tune_lr:
+                arms[TUNED] = arms[REAL]
             for arm, (x, y) in arms.items():
                 start = time.time()
-                prob, used = fit(x, y, s)
+                tuning = {"init": pretrained[s], "lr": fine_tune_lr} if arm == TUNED else {}
+                prob, used, _ = fit(x, y, s, **tuning)
                 t0[arm] += time.time() - start
                 probs[arm].append(prob)
                 info[arm] = {"n_real": int(len(idx)), "n_synthetic": int(len(syn)) if arm == REAL_SYN else 0,
                              "n_train": int(len(x)), "steps": int(used), "batch_size": batch_size}
-        for arm in (REAL, REAL_SYN):
-            rows.append(summarise(name, arm, probs[arm], info[arm], time.time() - t0[arm]))
-        per_seed = [mcnemar(a.argmax(1) == truth, b.argmax(1) == truth) for a, b in zip(probs[REAL], probs[REAL_SYN])]
-        tests.append({"real_per_class": name, **per_seed[0], "per_seed": per_seed})
-        gains.append({"real_per_class": name, **{
-            c: auc_gain_with_ci(np.stack(probs[REAL])[:, :, i], np.stack(probs[REAL_SYN])[:, :, i], truth == i, boots,
-                                seeds[0])
-            for i, c in enumerate(real_test.classes)
-        }})
-    # Bonferroni across the sizes, for each seed's family of tests
+                if arm == TUNED:
+                    info[arm].update(n_synthetic=int(len(synthetic)), pretrain_steps=int(syn_steps),
+                                     lr=float(fine_tune_lr))
+        for arm in probs:
+            rows.append(summarise(name, arm, probs[arm], info[arm], t0[arm]))
+        for arm in compared:
+            per_seed = [mcnemar(a.argmax(1) == truth, b.argmax(1) == truth) for a, b in zip(probs[REAL], probs[arm])]
+            tests[arm].append({"real_per_class": name, **per_seed[0], "per_seed": per_seed})
+            gains[arm].append({"real_per_class": name, **{
+                c: auc_gain_with_ci(np.stack(probs[REAL])[:, :, i], np.stack(probs[arm])[:, :, i], truth == i, boots,
+                                    seeds[0])
+                for i, c in enumerate(real_test.classes)
+            }})
+    # Bonferroni across every test made (sizes x arms compared with real only), for each seed's family of tests
+    family = [t for arm in compared for t in tests[arm]]
     for r in range(len(seeds)):
-        adjusted = bonferroni([t["per_seed"][r]["p_value"] for t in tests])
-        for t, p in zip(tests, adjusted):
+        adjusted = bonferroni([t["per_seed"][r]["p_value"] for t in family])
+        for t, p in zip(family, adjusted):
             t["per_seed"][r]["p_bonferroni"] = p
-    for t in tests:
+    for t in family:
         t["p_bonferroni"] = t["per_seed"][0]["p_bonferroni"]
     if synthetic_only:
-        probs_syn, start = [], time.time()
-        for s in seeds:
-            prob, used = fit(synthetic.images, synthetic.labels, s)
-            probs_syn.append(prob)
         info_syn = {"n_real": 0, "n_synthetic": int(len(synthetic)), "n_train": int(len(synthetic)),
-                    "steps": int(used), "batch_size": batch_size}
-        rows.append(summarise(0, SYN, probs_syn, info_syn, start))
+                    "steps": int(syn_steps), "batch_size": batch_size}
+        rows.append(summarise(0, SYN, probs_syn, info_syn, t_syn))
     return {
         "rows": rows,
-        "mcnemar": tests,
-        "auc_gain": gains,
-        "bonferroni_tests": len(tests),
+        **{key: value for arm in compared
+           for key, value in zip(COMPARED[arm], (gains[arm], tests[arm]))},
+        "fine_tune_lr": fine_tune_lr,
+        "bonferroni_tests": len(family),
         "test_images": len(real_test),
         "test_per_class": np.bincount(truth, minlength=k).tolist(),
         "train_per_class": counts.tolist(),

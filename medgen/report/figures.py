@@ -101,13 +101,16 @@ def _utility_classes(utility: dict) -> list[str]:
 
 def utility_plot(utility: dict, title: str | None = None) -> plt.Figure:
     """AUC on real test images (bootstrap 95% CI bars) against real training images per class: real only vs
-    real + synthetic, and synthetic only (train on synthetic, test on real) as a dashed line with its interval."""
+    real + synthetic (and the synthetic-only classifier fine-tuned on the real images, where run), and synthetic only
+    (train on synthetic, test on real) as a dashed line with its interval."""
     classes = _utility_classes(utility)
     fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), squeeze=False)
     sizes = list(dict.fromkeys(r["real_per_class"] for r in utility["rows"] if r["arm"] != "synthetic only"))
     for ax, cls in zip(axes[0], classes):
-        for arm, shift in (("real", -0.06), ("real+synthetic", 0.06)):
+        for arm, shift in (("real", -0.08), ("real+synthetic", 0.0), ("synthetic, then real", 0.08)):
             rows = {r["real_per_class"]: r for r in utility["rows"] if r["arm"] == arm}
+            if not rows:
+                continue
             xs = [i + shift for i, s in enumerate(sizes) if s in rows]
             a = [rows[s]["auc"][cls] for s in sizes if s in rows]
             y = np.array([v["auc"] for v in a])

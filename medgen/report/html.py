@@ -14,6 +14,7 @@ import numpy as np
 from medgen.fileio import write_text_atomic
 from medgen.metrics.image_sets import ImageSet
 from medgen.metrics.memorisation import EVALUATE_PHI_NOTE, AuditResult, closest_pairs_canvas
+from medgen.metrics.utility import COMPARED
 from medgen.report.figures import (
     audit_figure,
     histogram_figure,
@@ -59,20 +60,19 @@ def _auc_cell(a: dict) -> str:
 
 def utility_section(ut: dict | None, note: str = "") -> str:
     """The "Downstream utility" section: per real size and arm, AUC per class with bootstrap 95% CI, F1, accuracy,
-    the AUC gain of real + synthetic over real only, McNemar (raw and Bonferroni-corrected across sizes), the
+    the AUC gain of each synthetic arm over real only, McNemar (raw and Bonferroni-corrected across the tests), the
     confusion matrices and the AUC plot; ``ut`` is what :func:`medgen.metrics.utility.utility_experiment` returns."""
     head = '<h2 id="utility">Downstream utility</h2>'
     if not ut:
         return head + "<p class='note'>not run (enable with utility sizes, or give a utility JSON).</p>"
     classes = list(ut["classes"])
-    tests = {t["real_per_class"]: t for t in ut.get("mcnemar", [])}
-    gains = {g["real_per_class"]: g for g in ut.get("auc_gain", [])}
+    tests = {(arm, t["real_per_class"]): t for arm, (_, key) in COMPARED.items() for t in ut.get(key, [])}
+    gains = {(arm, g["real_per_class"]): g for arm, (key, _) in COMPARED.items() for g in ut.get(key, [])}
     minority = ut.get("minority_class") or classes[-1]
     rows = []
     for r in ut["rows"]:
-        size, t, g = r["real_per_class"], {}, {}
-        if r["arm"] == "real+synthetic":
-            t, g = tests.get(size, {}), gains.get(size, {}).get(minority, {})
+        size = r["real_per_class"]
+        t, g = tests.get((r["arm"], size), {}), gains.get((r["arm"], size), {}).get(minority, {})
         rows.append(
             [
                 size if r["arm"] != "synthetic only" else "0 (synthetic only)",
@@ -95,9 +95,9 @@ def utility_section(ut: dict | None, note: str = "") -> str:
     parts.append(_table(header, rows))
     parts.append(
         "<p class='note'>AUC: one-vs-rest on the real held-out test set, mean over classifier seeds, percentile "
-        "bootstrap 95% interval over test images. McNemar: exact test of real only vs real + synthetic on the same "
-        f"test images (first seed), Bonferroni-corrected across the {ut.get('bonferroni_tests', len(tests))} "
-        f"sizes. Minority class of the training data: {html.escape(str(minority))}.</p>"
+        "bootstrap 95% interval over test images. McNemar: exact test of real only vs the arm of that row on the "
+        f"same test images (first seed), Bonferroni-corrected across the {ut.get('bonferroni_tests', len(tests))} "
+        f"tests (sizes x arms). Minority class of the training data: {html.escape(str(minority))}.</p>"
     )
     cm_rows = [
         [r["real_per_class"], r["arm"], " | ".join(" ".join(str(v) for v in row) for row in r["confusion_matrix"])]

@@ -75,12 +75,18 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert result["synthetic"]["seeds"] == {"NORMAL": [0, 1], "PNEUMONIA": [2, 3]}
     assert result["machine"]["cores"] and result["classifier"]["seeds"] == [0]
     ut = result["utility"]
-    assert [r["arm"] for r in ut["rows"]] == ["real", "real+synthetic", "real", "real+synthetic", "synthetic only"]
+    tuned = "synthetic, then real"  # the synthetic-only classifier fine-tuned on the real images, by default
+    assert [r["arm"] for r in ut["rows"]] == ["real", "real+synthetic", tuned, "real", "real+synthetic", tuned,
+                                              "synthetic only"]
+    assert result["classifier"]["fine_tune_lr"] == 5e-4 and ut["rows"][2]["lr"] == 5e-4
     assert ut["test_per_class"] == [6, 6] and ut["rows"][-1]["n_train"] == 4
     for r in ut["rows"]:
         for a in r["auc"].values():
             assert a["ci_low"] <= a["auc"] <= a["ci_high"]
-    assert all(t["p_bonferroni"] == pytest.approx(min(1.0, 2 * t["p_value"])) for t in ut["mcnemar"])
+    tests = ut["mcnemar"] + ut["mcnemar_fine_tuned"]  # 2 sizes x 2 arms compared with real only
+    assert all(t["p_bonferroni"] == pytest.approx(min(1.0, 4 * t["p_value"])) for t in tests)
+    target = result["target"]
+    assert set(target["gain_at_by_arm"]) == {"real+synthetic", tuned} and "target: AUC gain >= +0.05" in first.stdout
     with Image.open(out / "utility_cxr_ddpm.png") as im:
         assert im.format == "PNG" and im.size[0] > 200
     page = (out / "utility_cxr_ddpm.html").read_text()
@@ -88,15 +94,19 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert json.loads((synth / "utility.json").read_text())["weights_sha256"] == result["weights_sha256"]
 
     # the synthetic set is reused, not sampled again; --image-size resizes real and synthetic images alike
-    again = run_benchmark(*args, "--image-size", "32")
+    again = run_benchmark(*args, "--image-size", "32", "--fine-tune-lr", "0")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "sampling" not in again.stdout.split("real:")[0] and "test images at 32x32" in again.stdout
     rerun = json.loads((out / "utility_cxr_ddpm.json").read_text())
     assert rerun["synthetic"]["generated_now"] == 0
     assert (rerun["image_size"], rerun["model_image_size"]) == (32, 64)
+    assert tuned not in {r["arm"] for r in rerun["utility"]["rows"]}  # --fine-tune-lr 0 leaves that arm out
     tiny = run_benchmark(*args, "--image-size", "8")
     assert tiny.returncode == 2
     assert tiny.stderr.strip().splitlines() == ["error: --image-size 8: give at least 16 pixels"]
+    wild = run_benchmark(*args, "--fine-tune-lr", "2")
+    assert wild.returncode == 2 and wild.stderr.strip().splitlines() == [
+        "error: --fine-tune-lr 2.0: give a learning rate in (0, 1], or 0 to leave that arm out"]
 
     # the bundle's default sampling autoguides: the result names the guide; other settings for the same folder fail
     guide = REPO / "bundles" / "cxr_ddpm" / "models" / "model_guide.pt"

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from medgen.metrics.utility import (
     auc,
@@ -58,6 +59,21 @@ def test_confusion_matrix_and_f1_on_known_predictions():
     assert f1_per_class(truth, pred, 3) == pytest.approx([0.5, 4 / 7, 0.0])
 
 
+def test_fine_tuning_starts_from_the_given_classifier_and_leaves_it_as_it_was():
+    from medgen.metrics.classifier import train_classifier
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((8, 1, 16, 16), dtype=np.float32), np.array([0, 1] * 4)
+    base = train_classifier(images, labels, 2, epochs=1, batch_size=4, seed=0, augment=False)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = train_classifier(images[::-1].copy(), labels, 2, epochs=1, batch_size=4, seed=1, lr=1e-12, init=base)
+    fresh = train_classifier(images[::-1].copy(), labels, 2, epochs=1, batch_size=4, seed=1, lr=1e-12)
+    w = "conv1.weight"
+    assert torch.allclose(tuned.state_dict()[w], before[w], atol=1e-9)  # a learning rate of ~0 keeps the start
+    assert not torch.allclose(fresh.state_dict()[w], before[w], atol=1e-3)  # without init: a new random start
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the pre-trained one untouched
+
+
 def test_read_utility_json_refuses_what_is_not_a_utility_result(tmp_path):
     assert read_utility_json(tmp_path / "absent.json", required=False) is None
     with pytest.raises(FileNotFoundError, match="absent.json"):
@@ -80,17 +96,29 @@ def test_utility_experiment_on_real_xrays_reports_every_arm_and_corrects_across_
     train, test = real("train", 10), real("test", 8)
     synthetic = train.subset(np.arange(0, len(train), 2))  # stands in for generated images: 5 per class
     r = utility_experiment(train, synthetic, test, sizes=(3, None), steps=2, batch_size=8, boots=30, seeds=[0, 1],
-                           synthetic_per_class="match")
+                           synthetic_per_class="match", fine_tune_lr=5e-4)
     arms = [(row["real_per_class"], row["arm"]) for row in r["rows"]]
-    assert arms == [(3, "real"), (3, "real+synthetic"), ("all", "real"), ("all", "real+synthetic"),
-                    (0, "synthetic only")]
-    assert r["rows"][1]["n_synthetic"] == 6 and r["rows"][3]["n_synthetic"] == 10  # matched, capped at what exists
+    assert arms == [(3, "real"), (3, "real+synthetic"), (3, "synthetic, then real"), ("all", "real"),
+                    ("all", "real+synthetic"), ("all", "synthetic, then real"), (0, "synthetic only")]
+    assert r["rows"][1]["n_synthetic"] == 6 and r["rows"][4]["n_synthetic"] == 10  # matched, capped at what exists
+    tuned = r["rows"][2]  # the synthetic-only classifier (all 10 synthetic), fine-tuned on the 6 real images
+    assert (tuned["n_real"], tuned["n_train"], tuned["n_synthetic"], tuned["pretrain_steps"], tuned["lr"]) == (
+        6, 6, 10, 2, 5e-4)
+    assert [g["real_per_class"] for g in r["auc_gain_fine_tuned"]] == [3, "all"]
+    assert set(r["auc_gain_fine_tuned"][0]) == {"real_per_class", "NORMAL", "PNEUMONIA"}
     for row in r["rows"]:
         assert np.sum(row["confusion_matrix"]) == 2 * len(test)  # summed over the two seeds
         assert set(row["f1"]) == {"NORMAL", "PNEUMONIA"} and row["steps"] == 2
         for a in row["auc"].values():
             assert a["ci_low"] <= a["auc"] <= a["ci_high"] and len(a["per_seed"]) == 2
-    for t in r["mcnemar"]:
+    for t in r["mcnemar"] + r["mcnemar_fine_tuned"]:  # 2 sizes x 2 arms compared with real only
         for s in t["per_seed"]:
-            assert s["p_bonferroni"] == pytest.approx(min(1.0, 2 * s["p_value"]))
-    assert r["minority_class"] in ("NORMAL", "PNEUMONIA") and r["bonferroni_tests"] == 2
+            assert s["p_bonferroni"] == pytest.approx(min(1.0, 4 * s["p_value"]))
+    assert r["minority_class"] in ("NORMAL", "PNEUMONIA") and r["bonferroni_tests"] == 4
+
+    plain = utility_experiment(train, synthetic, test, sizes=(3,), steps=2, batch_size=8, boots=30, seeds=[0],
+                               synthetic_per_class="match", synthetic_only=False)
+    assert [row["arm"] for row in plain["rows"]] == ["real", "real+synthetic"] and "auc_gain_fine_tuned" not in plain
+    # the same seed gives the same real-only and real+synthetic classifiers whether or not the other arms run
+    assert plain["rows"][0]["auc"]["NORMAL"]["per_seed"][0] == r["rows"][0]["auc"]["NORMAL"]["per_seed"][0]
+    assert plain["rows"][1]["auc"]["NORMAL"]["per_seed"][0] == r["rows"][1]["auc"]["NORMAL"]["per_seed"][0]
