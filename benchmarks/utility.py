@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import REPO, RESULTS, machine, weights_digest, write_json
+from medgen.metrics.utility import FINE_TUNE_LR
 
 #: each bundle's data set: folder under the data root, its training and test split folders
 DATASETS = {
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=sizes_arg, default=sizes_arg("25,50,200,all"), help="real images per class")
     parser.add_argument("--seeds", default="0,1", help="classifier seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=80, help="optimizer steps per classifier (every arm alike)")
-    parser.add_argument("--fine-tune-lr", type=float, default=5e-4,
+    parser.add_argument("--fine-tune-lr", type=float, default=FINE_TUNE_LR,
                         help="peak learning rate of the arm that fine-tunes the synthetic-only classifier on the real "
                              "images (a quarter of the 2e-3 of training from scratch); 0 leaves that arm out")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -197,11 +197,12 @@ def evaluate(
             analysis["mode_collapse"] = _guard(mode_collapse, feats[a_name][1], feats[a_name][0], seed=seed)
         metrics["error_analysis"] = analysis
         if utility_sizes:
-            from medgen.metrics.utility import utility_experiment
+            from medgen.metrics.utility import FINE_TUNE_LR, utility_experiment
 
             train_all = load_datalist_split(datalist, "training", size=size, **prep)
+            kwargs = {"fine_tune_lr": FINE_TUNE_LR, **(utility_kwargs or {})}  # the benchmark's arms
             metrics["utility"] = utility_experiment(
-                train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **(utility_kwargs or {})
+                train_all, generated, heldout, utility_sizes, epochs=utility_epochs, seed=seed, **kwargs
             )
         else:
             from medgen.metrics.utility import read_utility_json

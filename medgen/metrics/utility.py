@@ -32,6 +32,9 @@ from medgen.metrics.image_sets import ImageSet
 
 #: arm names, in table order; TUNED: the synthetic-only classifier fine-tuned on the real subset
 REAL, REAL_SYN, TUNED, SYN = "real", "real+synthetic", "synthetic, then real", "synthetic only"
+#: peak learning rate of the fine-tuned arm: a quarter of :func:`~medgen.metrics.classifier.train_classifier`'s
+#: 2e-3 from scratch (a 2e-3 fine-tune kept less of what the synthetic images taught: docs/performance.md)
+FINE_TUNE_LR = 5e-4
 #: the arms compared with real only, and the result keys of their AUC gains and McNemar tests
 COMPARED = {REAL_SYN: ("auc_gain", "mcnemar"), TUNED: ("auc_gain_fine_tuned", "mcnemar_fine_tuned")}
 
