@@ -8,9 +8,8 @@ set: one-vs-rest AUC per class with a percentile-bootstrap 95% interval over tes
 scipy; with several seeds the interval is that of the mean over seeds), the paired AUC gain of (b) and (c) over
 (a) with its interval, F1 per class (MONAI's confusion-matrix metric), confusion matrices, and McNemar's exact test
 (scipy ``binomtest``) between (a)'s predictions and (b)'s or (c)'s per seed, Bonferroni-corrected across every such
-test. Written here: the
-bootstrap of paired and seed-averaged AUCs, the Bonferroni step and the K x K confusion matrix, which scipy and MONAI
-lack.
+test. Written here: the bootstrap of paired and seed-averaged AUCs, the Bonferroni step and the K x K confusion
+matrix, which scipy and MONAI lack.
 """
 
 from __future__ import annotations
