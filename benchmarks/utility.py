@@ -248,11 +248,10 @@ def sizes_arg(text: str) -> list[int | None]:
 
 def print_table(ut: dict) -> str:
     from benchmarks.common import table
-    from medgen.metrics.utility import COMPARED
+    from medgen.metrics.utility import comparisons
 
     classes, minority = ut["classes"], ut["minority_class"]
-    tests = {(arm, t["real_per_class"]): t for arm, (_, key) in COMPARED.items() for t in ut.get(key, [])}
-    gains = {(arm, g["real_per_class"]): g[minority] for arm, (key, _) in COMPARED.items() for g in ut.get(key, [])}
+    tests, gains = comparisons(ut)
     rows = []
     for r in ut["rows"]:
         row = {"real/class": r["real_per_class"] if r["arm"] != "synthetic only" else 0, "arm": r["arm"],
@@ -262,7 +261,7 @@ def print_table(ut: dict) -> str:
             row[f"AUC {c} [95% CI]"] = f"{a['auc']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
         for c in classes:
             row[f"F1 {c}"] = f"{r['f1'][c]:.3f}"
-        t, g = tests.get((r["arm"], r["real_per_class"])), gains.get((r["arm"], r["real_per_class"]))
+        t, g = tests.get((r["arm"], r["real_per_class"])), gains.get((r["arm"], r["real_per_class"]), {}).get(minority)
         if t:
             row[f"gain {minority} [95% CI]"] = f"{g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
             row["McNemar p"] = f"{t['p_value']:.3g}"
@@ -278,13 +277,13 @@ def print_table(ut: dict) -> str:
 def target_reached(ut: dict) -> dict:
     """The minority class's AUC gain at the target sizes, for each arm compared with real only; reached when any
     arm reaches it at any of those sizes (``reached_by`` names the arms)."""
-    from medgen.metrics.utility import COMPARED, REAL_SYN
+    from medgen.metrics.utility import REAL_SYN, comparisons
 
-    at = {}
-    for arm, (key, _) in COMPARED.items():
-        gains = {g["real_per_class"]: g[ut["minority_class"]]["gain"] for g in ut.get(key, [])}
-        if gains:
-            at[arm] = {s: round(gains[s], 4) for s in TARGET_SIZES if s in gains}
+    at: dict[str, dict] = {}
+    for (arm, size), g in comparisons(ut)[1].items():  # every arm run, with its gains at the target sizes
+        at.setdefault(arm, {})
+        if size in TARGET_SIZES:
+            at[arm][size] = round(g[ut["minority_class"]]["gain"], 4)
     by = [arm for arm, g in at.items() if g and max(g.values()) >= TARGET_GAIN]
     return {"minority_class": ut["minority_class"], "target_gain": TARGET_GAIN, "gain_at": at.get(REAL_SYN, {}),
             "gain_at_by_arm": at, "reached": bool(by), "reached_by": by}

@@ -38,6 +38,14 @@ FINE_TUNE_LR = 5e-4
 COMPARED = {REAL_SYN: ("auc_gain", "mcnemar"), TUNED: ("auc_gain_fine_tuned", "mcnemar_fine_tuned")}
 
 
+def comparisons(ut: dict) -> tuple[dict, dict]:
+    """A utility result's McNemar tests and AUC gains, each keyed by (arm, real images per class), for every arm
+    compared with real only (results written before the fine-tuned arm existed have real + synthetic alone)."""
+    tests = {(arm, t["real_per_class"]): t for arm, (_, key) in COMPARED.items() for t in ut.get(key, [])}
+    gains = {(arm, g["real_per_class"]): g for arm, (key, _) in COMPARED.items() for g in ut.get(key, [])}
+    return tests, gains
+
+
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """ROC AUC of ``scores`` for the boolean ``positive`` (Mann-Whitney U / (n1 n0))."""
     n1, n0 = int(positive.sum()), int((~positive).sum())

@@ -14,7 +14,7 @@ import numpy as np
 from medgen.fileio import write_text_atomic
 from medgen.metrics.image_sets import ImageSet
 from medgen.metrics.memorisation import EVALUATE_PHI_NOTE, AuditResult, closest_pairs_canvas
-from medgen.metrics.utility import COMPARED
+from medgen.metrics.utility import comparisons
 from medgen.report.figures import (
     audit_figure,
     histogram_figure,
@@ -66,8 +66,7 @@ def utility_section(ut: dict | None, note: str = "") -> str:
     if not ut:
         return head + "<p class='note'>not run (enable with utility sizes, or give a utility JSON).</p>"
     classes = list(ut["classes"])
-    tests = {(arm, t["real_per_class"]): t for arm, (_, key) in COMPARED.items() for t in ut.get(key, [])}
-    gains = {(arm, g["real_per_class"]): g for arm, (key, _) in COMPARED.items() for g in ut.get(key, [])}
+    tests, gains = comparisons(ut)
     minority = ut.get("minority_class") or classes[-1]
     rows = []
     for r in ut["rows"]:
