@@ -14,8 +14,9 @@
 2. Real images: the data set's own training and test folders, read as training reads them.
 3. Classifiers (:mod:`medgen.metrics.classifier`): real only vs real + synthetic at each ``--sizes`` real images per
    class, one per ``--seeds`` (each seed draws its own real subset), all with ``--steps`` optimizer steps; one on
-   synthetic images alone; and that one fine-tuned on each real subset (``--steps`` more steps peaking at
-   ``--fine-tune-lr``: pre-training on synthetic images, the other way to use them). All tested on the real test
+   synthetic images alone; and that one fine-tuned on each real subset, and on each real + synthetic set
+   (``--steps`` more steps peaking at ``--fine-tune-lr``: pre-training on synthetic images, the other way to use
+   them). All tested on the real test
    split, at the weights' image size or ``--image-size`` (64 compares a 256x256 model's samples with the same real
    images as the 64x64 models').
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain of each arm over real only and its CI, F1, confusion
@@ -270,7 +271,7 @@ def print_table(ut: dict) -> str:
     cols = ["real/class", "arm", "N train", "acc", *(f"AUC {c} [95% CI]" for c in classes),
             *(f"F1 {c}" for c in classes), f"gain {minority} [95% CI]", "McNemar p", "p Bonf."]
     text = table(rows, cols)
-    cms = "\n".join(f"  {r['real_per_class']:>4} {r['arm']:<20} {r['confusion_matrix']}" for r in ut["rows"])
+    cms = "\n".join(f"  {r['real_per_class']:>4} {r['arm']:<30} {r['confusion_matrix']}" for r in ut["rows"])
     return f"{text}\n\nconfusion matrices summed over seeds (rows true {classes}, columns predicted):\n{cms}"
 
 
@@ -308,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1", help="classifier seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=80, help="optimizer steps per classifier (every arm alike)")
     parser.add_argument("--fine-tune-lr", type=float, default=FINE_TUNE_LR,
-                        help="peak learning rate of the arm that fine-tunes the synthetic-only classifier on the real "
-                             "images (a quarter of the 2e-3 of training from scratch); 0 leaves that arm out")
+                        help="peak learning rate of the arms that fine-tune the synthetic-only classifier on the real "
+                             "(and on the real + synthetic) images: a quarter of the 2e-3 of training from scratch; 0 "
+                             "leaves those arms out")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, help="classifier input size, real and synthetic images resized "
                         "to it (default: the weights' image size; 64 measures a 256x256 model against the same "
@@ -348,8 +350,8 @@ def run(args: argparse.Namespace) -> int:
     if size < 16:
         raise UtilityError(f"--image-size {size}: give at least 16 pixels")
     if not 0 <= args.fine_tune_lr <= 1:
-        raise UtilityError(f"--fine-tune-lr {args.fine_tune_lr}: give a learning rate in (0, 1], or 0 to leave that "
-                           "arm out")
+        raise UtilityError(f"--fine-tune-lr {args.fine_tune_lr}: give a learning rate in (0, 1], or 0 to leave the "
+                           "fine-tuned arms out")
     settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance)
     settings["guide_path"] = guide_option(folder, args.guide)
     out_dir = Path(args.synthetic_dir) if args.synthetic_dir else REPO / "runs" / "utility" / name

@@ -2,14 +2,14 @@
 
 For each real-data size (images per class) a classifier (:mod:`medgen.metrics.classifier`) is trained on (a) real
 only and (b) real + synthetic images, for one or several seeds (each seed draws its own real subset), optionally
-(c) the synthetic-only classifier fine-tuned on the same real images (pre-training on synthetic data), and one more
-classifier on synthetic images alone (train on synthetic, test on real). All are evaluated on the held-out real test
-set: one-vs-rest AUC per class with a percentile-bootstrap 95% interval over test images (Mann-Whitney U from
-scipy; with several seeds the interval is that of the mean over seeds), the paired AUC gain of (b) and (c) over
-(a) with its interval, F1 per class (MONAI's confusion-matrix metric), confusion matrices, and McNemar's exact test
-(scipy ``binomtest``) between (a)'s predictions and (b)'s or (c)'s per seed, Bonferroni-corrected across every such
-test. Written here: the bootstrap of paired and seed-averaged AUCs, the Bonferroni step and the K x K confusion
-matrix, which scipy and MONAI lack.
+the synthetic-only classifier fine-tuned (pre-training on synthetic data) on (c) the same real images or (d) the same
+real + synthetic images, and one more classifier on synthetic images alone (train on synthetic, test on real). All
+are evaluated on the held-out real test set: one-vs-rest AUC per class with a percentile-bootstrap 95% interval over
+test images (Mann-Whitney U from scipy; with several seeds the interval is that of the mean over seeds), the paired
+AUC gain of (b), (c) and (d) over (a) with its interval, F1 per class (MONAI's confusion-matrix metric), confusion
+matrices, and McNemar's exact test (scipy ``binomtest``) between (a)'s predictions and each other arm's per seed,
+Bonferroni-corrected across every such test. Written here: the bootstrap of paired and seed-averaged AUCs, the
+Bonferroni step and the K x K confusion matrix, which scipy and MONAI lack.
 """
 
 from __future__ import annotations
@@ -29,18 +29,23 @@ from medgen.metrics.classifier import predict_proba, train_classifier
 from medgen.metrics.errors import require
 from medgen.metrics.image_sets import ImageSet
 
-#: arm names, in table order; TUNED: the synthetic-only classifier fine-tuned on the real subset
-REAL, REAL_SYN, TUNED, SYN = "real", "real+synthetic", "synthetic, then real", "synthetic only"
+#: arm names, in table order; TUNED / TUNED_MIX: the synthetic-only classifier fine-tuned on the real subset / on the
+#: real subset with the synthetic images of REAL_SYN
+REAL, REAL_SYN, SYN = "real", "real+synthetic", "synthetic only"
+TUNED, TUNED_MIX = "synthetic, then real", "synthetic, then real+synthetic"
 #: peak learning rate of the fine-tuned arm: a quarter of :func:`~medgen.metrics.classifier.train_classifier`'s
 #: 2e-3 from scratch (a 2e-3 fine-tune kept less of what the synthetic images taught: docs/performance.md)
 FINE_TUNE_LR = 5e-4
 #: the arms compared with real only, and the result keys of their AUC gains and McNemar tests
-COMPARED = {REAL_SYN: ("auc_gain", "mcnemar"), TUNED: ("auc_gain_fine_tuned", "mcnemar_fine_tuned")}
+COMPARED = {REAL_SYN: ("auc_gain", "mcnemar"), TUNED: ("auc_gain_fine_tuned", "mcnemar_fine_tuned"),
+            TUNED_MIX: ("auc_gain_fine_tuned_mixed", "mcnemar_fine_tuned_mixed")}
+#: the arms that start from each seed's synthetic-only classifier
+FINE_TUNED = (TUNED, TUNED_MIX)
 
 
 def comparisons(ut: dict) -> tuple[dict, dict]:
     """A utility result's McNemar tests and AUC gains, each keyed by (arm, real images per class), for every arm
-    compared with real only (results written before the fine-tuned arm existed have real + synthetic alone)."""
+    compared with real only (results written before the fine-tuned arms existed have real + synthetic alone)."""
     tests = {(arm, t["real_per_class"]): t for arm, (_, key) in COMPARED.items() for t in ut.get(key, [])}
     gains = {(arm, g["real_per_class"]): g for arm, (key, _) in COMPARED.items() for g in ut.get(key, [])}
     return tests, gains
@@ -199,8 +204,9 @@ def utility_experiment(
         steps: optimizer steps per classifier, the same for every arm (equal compute); ``None``: at least
             ``epochs`` epochs and ``min_steps`` steps.
         synthetic_only: also train on synthetic images alone (all of them) and test on real.
-        fine_tune_lr: also fine-tune each seed's synthetic-only classifier on that seed's real subset, ``steps``
-            steps peaking at this learning rate (arm ``"synthetic, then real"``); ``None``: not.
+        fine_tune_lr: also fine-tune each seed's synthetic-only classifier for ``steps`` steps peaking at this
+            learning rate, on that seed's real subset (arm ``"synthetic, then real"``) and on the real + synthetic
+            set of the real + synthetic arm (``"synthetic, then real+synthetic"``); ``None``: not.
     """
     k = len(real_train.classes)
     require("utility experiment", 2 * k, len(real_test), "real test images")
@@ -209,7 +215,7 @@ def utility_experiment(
     counts = np.bincount(real_train.labels, minlength=k)
     minority = real_train.classes[int(np.argmin(counts))]
     rows: list[dict] = []
-    compared = [REAL_SYN] + ([TUNED] if fine_tune_lr else [])
+    compared = [REAL_SYN, *(FINE_TUNED if fine_tune_lr else ())]
     tests: dict[str, list[dict]] = {arm: [] for arm in compared}
     gains: dict[str, list[dict]] = {arm: [] for arm in compared}
 
@@ -249,7 +255,7 @@ def utility_experiment(
             print(f"utility {size} {arm}: acc {row['accuracy']:.3f}, AUC {aucs} ({row['seconds']:.0f} s)", flush=True)
         return row
 
-    # synthetic only, one classifier per seed: its own row, and the start of the fine-tuned arm
+    # synthetic only, one classifier per seed: its own row, and the start of the fine-tuned arms
     pretrained: dict[int, torch.nn.Module] = {}
     probs_syn, t_syn, syn_steps = [], time.time(), 0
     if synthetic_only or fine_tune_lr:
@@ -275,16 +281,16 @@ def utility_experiment(
                 ),
             }
             if fine_tune_lr:
-                arms[TUNED] = arms[REAL]
+                arms[TUNED], arms[TUNED_MIX] = arms[REAL], arms[REAL_SYN]
             for arm, (x, y) in arms.items():
                 start = time.time()
-                tuning = {"init": pretrained[s], "lr": fine_tune_lr} if arm == TUNED else {}
+                tuning = {"init": pretrained[s], "lr": fine_tune_lr} if arm in FINE_TUNED else {}
                 prob, used, _ = fit(x, y, s, **tuning)
                 t0[arm] += time.time() - start
                 probs[arm].append(prob)
                 info[arm] = {"n_real": int(len(idx)), "n_synthetic": int(len(syn)) if arm == REAL_SYN else 0,
                              "n_train": int(len(x)), "steps": int(used), "batch_size": batch_size}
-                if arm == TUNED:
+                if arm in FINE_TUNED:  # n_synthetic: those pre-trained on (all); the fine-tuning set is n_train
                     info[arm].update(n_synthetic=int(len(synthetic)), pretrain_steps=int(syn_steps),
                                      lr=float(fine_tune_lr))
         for arm in probs:

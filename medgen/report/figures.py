@@ -101,13 +101,15 @@ def _utility_classes(utility: dict) -> list[str]:
 
 def utility_plot(utility: dict, title: str | None = None) -> plt.Figure:
     """AUC on real test images (bootstrap 95% CI bars) against real training images per class: real only vs
-    real + synthetic (and the synthetic-only classifier fine-tuned on the real images, where run), and synthetic only
+    real + synthetic (and the synthetic-only classifier fine-tuned on those, where run), and synthetic only
     (train on synthetic, test on real) as a dashed line with its interval."""
+    from medgen.metrics.utility import REAL, REAL_SYN, TUNED, TUNED_MIX
+
     classes = _utility_classes(utility)
     fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), squeeze=False)
     sizes = list(dict.fromkeys(r["real_per_class"] for r in utility["rows"] if r["arm"] != "synthetic only"))
     for ax, cls in zip(axes[0], classes):
-        for arm, shift in (("real", -0.08), ("real+synthetic", 0.0), ("synthetic, then real", 0.08)):
+        for arm, shift in ((REAL, -0.12), (REAL_SYN, -0.04), (TUNED, 0.04), (TUNED_MIX, 0.12)):
             rows = {r["real_per_class"]: r for r in utility["rows"] if r["arm"] == arm}
             if not rows:
                 continue

@@ -75,18 +75,22 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert result["synthetic"]["seeds"] == {"NORMAL": [0, 1], "PNEUMONIA": [2, 3]}
     assert result["machine"]["cores"] and result["classifier"]["seeds"] == [0]
     ut = result["utility"]
-    tuned = "synthetic, then real"  # the synthetic-only classifier fine-tuned on the real images, by default
-    assert [r["arm"] for r in ut["rows"]] == ["real", "real+synthetic", tuned, "real", "real+synthetic", tuned,
-                                              "synthetic only"]
-    assert result["classifier"]["fine_tune_lr"] == 5e-4 and ut["rows"][2]["lr"] == 5e-4
+    # by default the synthetic-only classifier is also fine-tuned on the real images, and on real + synthetic
+    tuned, tuned_mix = "synthetic, then real", "synthetic, then real+synthetic"
+    arms = ["real", "real+synthetic", tuned, tuned_mix]
+    assert [r["arm"] for r in ut["rows"]] == [*arms, *arms, "synthetic only"]
+    assert result["classifier"]["fine_tune_lr"] == 5e-4 and ut["rows"][2]["lr"] == ut["rows"][3]["lr"] == 5e-4
+    assert [r["n_train"] for r in ut["rows"][:4]] == [6, 10, 6, 10]  # 3 real per class, + the 4 synthetic
     assert ut["test_per_class"] == [6, 6] and ut["rows"][-1]["n_train"] == 4
     for r in ut["rows"]:
         for a in r["auc"].values():
             assert a["ci_low"] <= a["auc"] <= a["ci_high"]
-    tests = ut["mcnemar"] + ut["mcnemar_fine_tuned"]  # 2 sizes x 2 arms compared with real only
-    assert all(t["p_bonferroni"] == pytest.approx(min(1.0, 4 * t["p_value"])) for t in tests)
+    tests = ut["mcnemar"] + ut["mcnemar_fine_tuned"] + ut["mcnemar_fine_tuned_mixed"]  # 2 sizes x 3 arms
+    assert len(tests) == ut["bonferroni_tests"] == 6
+    assert all(t["p_bonferroni"] == pytest.approx(min(1.0, 6 * t["p_value"])) for t in tests)
     target = result["target"]
-    assert set(target["gain_at_by_arm"]) == {"real+synthetic", tuned} and "target: AUC gain >= +0.05" in first.stdout
+    assert set(target["gain_at_by_arm"]) == {"real+synthetic", tuned, tuned_mix}
+    assert "target: AUC gain >= +0.05" in first.stdout and tuned_mix in first.stdout
     with Image.open(out / "utility_cxr_ddpm.png") as im:
         assert im.format == "PNG" and im.size[0] > 200
     page = (out / "utility_cxr_ddpm.html").read_text()
@@ -100,13 +104,14 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     rerun = json.loads((out / "utility_cxr_ddpm.json").read_text())
     assert rerun["synthetic"]["generated_now"] == 0
     assert (rerun["image_size"], rerun["model_image_size"]) == (32, 64)
-    assert tuned not in {r["arm"] for r in rerun["utility"]["rows"]}  # --fine-tune-lr 0 leaves that arm out
+    assert {r["arm"] for r in rerun["utility"]["rows"]} == {"real", "real+synthetic", "synthetic only"}  # lr 0: none
+    assert rerun["utility"]["bonferroni_tests"] == 2
     tiny = run_benchmark(*args, "--image-size", "8")
     assert tiny.returncode == 2
     assert tiny.stderr.strip().splitlines() == ["error: --image-size 8: give at least 16 pixels"]
     wild = run_benchmark(*args, "--fine-tune-lr", "2")
     assert wild.returncode == 2 and wild.stderr.strip().splitlines() == [
-        "error: --fine-tune-lr 2.0: give a learning rate in (0, 1], or 0 to leave that arm out"]
+        "error: --fine-tune-lr 2.0: give a learning rate in (0, 1], or 0 to leave the fine-tuned arms out"]
 
     # the bundle's default sampling autoguides: the result names the guide; other settings for the same folder fail
     guide = REPO / "bundles" / "cxr_ddpm" / "models" / "model_guide.pt"

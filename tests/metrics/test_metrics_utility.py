@@ -97,24 +97,28 @@ def test_utility_experiment_on_real_xrays_reports_every_arm_and_corrects_across_
     synthetic = train.subset(np.arange(0, len(train), 2))  # stands in for generated images: 5 per class
     r = utility_experiment(train, synthetic, test, sizes=(3, None), steps=2, batch_size=8, boots=30, seeds=[0, 1],
                            synthetic_per_class="match", fine_tune_lr=5e-4)
-    arms = [(row["real_per_class"], row["arm"]) for row in r["rows"]]
-    assert arms == [(3, "real"), (3, "real+synthetic"), (3, "synthetic, then real"), ("all", "real"),
-                    ("all", "real+synthetic"), ("all", "synthetic, then real"), (0, "synthetic only")]
-    assert r["rows"][1]["n_synthetic"] == 6 and r["rows"][4]["n_synthetic"] == 10  # matched, capped at what exists
+    arms = ["real", "real+synthetic", "synthetic, then real", "synthetic, then real+synthetic"]
+    assert [(row["real_per_class"], row["arm"]) for row in r["rows"]] == [
+        *((3, a) for a in arms), *(("all", a) for a in arms), (0, "synthetic only")]
+    assert r["rows"][1]["n_synthetic"] == 6 and r["rows"][5]["n_synthetic"] == 10  # matched, capped at what exists
     tuned = r["rows"][2]  # the synthetic-only classifier (all 10 synthetic), fine-tuned on the 6 real images
     assert (tuned["n_real"], tuned["n_train"], tuned["n_synthetic"], tuned["pretrain_steps"], tuned["lr"]) == (
         6, 6, 10, 2, 5e-4)
-    assert [g["real_per_class"] for g in r["auc_gain_fine_tuned"]] == [3, "all"]
-    assert set(r["auc_gain_fine_tuned"][0]) == {"real_per_class", "NORMAL", "PNEUMONIA"}
+    mixed = r["rows"][3]  # ... and on the 6 real images with the 6 synthetic ones of the real+synthetic arm
+    assert (mixed["n_real"], mixed["n_train"], mixed["n_synthetic"], mixed["pretrain_steps"], mixed["lr"]) == (
+        6, 12, 10, 2, 5e-4)
+    for key in ("auc_gain_fine_tuned", "auc_gain_fine_tuned_mixed"):
+        assert [g["real_per_class"] for g in r[key]] == [3, "all"]
+        assert set(r[key][0]) == {"real_per_class", "NORMAL", "PNEUMONIA"}
     for row in r["rows"]:
         assert np.sum(row["confusion_matrix"]) == 2 * len(test)  # summed over the two seeds
         assert set(row["f1"]) == {"NORMAL", "PNEUMONIA"} and row["steps"] == 2
         for a in row["auc"].values():
             assert a["ci_low"] <= a["auc"] <= a["ci_high"] and len(a["per_seed"]) == 2
-    for t in r["mcnemar"] + r["mcnemar_fine_tuned"]:  # 2 sizes x 2 arms compared with real only
+    for t in r["mcnemar"] + r["mcnemar_fine_tuned"] + r["mcnemar_fine_tuned_mixed"]:  # 2 sizes x 3 arms
         for s in t["per_seed"]:
-            assert s["p_bonferroni"] == pytest.approx(min(1.0, 4 * s["p_value"]))
-    assert r["minority_class"] in ("NORMAL", "PNEUMONIA") and r["bonferroni_tests"] == 4
+            assert s["p_bonferroni"] == pytest.approx(min(1.0, 6 * s["p_value"]))
+    assert r["minority_class"] in ("NORMAL", "PNEUMONIA") and r["bonferroni_tests"] == 6
 
     plain = utility_experiment(train, synthetic, test, sizes=(3,), steps=2, batch_size=8, boots=30, seeds=[0],
                                synthetic_per_class="match", synthetic_only=False)

@@ -63,9 +63,10 @@ def test_report_is_self_contained_and_has_every_section(tmp_path, small_datalist
     assert len(re.findall(r'src="data:image/png;base64,', html)) >= 8  # grids, histograms, audit, spectra, utility
     assert not re.search(r'(src|href)="(http|/|\./)', html)  # nothing fetched from outside the file
     assert {"overall", "neg", "pos"} <= set(m["generated"])
-    arms = ["real", "real+synthetic", "synthetic, then real", "synthetic only"]  # the utility benchmark's arms
-    assert [r["arm"] for r in m["utility"]["rows"]] == arms and m["utility"]["fine_tune_lr"] == 5e-4
-    assert "synthetic, then real" in html and m["utility"]["auc_gain_fine_tuned"][0]["real_per_class"] == 4
+    arms = ["real", "real+synthetic", "synthetic, then real", "synthetic, then real+synthetic", "synthetic only"]
+    assert [r["arm"] for r in m["utility"]["rows"]] == arms and m["utility"]["fine_tune_lr"] == 5e-4  # the benchmark's
+    assert "synthetic, then real+synthetic" in html
+    assert m["utility"]["auc_gain_fine_tuned_mixed"][0]["real_per_class"] == 4
 
 
 @pytest.fixture
