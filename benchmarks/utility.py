@@ -16,9 +16,8 @@
    class, one per ``--seeds`` (each seed draws its own real subset), all with ``--steps`` optimizer steps; one on
    synthetic images alone; and that one fine-tuned on each real subset, and on each real + synthetic set
    (``--steps`` more steps peaking at ``--fine-tune-lr``: pre-training on synthetic images, the other way to use
-   them). All tested on the real test
-   split, at the weights' image size or ``--image-size`` (64 compares a 256x256 model's samples with the same real
-   images as the 64x64 models').
+   them). All tested on the real test split, at the weights' image size or ``--image-size`` (64 compares a 256x256
+   model's samples with the same real images as the 64x64 models').
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain of each arm over real only and its CI, F1, confusion
    matrices, McNemar (Bonferroni across sizes and arms). Prints a table; writes ``utility_<bundle>.json`` (weights
    sha256, sampler, steps, guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and

@@ -33,7 +33,7 @@ from medgen.metrics.image_sets import ImageSet
 #: real subset with the synthetic images of REAL_SYN
 REAL, REAL_SYN, SYN = "real", "real+synthetic", "synthetic only"
 TUNED, TUNED_MIX = "synthetic, then real", "synthetic, then real+synthetic"
-#: peak learning rate of the fine-tuned arm: a quarter of :func:`~medgen.metrics.classifier.train_classifier`'s
+#: peak learning rate of the fine-tuned arms: a quarter of :func:`~medgen.metrics.classifier.train_classifier`'s
 #: 2e-3 from scratch (a 2e-3 fine-tune kept less of what the synthetic images taught: docs/performance.md)
 FINE_TUNE_LR = 5e-4
 #: the arms compared with real only, and the result keys of their AUC gains and McNemar tests
