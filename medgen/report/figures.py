@@ -103,13 +103,15 @@ def utility_plot(utility: dict, title: str | None = None) -> plt.Figure:
     """AUC on real test images (bootstrap 95% CI bars) against real training images per class: real only vs
     real + synthetic (and the synthetic-only classifier fine-tuned on those, where run), and synthetic only
     (train on synthetic, test on real) as a dashed line with its interval."""
-    from medgen.metrics.utility import REAL, REAL_SYN, TUNED, TUNED_MIX
+    from medgen.metrics.utility import COMPARED, REAL
 
     classes = _utility_classes(utility)
     fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), squeeze=False)
     sizes = list(dict.fromkeys(r["real_per_class"] for r in utility["rows"] if r["arm"] != "synthetic only"))
     for ax, cls in zip(axes[0], classes):
-        for arm, shift in ((REAL, -0.12), (REAL_SYN, -0.04), (TUNED, 0.04), (TUNED_MIX, 0.12)):
+        arms = [REAL, *COMPARED]  # side by side at each size, centred on its tick
+        for k, arm in enumerate(arms):
+            shift = 0.08 * (k - (len(arms) - 1) / 2)
             rows = {r["real_per_class"]: r for r in utility["rows"] if r["arm"] == arm}
             if not rows:
                 continue
