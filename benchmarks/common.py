@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -17,6 +16,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from medgen.diffusion.precision import cpu_supports_bf16
+from medgen.fileio import write_json_atomic
 from medgen.networks import ConditionalDiffusionUNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,8 +168,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_json(name: str, payload: dict[str, Any], out_dir: str | Path | None = None) -> Path:
+    """``payload`` as ``<name>.json`` in ``out_dir`` (default benchmarks/results), replacing any earlier file whole."""
     out = Path(out_dir) if out_dir else RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=1, default=str))
-    return path
+    return write_json_atomic(payload, out / f"{name}.json")

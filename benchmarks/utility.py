@@ -21,13 +21,16 @@
 4. Per size: AUC per class with bootstrap 95% CI, the AUC gain of each arm over real only and its CI, F1, confusion
    matrices, McNemar (Bonferroni across sizes and arms). Prints a table; writes ``utility_<bundle>.json`` (weights
    sha256, sampler, steps, guidance, the guide's sha256, seeds, machine), ``.png`` (AUC vs real images per class) and
-   ``.html`` into ``--out``, and a copy of the JSON as ``utility.json`` in the synthetic folder, where
-   ``medgen evaluate`` finds it for its report.
+   ``.html`` into ``--out`` (named ``--name``), and two copies of the JSON in the synthetic folder:
+   ``utility-<settings>.json``, named by a digest of what decides the result (weights, sizes, seeds, steps, ...), so
+   runs with other settings on the same images keep their own file, and ``utility.json``, the latest run, which
+   ``medgen evaluate`` shows in its report.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import REPO, RESULTS, machine, weights_digest, write_json
+from medgen.fileio import atomic_write
 from medgen.metrics.utility import FINE_TUNE_LR
 
 #: each bundle's data set: folder under the data root, its training and test split folders
@@ -242,6 +246,18 @@ def real_sets(bundle: str, classes: list[str], size: int, prep: dict, data: Path
     return sets[0], sets[1], {"root": str(root), "train": train, "test": test}
 
 
+def settings_digest(result: dict) -> str:
+    """12 hex digits naming what decides a utility result: the same images, classifiers and test set give the same
+    digest, so a rerun replaces its own file and a run with other settings writes another."""
+    syn = result["synthetic"]
+    decides = {key: result[key] for key in ("bundle", "weights_sha256", "image_size", "data", "classifier")}
+    decides["classifier"] = {k: v for k, v in decides["classifier"].items() if k != "threads"}
+    decides["synthetic"] = {"folder": syn["folder"], "per_class": syn["per_class"], "seeds": syn["seeds"]}
+    decides["images_per_class"] = {key: result["utility"][key] for key in ("train_per_class", "test_per_class")}
+    text = json.dumps(decides, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def sizes_arg(text: str) -> list[int | None]:
     return [None if s.strip() == "all" else int(s) for s in text.split(",") if s.strip()]
 
@@ -321,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-per-class", type=int, help="load at most this many test images per class")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing busy CPUs)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    parser.add_argument("--name", help="file name (no suffix) of the JSON, PNG and HTML in --out (default "
+                        "utility_<bundle>), so a control run does not replace the main one")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -387,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
         "synthetic": syn_info,
         "data": data_info,
         "classifier": {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds,
+                       "sizes": ["all" if n is None else n for n in args.sizes],
                        "synthetic_added_per_class": args.add,
                        "fine_tune_lr": args.fine_tune_lr or None,
                        "network": "medgen.metrics.classifier.build_classifier",
@@ -400,16 +419,19 @@ def run(args: argparse.Namespace) -> int:
     result["target"] = target_reached(ut)
     result["seconds"]["total"] = round(time.time() - t_start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = write_json(f"utility_{name}", result, args.out)
-    (out_dir / "utility.json").write_text(path.read_text())
+    stem = args.name or f"utility_{name}"
+    path = write_json(stem, result, args.out)
+    kept = write_json(f"utility-{settings_digest(result)}", result, out_dir)
+    latest = write_json("utility", result, out_dir)
     guided = (f"autoguidance {settings['guidance_scale']}" if settings["guide_sha256"]
               else f"guidance {settings['guidance_scale']}")
     fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {guided}, {args.synthetic_per_class} "
                            f"synthetic per class, seeds {seeds}, {args.steps} steps per classifier"
                            + (f", classifier at {size}x{size}" if size != model_size else ""))
-    png = args.out / f"utility_{name}.png"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    html = write_utility_report(args.out / f"utility_{name}.html", result)
+    png = args.out / f"{stem}.png"
+    with atomic_write(png) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    html = write_utility_report(args.out / f"{stem}.html", result)
     print()
     print(print_table(ut))
     tgt = result["target"]
@@ -418,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'/'.join(map(str, TARGET_SIZES))} real per class: gain {gains} -> "
           + (f"reached by {', '.join(tgt['reached_by'])}" if tgt["reached"] else "not reached"))
     print(f"seconds: {result['seconds']}")
-    print(f"written {path}, {png}, {html} and {out_dir / 'utility.json'}")
+    print(f"written {path}, {png}, {html}, {kept} and {latest}")
     return 0
 
 

@@ -97,11 +97,20 @@ def test_benchmark_samples_once_trains_every_arm_and_writes_json_png_html(kerman
     assert 'id="utility"' in page and "AUC NORMAL [95% CI]" in page and "data:image/png;base64," in page
     assert json.loads((synth / "utility.json").read_text())["weights_sha256"] == result["weights_sha256"]
 
-    # the synthetic set is reused, not sampled again; --image-size resizes real and synthetic images alike
-    again = run_benchmark(*args, "--image-size", "32", "--fine-tune-lr", "0")
+    kept = sorted(synth.glob("utility-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == result and str(kept[0]) in first.stdout
+
+    # the synthetic set is reused, not sampled again; --image-size resizes real and synthetic images alike; a run
+    # with other settings on the same images keeps the first run's result beside its own, and --name names its files
+    again = run_benchmark(*args, "--image-size", "32", "--fine-tune-lr", "0", "--name", "utility_control")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "sampling" not in again.stdout.split("real:")[0] and "test images at 32x32" in again.stdout
-    rerun = json.loads((out / "utility_cxr_ddpm.json").read_text())
+    assert json.loads((out / "utility_cxr_ddpm.json").read_text()) == result
+    assert {p.name for p in out.iterdir()} >= {f"utility_control.{ext}" for ext in ("json", "png", "html")}
+    rerun = json.loads((out / "utility_control.json").read_text())
+    both = sorted(synth.glob("utility-*.json"))
+    assert len(both) == 2 and kept[0] in both and json.loads(kept[0].read_text()) == result
+    assert json.loads((synth / "utility.json").read_text()) == rerun  # the latest run, for medgen evaluate
     assert rerun["synthetic"]["generated_now"] == 0
     assert (rerun["image_size"], rerun["model_image_size"]) == (32, 64)
     assert {r["arm"] for r in rerun["utility"]["rows"]} == {"real", "real+synthetic", "synthetic only"}  # lr 0: none
