@@ -22,6 +22,7 @@ from PIL import Image
 
 from medgen.data.image_io import atomic_save, make_grid, save_png
 from medgen.diffusion.pipeline import DiffusionPipeline
+from medgen.fileio import atomic_write, write_json_atomic
 from medgen.networks.weights_meta import (
     MissingWeightsError,
     WeightsFileError,
@@ -232,6 +233,42 @@ def sharded_otherwise(count: int) -> Callable[[str], bool]:
     return lambda role: shard_count(role) not in (None, count)
 
 
+def gated_todo(pairs: Sequence[tuple[int, int]], done: set[tuple[int, int]], seed: int,
+               shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
+    """What a job through a quality gate still has to make: per class, as many images as its plan ``pairs`` hold,
+    less those of this shard already on disk, on seeds past every seed this shard kept. A gate keeps replacements
+    (fresh seeds) instead of the planned seeds, so a rerun counts images by class rather than matching seeds; the
+    seeds of shard i of n are ``seed + i + n j``, so shards never make the same image."""
+    index, count = shard
+    mine = [(label, s) for label, s in done if (s - seed) % count == index]
+    start = max((s for _, s in mine), default=None)
+    start = min((s for _, s in pairs), default=seed) if start is None else start + count
+    need = {label: 0 for label, _ in pairs}
+    for label, _ in pairs:
+        need[label] += 1
+    for label, _ in mine:
+        if label in need:
+            need[label] -= 1
+    labels = [label for label, n in need.items() for _ in range(max(n, 0))]
+    return [(label, start + count * j) for j, label in enumerate(labels)]
+
+
+def with_earlier_counts(quality: dict, path: Path) -> dict:
+    """``quality`` with the generated and rejected counts of the earlier runs of the same job into the folder (the
+    ``path`` they wrote) added: a resumed job's file covers every image made, not only the last run's."""
+    if not path.is_file():
+        return quality
+    try:
+        earlier = json.loads(path.read_text())
+        counts = int(earlier["generated"]), int(earlier["rejected"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a quality record ({err}); move it away to count from now on") from None
+    if earlier.get("quality_gate") != quality.get("quality_gate"):
+        raise ValueError(f"{path} counts images through the gate {earlier.get('quality_gate')}, this run "
+                         f"{quality.get('quality_gate')}: write to another folder (--out DIR, --output_dir DIR)")
+    return {**quality, "generated": quality["generated"] + counts[0], "rejected": quality["rejected"] + counts[1]}
+
+
 def seeds_on_disk(output_dir: str | Path) -> set[tuple[int, int]]:
     """(label, seed) of every image a samples folder holds: a record in its ``samples.jsonl`` whose file exists (a
     rerun skips these)."""
@@ -289,6 +326,18 @@ class SampleRunner:
         self.domain_weights = str(domain_weights) if domain_weights else None
 
     @property
+    def gate_path(self) -> str | None:
+        """The quality gate's absolute path, as each image it passed records it (None without a gate)."""
+        return str(Path(self.quality_gate).resolve()) if self.quality_gate else None
+
+    @property
+    def quality_file(self) -> Path:
+        """The rejection counts of this job's images through the gate: ``quality.json``, one per shard when sharded
+        (shards write side by side)."""
+        index, count = self.shard
+        return self.output_dir / ("quality.json" if count == 1 else f"quality-shard-{index}of{count}.json")
+
+    @property
     def guide_file(self) -> Path | None:
         """The weights file of the pipeline's autoguidance guide (:func:`medgen.diffusion.guide.load_guide`), if any."""
         path = getattr(getattr(self.pipeline, "guide_network", None), "weights_file", None)
@@ -298,13 +347,14 @@ class SampleRunner:
         return seeds_on_disk(self.output_dir)
 
     def check_folder_matches(self, sha: str | None, guide_sha: str | None = None) -> None:
-        """Refuse to add to a samples folder that holds images of other weights, of another guide, or made with
-        other sampling settings (a rerun skips the seeds already there, so the folder would mix them)."""
+        """Refuse to add to a samples folder that holds images of other weights, of another guide, made with other
+        sampling settings or through another quality gate, or none (a rerun skips the seeds already there, so the
+        folder would mix them)."""
         path = self.output_dir / "samples.jsonl"
         if not path.is_file():
             return
         ours = {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "guide_sha256": guide_sha}
+                "guide_sha256": guide_sha, "quality_gate": self.gate_path}
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -349,8 +399,13 @@ class SampleRunner:
         guide = self.guide_file
         guide_sha = sha256_of(guide) if guide else None
         self.check_folder_matches(sha, guide_sha)
+        if self.quality_gate:  # the earlier runs' counts are readable and of this gate: checked before any work
+            with_earlier_counts({"generated": 0, "rejected": 0, "quality_gate": self.gate_path}, self.quality_file)
         done = self.done_seeds()
-        todo = [p for p in pairs if p not in done]
+        if self.quality_gate:
+            todo = gated_todo(pairs, done, self.seed, self.shard)
+        else:
+            todo = [p for p in pairs if p not in done]
         if done:
             logger.info("%d of %d images already in %s; making the other %d", len(pairs) - len(todo), len(pairs),
                         self.output_dir, len(todo))
@@ -370,10 +425,14 @@ class SampleRunner:
                 meta.flush()
                 os.fsync(meta.fileno())
         if self.quality_gate:
+            made, rejected = quality["generated"], quality["rejected"]
+            quality = with_earlier_counts(quality, self.quality_file)
             quality["rejection_rate"] = quality["rejected"] / max(quality["generated"], 1)
-            (self.output_dir / "quality.json").write_text(json.dumps(quality, indent=1))
-            print(f"quality filter: {quality['rejected']} of {quality['generated']} generated images rejected "
-                  f"({quality['rejection_rate']:.1%}); sampler {self.sampler}, {self.steps} steps")
+            write_json_atomic(quality, self.quality_file)
+            folder = (f"; with the earlier runs into this folder {quality['rejected']} of {quality['generated']} "
+                      f"({quality['rejection_rate']:.1%})" if quality["generated"] != made else "")
+            print(f"quality filter: {rejected} of {made} generated images rejected ({rejected / max(made, 1):.1%})"
+                  f"{folder}; sampler {self.sampler}, {self.steps} steps")
         self.write_grids()
         logger.info("wrote %d images to %s", len(todo), self.output_dir)
         return meta_path
@@ -393,14 +452,15 @@ class SampleRunner:
         quality.update(info)
         quality.update(sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale)
         size = self.pipeline.batch_size if isinstance(self.pipeline.batch_size, int) else 16
+        step = self.shard[1]  # a shard's seeds: its own residue, so shards never make the same seed
         next_seed = min(seeds, default=self.seed)
         for start in range(0, len(labels), size):
             result = quality_filtered_generate(
                 self.pipeline, labels[start:start + size], self.quality_gate, num_inference_steps=self.steps,
                 guidance_scale=self.guidance_scale, first_seed=next_seed, sampler=self.sampler,
-                gate_and_extractor=(gate, extractor),
+                gate_and_extractor=(gate, extractor), seed_step=step,
             )
-            next_seed = max(max(result["seeds"]), next_seed + result["generated"] - 1) + 1
+            next_seed = max(max(result["seeds"]), next_seed + (result["generated"] - 1) * step) + step
             quality["generated"] += result["generated"]
             quality["rejected"] += round(result["rejection_rate"] * result["generated"])
             yield result["labels"], result["seeds"], result["images"].cpu(), result["scores"]
@@ -412,7 +472,8 @@ class SampleRunner:
         if self.save_npy:
             # float copy in [0, 1] (the loaders' range), lossless for DICOM/NIfTI export
             unit = ((image.numpy() + 1.0) / 2.0).astype(np.float32)
-            np.save(self.output_dir / rel.with_suffix(".npy"), unit)
+            with atomic_write(self.output_dir / rel.with_suffix(".npy")) as f:
+                np.save(f, unit)
         return {
             "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
             "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,

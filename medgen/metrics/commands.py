@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medgen.fileio import write_json_atomic
 from medgen.folder_lock import holds_output_folder
 from medgen.metrics.errors import ImageSetError, TooFewImagesError, WeightsUnavailableError
 from medgen.metrics.features import DomainFeatures, FeatureExtractor, InceptionFeatures, extract_features
@@ -228,7 +229,7 @@ def drift_command(
     print(f"MMD^2 {result['mmd2']:.5f}, p = {result['p_value']:.4f} -> {'DRIFT' if result['drift'] else 'no drift'}")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_json_atomic(result, out, indent=2)
     return 1 if result["drift"] else 0
 
 
@@ -282,7 +283,7 @@ def fit_gate_command(
             shutil.copyfile(domain_weights, beside)
         gate.meta.update(domain_weights=beside.name, domain_weights_cached=str(Path(domain_weights).resolve()))
     gate.save(out)
-    Path(str(out) + ".json").write_text(json.dumps({**gate.meta, "threshold": gate.threshold}))
+    write_json_atomic({**gate.meta, "threshold": gate.threshold}, str(out) + ".json", indent=None)
     colour = ", RGB images" if train.channels == 3 else ""
     print(f"quality gate: threshold {gate.threshold:.4f} (k={k}, percentile {percentile:g}, {name} features{colour}); "
           f"wrote {out}" + (f" and {gate_weights_file(out)}" if name == "domain" else ""))
@@ -346,13 +347,15 @@ def quality_filtered_generate(
     max_rounds: int = 20,
     sampler: str | None = None,
     gate_and_extractor: tuple | None = None,
+    seed_step: int = 1,
 ) -> dict:
     """For ``medgen sample --quality-filter``: ``pipeline.generate`` until all ``labels`` pass the gate.
 
     Every image is made with ``sampler`` (the pipeline's default when None) and ``num_inference_steps``, retries
     included. ``gate_and_extractor`` (from :func:`load_gate`) saves loading them per batch; ``features`` is read
-    from the gate itself. Returns ``images`` ([-1, 1]), ``seeds``, ``scores`` (write each as ``"realism_score"``
-    in samples.jsonl) and ``rejection_rate`` (print it; expected under 10%).
+    from the gate itself; seeds run from ``first_seed`` in steps of ``seed_step``. Returns ``images`` ([-1, 1]),
+    ``seeds``, ``scores`` (write each as ``"realism_score"`` in samples.jsonl) and ``rejection_rate`` (print it;
+    expected under 10%).
     """
     from medgen.metrics.quality_gate import generate_until_pass
 
@@ -365,4 +368,5 @@ def quality_filtered_generate(
         return pipeline.generate(lab, seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                  **extra)
 
-    return generate_until_pass(generate, labels, gate, ex, first_seed=first_seed, max_rounds=max_rounds)
+    return generate_until_pass(generate, labels, gate, ex, first_seed=first_seed, max_rounds=max_rounds,
+                               seed_step=seed_step)

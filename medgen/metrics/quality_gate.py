@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medgen.fileio import atomic_write
 from medgen.metrics.distribution import knn_distance
 from medgen.metrics.errors import require
 
@@ -74,7 +75,7 @@ class QualityGate:
         self._check()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # np.savez adds .npz to a bare name; a file object keeps the name given
+        with atomic_write(path) as f:  # np.savez adds .npz to a bare name; a file object keeps the name given
             np.savez(f, reference=self.reference, threshold=self.threshold, k=self.k, percentile=self.percentile,
                      meta=json.dumps(self.meta))
         return path
@@ -95,12 +96,14 @@ def generate_until_pass(
     extractor: Callable[[np.ndarray], np.ndarray],
     first_seed: int = 0,
     max_rounds: int = 20,
+    seed_step: int = 1,
 ) -> dict:
     """Generate until every requested label has an image that passes the gate (``medgen sample --quality-filter``).
 
     ``generate(labels, seeds)`` returns N x C x H x W in [-1, 1] (e.g. ``DiffusionPipeline.generate``), scored in
     their channels (grey or RGB; refused when the gate was fitted on the other kind); rejected slots are retried
-    with fresh seeds. Returns the kept images ([-1, 1]), their labels, seeds and scores, and the rejection
+    with fresh seeds. Seeds run ``first_seed``, ``first_seed + seed_step``, ... (a shard of n steps by n, so the
+    shards' seeds never meet). Returns the kept images ([-1, 1]), their labels, seeds and scores, and the rejection
     rate over all generated images.
     """
     pending = list(range(len(labels)))
@@ -109,8 +112,8 @@ def generate_until_pass(
     for _ in range(max_rounds):
         if not pending:
             break
-        seeds = list(range(next_seed, next_seed + len(pending)))
-        next_seed += len(pending)
+        seeds = list(range(next_seed, next_seed + len(pending) * seed_step, seed_step))
+        next_seed += len(pending) * seed_step
         images = generate([labels[i] for i in pending], seeds)
         unit = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy()
         gate.check_channels(unit.shape[1])

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from medgen.fileio import write_json_atomic
 from medgen.folder_lock import is_lock_file
 from medgen.serve.catalog import DOMAIN_WEIGHTS_FILE, BundleInfo, PipelineCache, public_reason
 from medgen.serve.jobs import Job, JobStore, StepCost, utcnow
@@ -449,7 +450,7 @@ class Worker:
         passed = scores <= gate.threshold
         per_image = [{"file": r["file"], "seed": r["seed"], "realism_score": float(s), "passed": bool(p)}
                      for r, s, p in zip(records, scores, passed)]
-        (samples / "quality.json").write_text(json.dumps({"threshold": gate.threshold, "images": per_image}, indent=1))
+        write_json_atomic({"threshold": gate.threshold, "images": per_image}, samples / "quality.json")
         return {"threshold": gate.threshold, "passed": int(passed.sum()), "failed": int((~passed).sum()),
                 "pass_rate": float(passed.mean()) if len(passed) else 0.0}
 

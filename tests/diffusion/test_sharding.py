@@ -106,3 +106,40 @@ def test_medgen_sample_shard_option(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 np.load(tmp_path / "whole" / Path(whole[key]["file"]).with_suffix(".npy")),
                 atol=1e-5,
             )
+
+
+def test_gated_shards_never_share_a_seed_and_a_rerun_counts_by_class() -> None:
+    """Through a quality gate kept images replace rejected ones with fresh seeds: each shard draws them from its own
+    residue, and a rerun makes what each class still lacks, past every seed the shard kept."""
+    from medgen.diffusion.sample_run import gated_todo, plan_seeds
+
+    plans = [plan_seeds(CLASSES, None, 3, 100, (i, 2)) for i in range(2)]
+    first = [gated_todo(plan, set(), 100, (i, 2)) for i, plan in enumerate(plans)]
+    for i, todo in enumerate(first):
+        assert sorted(label for label, _ in todo) == sorted(label for label, _ in plans[i])
+        assert [seed for _, seed in todo] == [100 + i + 2 * j for j in range(len(todo))]
+    assert not {s for _, s in first[0]} & {s for _, s in first[1]}
+
+    # shard 0's plan is two class-0 images and one class-1 image; it kept one of each, its class-1 image on a
+    # replacement seed, before it stopped; shard 1 finished
+    assert sorted(plans[0]) == [(0, 100), (0, 102), (1, 104)]
+    done = {(0, 100), (1, 110)} | set(first[1])
+    assert gated_todo(plans[1], done, 100, (1, 2)) == []
+    assert gated_todo(plans[0], done, 100, (0, 2)) == [(0, 112)]
+    # unsharded: the first run is the plan's own seeds in order, as plain sampling makes them
+    whole = plan_seeds(CLASSES, None, 2, 7)
+    assert gated_todo(whole, set(), 7) == whole
+
+
+def test_gate_retries_step_through_a_shards_seeds() -> None:
+    from medgen.metrics.quality_gate import QualityGate, generate_until_pass
+
+    gate = QualityGate(k=1, percentile=100).fit(np.zeros((3, 1), np.float32), np.zeros((1, 1), np.float32))
+
+    def generate(labels, seeds):  # an image per seed: black passes, seeds 1 mod 4 come out white and fail
+        return torch.stack([torch.full((1, 4, 4), 1.0 if s % 4 == 1 else -1.0) for s in seeds])
+
+    out = generate_until_pass(generate, [0, 1, 0], gate, lambda x: x.mean(axis=(1, 2, 3))[:, None], first_seed=1,
+                              seed_step=2)
+    # seeds 1, 3, 5 first; 1 and 5 fail and are retried on 7 and 9; 9 fails again and 11 passes
+    assert out["seeds"] == [7, 3, 11] and out["rejection_rate"] == 3 / 6

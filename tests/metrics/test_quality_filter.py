@@ -89,6 +89,21 @@ def test_quality_filter_keeps_the_sampler_and_steps(fitted_gate, tmp_path, monke
     assert (record["sampler"], record["steps"]) == ("dpmpp2m", 5)
     assert record["realism_score"] <= quality["threshold"]
 
+    # the folder goes on only through the same gate (without it, it would mix gated and ungated images), and the
+    # second run's counts add to the first's in quality.json
+    more = [*common[:common.index("--per-class") + 1], "2", *common[common.index("--per-class") + 2:]]
+    assert main([*more, "--out", str(gated)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"medgen: error: {gated} holds samples made otherwise (quality_gate {fitted_gate.resolve()} there "
+                   "vs None now): write to another folder (--out DIR, --output_dir DIR)"]
+    assert len((gated / "samples.jsonl").read_text().splitlines()) == 1
+    assert main([*more, "--quality-filter", str(fitted_gate), "--out", str(gated)]) == 0
+    assert "with the earlier runs into this folder" in capsys.readouterr().out
+    both = json.loads((gated / "quality.json").read_text())
+    assert both["generated"] >= quality["generated"] + 1 and both["rejected"] >= quality["rejected"]
+    assert both["rejection_rate"] == both["rejected"] / both["generated"]
+    assert len((gated / "samples.jsonl").read_text().splitlines()) == 2
+
     # the kept image is exactly what plain dpmpp2m sampling with 5 steps makes for its seed
     plain = tmp_path / "plain"
     assert main([*common, "--seed", str(record["seed"]), "--out", str(plain)]) == 0
