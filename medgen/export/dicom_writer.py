@@ -32,7 +32,8 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 from medgen.export.acquisition import BUNDLE_ACQUISITION, Spacing, resolve_spacing
 from medgen.export.paths import UnsafePathError, confined_path, inside, resolved
-from medgen.fileio import atomic_write, write_bytes_atomic
+from medgen.fileio import atomic_write, is_temp_file, write_bytes_atomic
+from medgen.folder_lock import is_lock_file
 
 __all__ = ["FORMATS", "IOD_CHANNELS", "IODS", "SyntheticStudy", "channels_of", "check_iod_channels", "derived_uid",
            "export_images", "provenance_text", "samples_channels", "to_stored", "to_stored_rgb", "write_dicom"]
@@ -477,6 +478,26 @@ def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) ->
     write_bytes_atomic(gzip.compress(nii.to_bytes(), mtime=0), path)
 
 
+def files_not_written(out_dir: Path, records: list[dict | None], fmt: str) -> list[str]:
+    """Files already in ``out_dir`` that exporting ``records`` to ``fmt`` would not write (its ``manifest.csv``, lock
+    and temporary files aside): what an earlier export of other samples left. A rerun of the same export, or of
+    the folder after more sampling, writes every file there again."""
+    if not out_dir.is_dir():
+        return []
+    planned = set()
+    for rec in records:
+        if rec and isinstance(rec.get("file"), str):
+            stem = PurePosixPath(rec["file"].replace("\\", "/")).with_suffix("")
+            planned.add(stem.with_name(stem.name + FORMATS[fmt]).as_posix())
+    found = []
+    for folder, _, names in os.walk(out_dir):
+        for name in names:
+            rel = Path(folder, name).relative_to(out_dir).as_posix()
+            if rel != "manifest.csv" and rel not in planned and not is_lock_file(name) and not is_temp_file(name):
+                found.append(rel)
+    return sorted(found)
+
+
 def _record(line: str) -> dict | None:
     try:
         rec = json.loads(line)
@@ -576,6 +597,11 @@ def export_images(
             and not (acquisition and acquisition.field_of_view_mm) and not _spacing_recorded(records, weights_meta):
         raise ValueError(f"{index}: the samples record no pixel spacing and MR requires one; give "
                          "--field-of-view-mm (e.g. 240 for a head) or --pixel-spacing")
+    leftovers = files_not_written(out_dir, records, fmt)
+    if leftovers:
+        raise ValueError(f"{out_dir} holds {len(leftovers)} file(s) this export does not write ({leftovers[0]}"
+                         f"{', ...' if len(leftovers) > 1 else ''}), left by another export: they would be mixed "
+                         "with these and sent with them; write to another folder (--out DIR) or move them away")
     study_key = f"weights:{weights_sha}" if weights_sha else f"samples:{hashlib.sha256(text.encode()).hexdigest()}"
     study = SyntheticStudy(uid_root=uid_root, patient_name=patient_name, patient_id=patient_id, key=study_key,
                            iod=iod)

@@ -202,3 +202,28 @@ def test_export_command_ok(samples_dir, tmp_path, capsys):
     assert export_command(samples_dir, tmp_path / "out", fmt="dicom", iod="mr", bits=12, field_of_view_mm=240,
                           body_part="HEAD") == 0  # fmt: skip
     assert "exported 4 dicom file(s)" in capsys.readouterr().out
+
+
+def test_an_export_into_a_folder_another_export_left_files_in_is_refused(samples_dir, tmp_path, capsys):
+    """What an earlier export of other samples left would be mixed in with this one (and sent with it by `medgen send
+    out/`): refused before anything is written. The same export again, or after more sampling, goes on."""
+    from tests.export.conftest import make_samples_dir
+
+    out = tmp_path / "out"
+    assert export_command(samples_dir, out, fmt="dicom") == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    fewer = make_samples_dir(tmp_path / "fewer", per_class=1)  # NORMAL/000000_s0, PNEUMONIA/000001_s1: 3 left over
+    assert export_command(fewer, out, fmt="dicom") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out} holds 3 file(s) this export does not write (NORMAL/000001_s1.dcm, ...), left by another "
+        "export: they would be mixed with these and sent with them; write to another folder (--out DIR) or move "
+        "them away"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # untouched
+    assert export_command(samples_dir, out, fmt="png") == 2  # the DICOM files are not the PNG export's
+    assert export_command(samples_dir, out, fmt="dicom") == 0  # the same export again
+    # the samples folder after more sampling: its images and one more
+    more = Path(shutil.copytree(samples_dir, tmp_path / "more"))
+    shutil.copy(more / "NORMAL" / "000000_s0.png", more / "NORMAL" / "000009_s9.png")
+    with (more / "samples.jsonl").open("a") as f:
+        f.write(json.dumps({"file": "NORMAL/000009_s9.png", "class": "NORMAL", "label": 0, "seed": 9}) + "\n")
+    assert export_command(more, out, fmt="dicom") == 0 and len(read_manifest(out)) == 5
