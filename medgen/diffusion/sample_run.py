@@ -236,11 +236,12 @@ def sharded_otherwise(count: int) -> Callable[[str], bool]:
 def gated_todo(pairs: Sequence[tuple[int, int]], done: set[tuple[int, int]], seed: int,
                shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
     """What a job through a quality gate still has to make: per class, as many images as its plan ``pairs`` hold,
-    less those of this shard already on disk, on seeds past every seed this shard kept. A gate keeps replacements
-    (fresh seeds) instead of the planned seeds, so a rerun counts images by class rather than matching seeds; the
-    seeds of shard i of n are ``seed + i + n j``, so shards never make the same image."""
+    less those of this shard already on disk (from ``seed`` on), on seeds past every seed this shard kept. A gate
+    keeps replacements (fresh seeds) instead of the planned seeds, so a rerun counts images by class rather than
+    matching seeds; the seeds of shard i of n are ``seed + i + n j``, so shards never make the same image. Images
+    on seeds below ``seed`` (a job with an earlier ``--seed``) are not this job's: it adds its own, as unfiltered."""
     index, count = shard
-    mine = [(label, s) for label, s in done if (s - seed) % count == index]
+    mine = [(label, s) for label, s in done if s >= seed and (s - seed) % count == index]
     start = max((s for _, s in mine), default=None)
     start = min((s for _, s in pairs), default=seed) if start is None else start + count
     need = {label: 0 for label, _ in pairs}

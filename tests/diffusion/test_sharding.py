@@ -126,6 +126,8 @@ def test_gated_shards_never_share_a_seed_and_a_rerun_counts_by_class() -> None:
     done = {(0, 100), (1, 110)} | set(first[1])
     assert gated_todo(plans[1], done, 100, (1, 2)) == []
     assert gated_todo(plans[0], done, 100, (0, 2)) == [(0, 112)]
+    # a job with a later --seed adds its own images, as without a gate
+    assert gated_todo(plan_seeds(CLASSES, None, 1, 500), {(0, 100), (1, 110)}, 500) == [(0, 500), (1, 501)]
     # unsharded: the first run is the plan's own seeds in order, as plain sampling makes them
     whole = plan_seeds(CLASSES, None, 2, 7)
     assert gated_todo(whole, set(), 7) == whole
