@@ -254,6 +254,27 @@ def gated_todo(pairs: Sequence[tuple[int, int]], done: set[tuple[int, int]], see
     return [(label, start + count * j) for j, label in enumerate(labels)]
 
 
+def check_numbering(plan: Sequence[tuple[int, int]], done: set[tuple[int, int]], classes: Sequence[str],
+                    folder: Path) -> None:
+    """Refuse a job whose seeds the folder's images were numbered with otherwise: an image on disk whose seed this
+    job's ``plan`` gives to another class. Seeds run ``seed + class index * per_class + i``, so a folder sampled with
+    another ``--per-class`` (or class selection) would get the planned seeds of each class again besides its own,
+    and hold more images of a class than asked."""
+    owner = {s: label for label, s in plan}
+    if not owner:
+        return
+    low, high = min(owner), max(owner)
+    selected = set(owner.values())
+    for label, s in sorted(done, key=lambda pair: pair[1]):
+        if label in selected and low <= s <= high and owner.get(s, label) != label:
+            top = max(seed for _, seed in done)
+            raise ValueError(f"{folder} holds {classes[label]} seed {s}, which this job numbers as a "
+                             f"{classes[owner[s]]} image: the folder was sampled with another --per-class or --class "
+                             f"(seeds run seed + class index x per-class + i); give the ones it was made with, add "
+                             f"images with --seed {top + 1} or more, or write to another folder (--out DIR, "
+                             "--output_dir DIR)")
+
+
 def with_earlier_counts(quality: dict, path: Path) -> dict:
     """``quality`` with the generated and rejected counts of the earlier runs of the same job into the folder (the
     ``path`` they wrote) added: a resumed job's file covers every image made, not only the last run's."""
@@ -406,6 +427,8 @@ class SampleRunner:
         if self.quality_gate:
             todo = gated_todo(pairs, done, self.seed, self.shard)
         else:
+            check_numbering(plan_seeds(classes, self.class_names, self.per_class, self.seed), done, classes,
+                            self.output_dir)
             todo = [p for p in pairs if p not in done]
         if done:
             logger.info("%d of %d images already in %s; making the other %d", len(pairs) - len(todo), len(pairs),

@@ -145,3 +145,27 @@ def test_gate_retries_step_through_a_shards_seeds() -> None:
                               seed_step=2)
     # seeds 1, 3, 5 first; 1 and 5 fail and are retried on 7 and 9; 9 fails again and 11 passes
     assert out["seeds"] == [7, 3, 11] and out["rejection_rate"] == 3 / 6
+
+
+def test_a_folder_sampled_with_another_per_class_is_refused_not_overfilled(tmp_path: Path) -> None:
+    """Seeds run seed + class index x per_class + i: more images per class into the same folder would make each class's
+    new planned seeds besides the old ones (3 + 4 where 3 + 3 were asked), so it stops before any work; a later
+    --seed adds images."""
+    settings = {"seed": 0, "num_inference_steps": 2, "save_npy": False}
+    SampleRunner(tiny_pipeline(4), tmp_path, per_class=2, **settings).run()
+    with pytest.raises(ValueError) as err:
+        SampleRunner(tiny_pipeline(4), tmp_path, per_class=3, **settings).run()
+    assert str(err.value) == (
+        f"{tmp_path} holds PNEUMONIA seed 2, which this job numbers as a NORMAL image: the folder was sampled with "
+        "another --per-class or --class (seeds run seed + class index x per-class + i); give the ones it was made "
+        "with, add images with --seed 4 or more, or write to another folder (--out DIR, --output_dir DIR)")
+    assert len(records(tmp_path)) == 4
+    SampleRunner(tiny_pipeline(4), tmp_path, per_class=2, **settings).run()  # the same job again: nothing to make
+    assert len(records(tmp_path)) == 4
+    SampleRunner(tiny_pipeline(4), tmp_path, per_class=1, **{**settings, "seed": 4}).run()
+    made = records(tmp_path)
+    assert sorted(label for label, _ in made) == [0, 0, 0, 1, 1, 1]
+    # one class at a time (as the quality protocol samples) numbers each class from its own seed: no refusal
+    SampleRunner(tiny_pipeline(4), tmp_path / "one", per_class=2, class_names=["PNEUMONIA"], **settings).run()
+    SampleRunner(tiny_pipeline(4), tmp_path / "one", per_class=3, class_names=["NORMAL"], **settings).run()
+    assert sorted(records(tmp_path / "one")) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
