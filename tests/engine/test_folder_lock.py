@@ -182,7 +182,8 @@ def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_lin
         assert long_job.poll() is None, "the first sampling job was disturbed"
     finally:
         kill(long_job)
-    done = run(*sample, "--per-class", "2")
+    done = run(*sample, "--per-class", "2", "--seed", "100000")  # its own seeds: the long job numbered per 500
     assert done.returncode == 0, done.stderr[-3000:]
     seeds = [(r["label"], r["seed"]) for r in map(json.loads, (samples / "samples.jsonl").read_text().splitlines())]
-    assert len(seeds) == len(set(seeds)) and len(seeds) >= 4  # every seed once
+    assert len(seeds) == len(set(seeds)) and len(seeds) >= 5  # every seed once
+    assert {(0, 100000), (0, 100001), (1, 100002), (1, 100003)} <= set(seeds)
