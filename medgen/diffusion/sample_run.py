@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -244,12 +245,8 @@ def gated_todo(pairs: Sequence[tuple[int, int]], done: set[tuple[int, int]], see
     mine = [(label, s) for label, s in done if s >= seed and (s - seed) % count == index]
     start = max((s for _, s in mine), default=None)
     start = min((s for _, s in pairs), default=seed) if start is None else start + count
-    need = {label: 0 for label, _ in pairs}
-    for label, _ in pairs:
-        need[label] += 1
-    for label, _ in mine:
-        if label in need:
-            need[label] -= 1
+    need = Counter(label for label, _ in pairs)
+    need.subtract(label for label, _ in mine if label in need)
     labels = [label for label, n in need.items() for _ in range(max(n, 0))]
     return [(label, start + count * j) for j, label in enumerate(labels)]
 

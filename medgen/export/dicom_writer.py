@@ -478,17 +478,19 @@ def _write_nifti(image: np.ndarray, path: Path, spacing: tuple[float, float]) ->
     write_bytes_atomic(gzip.compress(nii.to_bytes(), mtime=0), path)
 
 
+def output_name(rel: str, fmt: str) -> str:
+    """Where a sample's export goes, relative to the output folder: its path with the format's suffix."""
+    stem = PurePosixPath(rel.replace("\\", "/")).with_suffix("")
+    return stem.with_name(stem.name + FORMATS[fmt]).as_posix()
+
+
 def files_not_written(out_dir: Path, records: list[dict | None], fmt: str) -> list[str]:
     """Files already in ``out_dir`` that exporting ``records`` to ``fmt`` would not write (its ``manifest.csv``, lock
     and temporary files aside): what an earlier export of other samples left. A rerun of the same export, or of
     the folder after more sampling, writes every file there again."""
     if not out_dir.is_dir():
         return []
-    planned = set()
-    for rec in records:
-        if rec and isinstance(rec.get("file"), str):
-            stem = PurePosixPath(rec["file"].replace("\\", "/")).with_suffix("")
-            planned.add(stem.with_name(stem.name + FORMATS[fmt]).as_posix())
+    planned = {output_name(rec["file"], fmt) for rec in records if rec and isinstance(rec.get("file"), str)}
     found = []
     for folder, _, names in os.walk(out_dir):
         for name in names:
@@ -618,8 +620,7 @@ def export_images(
             image = load_sample_image(samples_dir, rel)
             spacing = resolve_spacing(image.shape, pixel_spacing=pixel_spacing, field_of_view_mm=field_of_view_mm,
                                       record=rec, weights_meta=weights_meta, acquisition=acquisition)
-            stem = PurePosixPath(rel.replace("\\", "/")).with_suffix("")
-            target = confined_path(out_dir, str(stem.with_name(stem.name + FORMATS[fmt])), "the output folder")
+            target = confined_path(out_dir, output_name(rel, fmt), "the output folder")
             target.parent.mkdir(parents=True, exist_ok=True)
             if not inside(out_dir, target):  # a folder swapped for a symlink while being made
                 raise UnsafePathError(rel, out_dir, f"its output folder leads to {resolved(target.parent)}")
