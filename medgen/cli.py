@@ -479,11 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "%(default)s)")
     send.set_defaults(func=cmd_send, takes_extra=False)
 
-    export_model = verbs.add_parser("export-model", help="export a bundle's weights as models/model.ts and "
-                                    "models/model.onnx, each checked against PyTorch")
+    export_model = verbs.add_parser("export-model", help="export a bundle's weights as model.ts and model.onnx "
+                                    "beside them, each checked against PyTorch and naming the weights' sha256")
     export_model.add_argument("bundle", help="bundle folder or name")
     export_model.add_argument("--ckpt", help="weights (default <bundle>/models/model.pt)")
-    export_model.add_argument("--out", help="output folder (default <bundle>/models)")
+    export_model.add_argument("--out", help="output folder (default: the weights' folder, <bundle>/models for the "
+                                            "bundle's own)")
     export_model.add_argument("--format", default="ts,onnx", help="comma-separated: ts, onnx (default both)")
     export_model.add_argument("--opset", type=int, default=18, help="ONNX opset, 17 or later (default 18)")
     export_model.set_defaults(func=cmd_export_model, takes_extra=False)

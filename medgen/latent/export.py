@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medgen.fileio import atomic_write
+
 DECODER_INPUTS = ("latent",)
 DECODER_OUTPUTS = ("image",)
 
@@ -51,26 +53,27 @@ def export_decoder(autoencoder: torch.nn.Module, scale_factor: float, latent_sha
         path = out_dir / "model_decoder.ts"
         with torch.no_grad():
             traced = torch.jit.trace(decoder, (example,), check_trace=False)
-        save_net_with_metadata(traced, str(path), include_config_vals=False, append_timestamp=False,
-                               meta_values={k: json.dumps(v) for k, v in facts.items()})
+        with atomic_write(path) as f:
+            save_net_with_metadata(traced, f, include_config_vals=False, append_timestamp=False,
+                                   meta_values={k: json.dumps(v) for k, v in facts.items()})
         with torch.no_grad():
             result["model_decoder.ts"] = str(path)
             result["model_decoder.ts max_abs_diff"] = float((torch.jit.load(str(path))(check) - reference).abs().max())
     if "onnx" in formats:
-        import onnx
         import onnxruntime as ort
+
+        from medgen.networks.export import save_onnx
 
         path = out_dir / "model_decoder.onnx"
         batch = torch.export.Dim("batch", min=1, max=4096)
-        with torch.no_grad():
-            torch.onnx.export(decoder, (example,), str(path), input_names=list(DECODER_INPUTS),
-                              output_names=list(DECODER_OUTPUTS), opset_version=opset_version, dynamo=True,
-                              external_data=False, dynamic_shapes=({0: batch},), verbose=False)
-        proto = onnx.load(str(path))
-        for key, value in facts.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
-        onnx.save(proto, str(path))
+
+        def export(target: str) -> None:
+            with torch.no_grad():
+                torch.onnx.export(decoder, (example,), target, input_names=list(DECODER_INPUTS),
+                                  output_names=list(DECODER_OUTPUTS), opset_version=opset_version, dynamo=True,
+                                  external_data=False, dynamic_shapes=({0: batch},), verbose=False)
+
+        save_onnx(export, path, {k: json.dumps(v) for k, v in facts.items()})
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         out = session.run(None, {DECODER_INPUTS[0]: check.numpy()})[0]
         result["model_decoder.onnx"] = str(path)

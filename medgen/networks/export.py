@@ -14,13 +14,16 @@ timesteps and class labels can neither be traced by it nor scripted.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from medgen.fileio import atomic_write
 
 INPUT_NAMES = ("image", "timesteps", "class_labels")
 OUTPUT_NAMES = ("pred",)
@@ -124,8 +127,9 @@ def export_torchscript(
         traced = torch.jit.trace(model, tuple(t.cpu() for t in inputs), check_trace=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_net_with_metadata(traced, str(path), include_config_vals=False, append_timestamp=False,
-                           meta_values=dict(meta_values or {}), more_extra_files=dict(extra_files or {}))
+    with atomic_write(path) as f:  # an export that fails leaves an earlier file at ``path`` as it was
+        save_net_with_metadata(traced, f, include_config_vals=False, append_timestamp=False,
+                               meta_values=dict(meta_values or {}), more_extra_files=dict(extra_files or {}))
     return traced
 
 
@@ -140,25 +144,36 @@ def export_onnx(
     """Write ``network`` (wrapped) as one ONNX file with inputs ``input_names`` (default ``image, timesteps,
     class_labels``), output ``pred`` and a dynamic batch axis. ``metadata`` goes into the model's
     ``metadata_props`` (non-strings as JSON)."""
-    import onnx
-
     if opset_version < 17:
         raise ValueError(f"opset_version must be at least 17, got {opset_version}")
     model = wrap(network).eval().cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic_shapes = tuple({0: batch} for _ in inputs)
-    with torch.no_grad():
-        torch.onnx.export(model, tuple(t.cpu() for t in inputs), str(path), input_names=list(input_names),
-                          output_names=list(OUTPUT_NAMES), opset_version=opset_version, dynamo=True,
-                          external_data=False, dynamic_shapes=dynamic_shapes, verbose=False)
-    if metadata:
-        proto = onnx.load(str(path))
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-        onnx.save(proto, str(path))
+
+    def export(target: str) -> None:
+        with torch.no_grad():
+            torch.onnx.export(model, tuple(t.cpu() for t in inputs), target, input_names=list(input_names),
+                              output_names=list(OUTPUT_NAMES), opset_version=opset_version, dynamo=True,
+                              external_data=False, dynamic_shapes=dynamic_shapes, verbose=False)
+
+    return save_onnx(export, Path(path), metadata or {})
+
+
+def save_onnx(export: Callable[[str], None], path: Path, metadata: Mapping[str, Any]) -> Path:
+    """``export(file)`` (a ``torch.onnx.export``) into a scratch folder, ``metadata`` added to the model's
+    ``metadata_props`` (non-strings as JSON), then the file put at ``path`` through :func:`atomic_write`: an export
+    that fails leaves an earlier file at ``path`` as it was."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medgen-onnx-") as scratch:
+        export(str(Path(scratch) / path.name))
+        proto = onnx.load(str(Path(scratch) / path.name))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())  # one file, as external_data=False asks (under 2 GB)
     return path
 
 
@@ -194,6 +209,13 @@ def sampling_metadata(scheduler: Any, classes: Sequence[str], image_shape: Seque
     }
 
 
+def weights_source(ckpt: Path) -> dict[str, str]:
+    """What an exported file records of the weights it was made from: their file name and sha256."""
+    from medgen.networks.weights_meta import sha256_of
+
+    return {"medgen.weights_file": ckpt.name, "medgen.weights_sha256": sha256_of(ckpt)}
+
+
 def export_bundle(
     bundle: str | Path,
     ckpt_file: str | Path | None = None,
@@ -202,16 +224,19 @@ def export_bundle(
     config: str = "inference",
     opset_version: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """Export a bundle's trained network as ``models/model.ts`` and ``models/model.onnx`` and check each against
-    PyTorch on random inputs made from ``network_data_format`` (batch sizes 2 and 3). Weights trained with EDM
-    preconditioning are exported with it, so the exported network predicts epsilon like every other one.
+    """Export a bundle's trained network as ``model.ts`` and ``model.onnx`` beside its weights and check each
+    against PyTorch on random inputs made from ``network_data_format`` (batch sizes 2 and 3). Weights trained with EDM
+    preconditioning are exported with it, so the exported network predicts epsilon like every other one. Each file
+    names the weights it was made from (``medgen.weights_file``, ``medgen.weights_sha256``: TorchScript metadata,
+    ONNX ``metadata_props``), so an export left beside other weights can be told apart; each is written through a
+    temporary file, so a failed export leaves an earlier one as it was.
 
     Returns ``{"model.ts": path, "model.ts max_abs_diff": ..., "model.onnx": path, "model.onnx max_abs_diff": ...}``.
 
     Args:
         bundle: bundle folder or name.
         ckpt_file: weights (default ``<bundle>/models/model.pt``).
-        out_dir: where to write (default ``<bundle>/models``).
+        out_dir: where to write (default: the weights' folder, ``<bundle>/models`` for the bundle's own).
         formats: any of ``ts``, ``onnx``.
         config: the config whose ``network_def`` (and ``scheduler``, ``classes``) are used.
         opset_version: ONNX opset (at least 17).
@@ -228,7 +253,8 @@ def export_bundle(
     cfg_path = config_file(bundle_dir, config)
     meta_path = bundle_dir / "configs" / "metadata.json"
     ckpt = Path(ckpt_file) if ckpt_file else bundle_dir / "models" / "model.pt"
-    out = Path(out_dir) if out_dir else bundle_dir / "models"
+    out = Path(out_dir) if out_dir else ckpt.parent  # never beside other weights than these
+    source = weights_source(ckpt)
     parser = ConfigParser()
     parser.read_config(str(cfg_path))
     parser.read_meta(str(meta_path))
@@ -253,12 +279,12 @@ def export_bundle(
     if "ts" in formats:
         extra = {f"{cfg_path.stem}.json": json.dumps(ConfigParser.load_config_file(str(cfg_path))).encode()}
         ts_path = out / "model.ts"
-        export_torchscript(network, ts_path, inputs, parser.get("_meta_"), extra)
+        export_torchscript(network, ts_path, inputs, {**parser.get("_meta_"), **source}, extra)
         result["model.ts"] = str(ts_path)
         result["model.ts max_abs_diff"] = max_abs_diff_torchscript(ts_path, network, check)
     if "onnx" in formats:
         metadata: dict[str, Any] = {"medgen.bundle": bundle_dir.name,
-                                    "medgen.version": parser["_meta_"].get("version", "")}
+                                    "medgen.version": parser["_meta_"].get("version", ""), **source}
         if "scheduler" in parser and hasattr(parser.get_parsed_content("scheduler"), "betas"):
             metadata.update(sampling_metadata(parser.get_parsed_content("scheduler"), classes, image_shape))
         onnx_path = export_onnx(network, out / "model.onnx", inputs, opset_version, metadata, list(named))

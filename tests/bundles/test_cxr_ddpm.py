@@ -239,7 +239,7 @@ def test_init_weights_fine_tunes_from_a_trained_model(kermany, trained, tmp_path
     assert all(torch.allclose(start[k].float(), after[k].float(), atol=1e-4) for k in start)
 
 
-def test_edm_recipe_trains_a_fixed_compute_and_samples_like_any_model(kermany, tmp_path):
+def test_edm_recipe_trains_a_fixed_compute_and_samples_like_any_model(kermany, tmp_path, monkeypatch):
     """An EDM-preconditioned, log-normal, warm-up + cosine run stops at max_iterations; its weights say what they are
     and sample through the ordinary inference config with both solvers and guidance."""
     out = tmp_path / "edm"
@@ -281,3 +281,30 @@ def test_edm_recipe_trains_a_fixed_compute_and_samples_like_any_model(kermany, t
     with torch.no_grad():
         assert torch.allclose(traced(x, t, y), epsilon(x, t, class_labels=y), atol=1e-4)
         assert not torch.allclose(traced(x, t, y), raw(x, t, class_labels=y), atol=1e-2)
+
+    # each file names the weights it came from, and by default sits beside them, never beside the bundle's own
+    import onnx
+    from monai.data import load_net_with_metadata
+
+    from medgen.networks.weights_meta import sha256_of
+
+    sha = sha256_of(out / "model.pt")
+    props = {p.key: p.value for p in onnx.load(exported["model.onnx"]).metadata_props}
+    assert (props["medgen.weights_file"], props["medgen.weights_sha256"]) == ("model.pt", sha)
+    assert load_net_with_metadata(exported["model.ts"])[1]["medgen.weights_sha256"] == sha
+    shipped = {p.name: p.stat().st_mtime_ns for p in (REPO / "bundles" / "cxr_ddpm" / "models").iterdir()}
+    beside = export_bundle(REPO / "bundles" / "cxr_ddpm", out / "model.pt", formats=["onnx"])
+    assert Path(beside["model.onnx"]) == out / "model.onnx"
+    assert {p.name: p.stat().st_mtime_ns for p in (REPO / "bundles" / "cxr_ddpm" / "models").iterdir()} == shipped
+
+    # an export that fails leaves the earlier file whole
+    before = (out / "model.onnx").read_bytes()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_bundle(REPO / "bundles" / "cxr_ddpm", out / "model.pt", formats=["onnx"])
+    assert (out / "model.onnx").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if "onnx" in p.name) == ["model.onnx"]
