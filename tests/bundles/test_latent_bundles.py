@@ -304,11 +304,17 @@ def test_the_shipped_cxr_weights_sample_256_pixel_radiographs_and_dicom(tmp_path
         with Image.open(out / line["file"]) as im:
             assert im.size == (256, 256) and im.mode == "L"
             assert max(im.getextrema()) - min(im.getextrema()) > 50  # decoded radiographs, not a flat field
-    files = sorted((out / "export").rglob("*.dcm"))
+    files = sorted((out / "export_dicom").rglob("*.dcm"))
     assert len(files) == 2
     for path in files:
         ds = pydicom.dcmread(path)
         assert (ds.Modality, ds.Rows, ds.Columns, ds.SyntheticData) == ("CR", 256, 256, "YES")
+    # the same samples in another format go to a folder of their own, the DICOM left as it was
+    made = {p: p.stat().st_mtime_ns for p in files}
+    monai_run("inference", bundle / "configs" / "inference.yaml", "--per_class", "1", "--num_inference_steps", "3",
+              "--export_format", "png16", "--output_dir", str(out), cwd=tmp_path)
+    assert len(list((out / "export_png16").rglob("*.png"))) == 2
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "export_dicom").rglob("*.dcm"))} == made
 
 
 @pytest.mark.slow

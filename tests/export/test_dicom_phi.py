@@ -99,7 +99,7 @@ def exported(phi_tree: Path, tmp_path_factory) -> dict[str, Path]:
            "--steps", "3", "--export_format", "dicom", "--dicom_iod", "mr")
     medgen("export", str(samples), "--out", str(work / "sc"), "--iod", "sc")
     medgen("export", str(samples), "--out", str(work / "cr"), "--iod", "cr", "--bits", "12")
-    return {"mr": samples / "export", "sc": work / "sc", "cr": work / "cr"}
+    return {"mr": samples / "export_dicom", "sc": work / "sc", "cr": work / "cr"}
 
 
 def test_the_inputs_really_carry_phi(phi_tree):
