@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from medgen.export.dicom_writer import export_images
+from medgen.export.dicom_writer import DEFAULT_SEND_REPORT, export_images
 from medgen.export.pacs import PacsError, parse_target, send, write_report
 from medgen.folder_lock import holds_output_folder
 
@@ -98,6 +98,8 @@ def export_command(
             parse_target(send_to)  # a bad target stops before anything is written
         if credentials_file is not None and not Path(credentials_file).is_file():
             raise FileNotFoundError(f"--credentials {credentials_file}: no such file; give the PACS credentials file")
+        if send_to:
+            report = report or Path(out_dir) / DEFAULT_SEND_REPORT
         summary = export_images(
             samples_dir,
             out_dir,
@@ -111,6 +113,7 @@ def export_command(
             pixel_spacing=pixel_spacing,
             field_of_view_mm=field_of_view_mm,
             view_position=view_position,
+            also_writes=[report] if report else [],
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -123,7 +126,6 @@ def export_command(
     )
     code = EXIT_FAILED if summary["errors"] or not summary["written"] else EXIT_OK
     if send_to and summary["files"]:
-        report = report or Path(out_dir) / "send_report.csv"
         files = [str(p) for p in summary["files"]]
         code = max(code, send_command(files, send_to, credentials_file, retries, report, calling_aet=calling_aet,
                                       root=out_dir))

@@ -22,6 +22,7 @@ import os
 import secrets
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -39,6 +40,9 @@ __all__ = ["FORMATS", "IOD_CHANNELS", "IODS", "SyntheticStudy", "channels_of", "
            "export_images", "provenance_text", "samples_channels", "to_stored", "to_stored_rgb", "write_dicom"]
 
 _SOFTWARE = "medgen 0.1.0"
+MANIFEST = "manifest.csv"
+#: where ``medgen export --send-to`` writes what the PACS took, unless ``--report`` says otherwise
+DEFAULT_SEND_REPORT = "send_report.csv"
 
 #: iod key -> (SOP Class UID, Modality, human name)
 IODS: dict[str, tuple[str, str, str]] = {
@@ -484,18 +488,24 @@ def output_name(rel: str, fmt: str) -> str:
     return stem.with_name(stem.name + FORMATS[fmt]).as_posix()
 
 
-def files_not_written(out_dir: Path, records: list[dict | None], fmt: str) -> list[str]:
-    """Files already in ``out_dir`` that exporting ``records`` to ``fmt`` would not write (its ``manifest.csv``, lock
-    and temporary files aside): what an earlier export of other samples left. A rerun of the same export, or of
-    the folder after more sampling, writes every file there again."""
+def files_not_written(out_dir: Path, records: list[dict | None], fmt: str,
+                      also_writes: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """Files already in ``out_dir`` that exporting ``records`` to ``fmt`` would not write (its ``manifest.csv``, the
+    send report ``send_report.csv`` or any ``also_writes``, lock and temporary files aside): what an earlier export of
+    other samples left. A rerun of the same export, or of the folder after more sampling, writes every file there
+    again."""
     if not out_dir.is_dir():
         return []
     planned = {output_name(rec["file"], fmt) for rec in records if rec and isinstance(rec.get("file"), str)}
+    planned |= {MANIFEST, DEFAULT_SEND_REPORT}
+    for path in also_writes:  # a report the command writes inside the folder, by its path there
+        if Path(path).resolve().is_relative_to(out_dir.resolve()):
+            planned.add(Path(path).resolve().relative_to(out_dir.resolve()).as_posix())
     found = []
     for folder, _, names in os.walk(out_dir):
         for name in names:
             rel = Path(folder, name).relative_to(out_dir).as_posix()
-            if rel != "manifest.csv" and rel not in planned and not is_lock_file(name) and not is_temp_file(name):
+            if rel not in planned and not is_lock_file(name) and not is_temp_file(name):
                 found.append(rel)
     return sorted(found)
 
@@ -552,6 +562,7 @@ def export_images(
     pixel_spacing: float | tuple[float, float] | None = None,
     field_of_view_mm: float | tuple[float, float] | None = None,
     view_position: str | None = None,
+    also_writes: Iterable[str | os.PathLike] = (),
 ) -> dict:
     """Export every image listed in ``samples_dir/samples.jsonl`` to ``out_dir`` and write ``manifest.csv``.
 
@@ -565,7 +576,9 @@ def export_images(
     (:mod:`medgen.export.paths`): a line whose ``file`` has ``..``, is absolute or leads through a symlink out of
     ``samples_dir``, or whose output would land outside ``out_dir``, is refused with one line naming it. Files are
     written through a temporary file and a rename, so an existing symlink in ``out_dir`` is replaced, never followed.
-    ``iod`` None: ``sc`` for grey samples, ``vlm`` for colour.
+    ``iod`` None: ``sc`` for grey samples, ``vlm`` for colour. A folder holding files this export would not write
+    (an earlier export of other samples; ``also_writes``: other files the caller writes there, such as a send
+    report) is refused with one line before anything is written.
     Returns ``{"written": n, "errors": [(line, message)], "manifest": path, "files": [paths], "study": study}``.
     """
     if fmt not in FORMATS:
@@ -599,7 +612,7 @@ def export_images(
             and not (acquisition and acquisition.field_of_view_mm) and not _spacing_recorded(records, weights_meta):
         raise ValueError(f"{index}: the samples record no pixel spacing and MR requires one; give "
                          "--field-of-view-mm (e.g. 240 for a head) or --pixel-spacing")
-    leftovers = files_not_written(out_dir, records, fmt)
+    leftovers = files_not_written(out_dir, records, fmt, also_writes)
     if leftovers:
         raise ValueError(f"{out_dir} holds {len(leftovers)} file(s) this export does not write ({leftovers[0]}"
                          f"{', ...' if len(leftovers) > 1 else ''}), left by another export: they would be mixed "
@@ -662,7 +675,7 @@ def export_images(
             continue
         files.append(target)
         rows.append(row)
-    manifest = out_dir / "manifest.csv"
+    manifest = out_dir / MANIFEST
     with atomic_write(manifest, "w") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -52,6 +52,15 @@ def test_export_exit_codes(samples_dir, tmp_path, unused_port):
         assert (run.returncode, message in run.stderr) == (code, True), (name, run.stderr[-2000:])
         if code == 2 and name != "bad iod":
             assert not any((tmp_path / args[3]).glob("**/*.dcm")), name  # stopped before writing
+    # the same export and send again once the PACS is up (here: still down) is a retry, not another export's
+    # leftovers: its own send report (the default one, or --report inside the folder) does not stop it
+    retry = medgen(*cases["PACS down"][0])
+    assert (retry.returncode, "cannot connect" in retry.stderr) == (1, True), retry.stderr[-2000:]
+    assert (tmp_path / "o8" / "send_report.csv").is_file()
+    report = tmp_path / "o8" / "report.json"
+    for _ in range(2):
+        again = medgen(*cases["PACS down"][0], "--report", report)
+        assert (again.returncode, report.is_file()) == (1, True), again.stderr[-2000:]
     busy = tmp_path / "o10"  # an output folder another export is writing: it belongs to that one
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from medgen.folder_lock import hold_folder; "
                                "hold_folder(sys.argv[1], 'export', 'x'); print('held', flush=True); sys.stdin.read()",
