@@ -54,13 +54,18 @@ def bundle_datalist(bundle: Path, dataset_dir: str | None) -> dict:
     return parser.get_parsed_content("datalist")
 
 
-def sampler_overrides(bundle: Path, sampler: str | None, steps: int | None, guidance: float | None) -> dict:
-    """Only the sampling keys this bundle's inference.yaml has (the score bundle has no ``dpmpp2m``)."""
+def sampler_overrides(bundle: Path, sampler: str | None, steps: int | None, guidance: float | None,
+                      interval: list[str] | None = None) -> dict:
+    """Only the sampling keys this bundle's inference.yaml has (the score bundle has no ``dpmpp2m``); ``interval``
+    as ``--guidance-interval`` takes it (LOW HIGH, or none)."""
     from medgen.bundles import read_config
+    from medgen.cli import guidance_interval_arg
 
     keys = read_config(bundle, "inference")
     given = {"sampler": sampler, "num_inference_steps": steps, "guidance_scale": guidance}
     out = {k: v for k, v in given.items() if v is not None}
+    if interval is not None:
+        out["guidance_interval"] = guidance_interval_arg(interval)
     unknown = [k for k in out if k not in keys]
     if unknown:
         raise SystemExit(f"benchmarks.quality: error: bundle {bundle.name} has no sampling key(s) {unknown}")
@@ -99,7 +104,8 @@ def check_sampling(bundle: Path, weights: Path, sampling: dict) -> None:
     from medgen.config import check_run
     from medgen.networks.weights_meta import meta_value, read_meta
 
-    aliases = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "sampler": "--sampler"}
+    aliases = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "sampler": "--sampler",
+               "guidance_interval": "--guidance-interval"}
     # the weights' own schedule length, so steps beyond it are refused here rather than deep in the sampler
     timesteps = {"num_train_timesteps": meta_value(read_meta(weights), "num_train_timesteps", 1000)}
     if "num_train_timesteps" not in read_config(bundle, "inference"):
@@ -111,7 +117,7 @@ def effective_sampling(bundle: Path, sampling: dict) -> dict:
     from medgen.bundles import read_config
 
     cfg = read_config(bundle, "inference")
-    keys = ("sampler", "num_inference_steps", "guidance_scale", "n_steps_each")
+    keys = ("sampler", "num_inference_steps", "guidance_scale", "guidance_interval", "n_steps_each")
     return {k: sampling.get(k, cfg.get(k)) for k in keys if k in cfg or k in sampling}
 
 
@@ -175,7 +181,8 @@ def samples_folder(root: Path, bundle: str, sha: str, sampling: dict, seed: int,
                    autoencoder_sha: str | None = None, guide_sha: str | None = None) -> Path:
     """Named by the weights, the decoder (latent bundles: another decoder, other images), the guide, sampling and
     seed."""
-    tag = "-".join(f"{v}" for v in sampling.values())
+    tag = "-".join(f"gi{v[0]:g}-{v[1]:g}" if isinstance(v, (list, tuple)) else f"{v}" for k, v in sampling.items()
+                   if not (k == "guidance_interval" and v is None))  # guided at every step: named as before
     decoder = f"-ae{autoencoder_sha[:8]}" if autoencoder_sha else ""
     guide = f"-guide{guide_sha[:8]}" if guide_sha else ""
     return root / bundle / f"{sha[:12]}{decoder}{guide}-{tag}-s{seed}"
@@ -247,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", help="sampler (default: the bundle's inference.yaml)")
     ap.add_argument("--steps", type=int, help="sampling steps (default: the sampler's default)")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (1.0 = none)")
+    ap.add_argument("--guidance-interval", nargs="+", metavar="SIGMA",
+                    help="LOW HIGH: guide only the steps whose noise level lies in it; none: every step (default: "
+                         "the bundle's)")
     ap.add_argument("--per-class", type=int, help="fewer generated images per class than the protocol's N "
                                                   "(a cheaper run; the floor is measured at the same N)")
     ap.add_argument("--seed", type=int, default=20_000, help="first seed (class k: seed + 100000 k + i)")
@@ -312,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(KID is unbiased)")
     if guide is not None:
         print(f"autoguidance: guide {guide} (sha256 {guide_sha[:16]}...)")
-    base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance)
-    settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g) for s in args.samplers
-                                              for n in args.sweep_steps for g in args.sweep_guidance]
+    base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance, args.guidance_interval)
+    settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g, args.guidance_interval)
+                                              for s in args.samplers for n in args.sweep_steps
+                                              for g in args.sweep_guidance]
     for sampling in settings:  # every value checked before any work
         check_sampling(bundle, weights, sampling)
     real = RealSets(datalist, size, preparation_of(meta))

@@ -126,7 +126,20 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 #: ``medgen sample`` flags and the inference.yaml keys they set
 SAMPLE_FLAGS = {"per_class": "--per-class", "seed": "--seed", "guidance_scale": "--guidance",
                 "num_inference_steps": "--steps", "sampler": "--sampler", "class_names": "--class",
-                "shard": "--shard", "batch_size": "--batch-size"}
+                "shard": "--shard", "batch_size": "--batch-size", "guidance_interval": "--guidance-interval"}
+
+
+def guidance_interval_arg(values: list[str] | None) -> list[float] | list[str] | None | str:
+    """``--guidance-interval LOW HIGH`` as two floats, ``none`` as None (guide every step); not given: ``"bundle"``.
+    Anything else comes back as given, for the config check to refuse with the flag's name and what it takes."""
+    if values is None:
+        return "bundle"
+    if [v.lower() for v in values] == ["none"]:
+        return None
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return values
 
 
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
@@ -140,6 +153,9 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
              "sampler": args.sampler, "num_inference_steps": args.steps, "class_names": args.class_names,
              "shard": args.shard, "batch_size": args.batch_size}
     overrides.update({k: v for k, v in given.items() if v is not None})
+    interval = guidance_interval_arg(args.guidance_interval)
+    if interval != "bundle":
+        overrides["guidance_interval"] = interval
     if args.sampler is not None and "num_inference_steps" not in overrides:
         from medgen.diffusion.solvers import DEFAULT_STEPS
 
@@ -156,6 +172,8 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     if args.guide:
         overrides["guide_path"] = "none" if args.guide.lower() == "none" else str(Path(args.guide).resolve())
     aliases = {k: SAMPLE_FLAGS[k] for k, v in given.items() if v is not None}
+    if interval != "bundle":
+        aliases["guidance_interval"] = SAMPLE_FLAGS["guidance_interval"]
     aliases.update({"output_dir": "--out", "ckpt_path": "--ckpt", "quality_gate": "--quality-filter",
                     "domain_weights": "--domain-weights", "guide_path": "--guide"})
     check_run(config_file(find_bundle(args.bundle), "inference"), overrides, aliases)
@@ -341,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's)")
     sample.add_argument("--guidance", type=float, default=None,
                         help="guidance scale (1 = off; default: the bundle's)")
+    sample.add_argument("--guidance-interval", "--guidance_interval", nargs="+", metavar="SIGMA",
+                        help="LOW HIGH: guide only the steps whose noise level sigma lies in [LOW, HIGH], the others "
+                        "unguided; none: every step (default: the bundle's)")
     sample.add_argument("--guide", help="autoguidance: weights (model.pt) of a smaller, shorter-trained model of the "
                         "bundle to guide with, or none for classifier-free guidance (default: the bundle's guide "
                         "for its own weights)")

@@ -185,6 +185,11 @@ def shard(v: Any) -> str | None:
     return None if ok else 'must be "i/n" with 0 <= i < n (e.g. "0/4")'
 
 
+def noise_interval(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v) and 0 <= v[0] < v[1]
+    return None if ok else "must be two noise levels [low, high] with 0 <= low < high (e.g. [0, 11])"
+
+
 def int_list(v: Any) -> str | None:
     ok = isinstance(v, (list, tuple)) and v and all(_is_int(x) and x >= 1 for x in v)
     return None if ok else "must be a non-empty list of integers >= 1"
@@ -282,7 +287,8 @@ SPEC: dict[str, Rule] = {
     "tensorboard_dir": optional(path), "mlflow_tracking_uri": optional(text), "mlflow_experiment": text,
     # sampling
     "per_class": integer(1), "sampler": text, "num_inference_steps": positive_steps,
-    "guidance_scale": number(ge=0), "shard": optional(shard), "n_steps_each": positive_steps,
+    "guidance_scale": number(ge=0), "guidance_interval": optional(noise_interval), "shard": optional(shard),
+    "n_steps_each": positive_steps,
     "snr": optional(number(gt=0)), "step_lr": number(gt=0), "denoise": boolean,
     "quality_gate": optional(existing_file), "domain_weights": optional(existing_file),
     "guide_path": optional(either(existing_file, "none")),

@@ -195,7 +195,7 @@ def common_keys(meta: dict[str, Any], kind: str, autoencoder: dict[str, Any] | N
     return keys
 
 
-SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale")
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "guidance_interval")
 
 
 def literal_values(src: Path, file: str, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -223,6 +223,7 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
         "seed": 0,
         "class_names": None,
         "guidance_scale": 1.0,
+        "guidance_interval": None,
         "batch_size": 16,
         "precision": "auto",
         "network": "$@network_def.to(@device)",
@@ -236,7 +237,7 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
                          "scheduler": "@scheduler", "classes": "@classes", "image_size": "@image_size",
                          "in_channels": "@channels", "device": "@device", "precision": "@precision",
                          "batch_size": "@batch_size", "sampler": "@sampler", "n_steps_each": "@n_steps_each",
-                         "snr": "@snr"}})
+                         "snr": "@snr", "guidance_interval": "@guidance_interval"}})
     else:
         config.update({
             "sampler": "dpmpp2m", "num_inference_steps": 15,
@@ -245,7 +246,7 @@ def inference_config(meta: dict[str, Any], kind: str, sampling: dict[str, Any] |
                                     "@edm_sigma_data)",
                          "scheduler": "@scheduler", "classes": "@classes", "image_size": "@image_size",
                          "in_channels": "@channels", "device": "@device", "precision": "@precision",
-                         "batch_size": "@batch_size"}})
+                         "batch_size": "@batch_size", "guidance_interval": "@guidance_interval"}})
     if autoencoder is not None:
         pipeline = config["pipeline"]
         pipeline["_target_"] = "scripts.latent_pipeline.LatentDiffusionPipeline"

@@ -178,6 +178,8 @@ def test_missing_default_data_exits_2_and_names_the_documented_flag(tmp_path):
     (["sample", "no_such_bundle"], "no bundle 'no_such_bundle'"),
     (["audit", "/nonexistent/samples", "d", "--out", "o"], "SAMPLES_DIR /nonexistent/samples: no such file or folder"),
     (["export-model", "cxr_ddpm", "--format", "pt"], "--format 'pt': give ts, onnx or ts,onnx"),
+    (["sample", "cxr_ddpm", "--guidance-interval", "5", "1"],
+     "'guidance_interval' (--guidance-interval) must be two noise levels [low, high] with 0 <= low < high"),
     (["data", "index", "/nonexistent/source", "--out", "o.json"], "/nonexistent/source does not exist"),
     (["send", str(REPO / "README.md"), "--to", "ftp://pacs"], "unknown target scheme"),
 ])

@@ -64,6 +64,7 @@ class LangevinPipeline(DiffusionPipeline):
         guide_network: a smaller, shorter-trained score network of the same task for autoguidance
             (:func:`medgen.diffusion.guide.load_guide`): guidance then moves from the guide's class-conditional score
             instead of the network's unconditional one, s = s_guide + w (s_c - s_guide).
+        guidance_interval: as in :class:`DiffusionPipeline`; σ is the level's own.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class LangevinPipeline(DiffusionPipeline):
         step_lr: float = 6.2e-6,
         denoise: bool = True,
         guide_network: nn.Module | None = None,
+        guidance_interval: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(scheduler, NCSNScheduler):
             raise TypeError(f"LangevinPipeline needs an NCSNScheduler (sigma levels), got {type(scheduler).__name__}")
@@ -91,7 +93,8 @@ class LangevinPipeline(DiffusionPipeline):
         if guide is not None and hasattr(guide_network, "weights_file"):
             guide.weights_file = guide_network.weights_file  # what SampleRunner records beside each image
         super().__init__(LevelConditionedScore(network, scheduler.sigmas), scheduler, classes, image_size,
-                         in_channels, device, precision, batch_size, null_class, channels_last, guide)
+                         in_channels, device, precision, batch_size, null_class, channels_last, guide,
+                         guidance_interval)
         self.sampler = self.check_sampler(sampler)
         if n_steps_each < 0:
             raise ValueError(f"n_steps_each (Langevin steps per level) must be >= 0, got {n_steps_each}")
@@ -109,6 +112,10 @@ class LangevinPipeline(DiffusionPipeline):
         if name not in SAMPLERS:
             raise ValueError(f"unknown Langevin sampler {name!r}; choose one of {list(SAMPLERS)}")
         return name
+
+    def noise_level(self, t: int) -> float:
+        """σ of level ``t``, the scheduler's own (a score model's levels are variance-exploding already)."""
+        return float(self.train_scheduler.sigmas[int(t)])
 
     def make_scheduler(self, name: str) -> NCSNScheduler:
         """A copy of the training scheduler (``set_timesteps`` must not touch it): every sampler walks its levels."""

@@ -1,8 +1,9 @@
 """Generate images per class into a samples folder: PNGs, a grid per class and ``samples.jsonl``.
 
 Images are written as they are made (memory stays flat), each with a metadata line (class, seed, sampler, steps,
-guidance, checkpoint sha256, timestamp; the guide and its sha256 under autoguidance). A rerun into the same folder
-skips seeds already written; one with other weights, another guide or other sampling settings is refused.
+guidance and its interval, checkpoint sha256, timestamp; the guide and its sha256 under autoguidance). A rerun into
+the same folder skips seeds already written; one with other weights, another guide or other sampling settings is
+refused.
 """
 
 from __future__ import annotations
@@ -362,6 +363,12 @@ class SampleRunner:
         path = getattr(getattr(self.pipeline, "guide_network", None), "weights_file", None)
         return Path(path) if path else None
 
+    @property
+    def guidance_interval(self) -> list[float] | None:
+        """The pipeline's guidance interval ``[low, high]`` (σ), as each image's record holds it; None: every step."""
+        interval = getattr(self.pipeline, "guidance_interval", None)
+        return [float(v) for v in interval] if interval is not None else None
+
     def done_seeds(self) -> set[tuple[int, int]]:
         return seeds_on_disk(self.output_dir)
 
@@ -373,7 +380,7 @@ class SampleRunner:
         if not path.is_file():
             return
         ours = {"sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "guide_sha256": guide_sha, "quality_gate": self.gate_path}
+                "guidance_interval": self.guidance_interval, "guide_sha256": guide_sha, "quality_gate": self.gate_path}
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -498,6 +505,7 @@ class SampleRunner:
         return {
             "file": rel.as_posix(), "class": classes[label], "label": label, "seed": seed,
             "sampler": self.sampler, "steps": self.steps, "guidance_scale": self.guidance_scale,
+            **({"guidance_interval": self.guidance_interval} if self.guidance_interval else {}),
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "checkpoint_sha256": sha,
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

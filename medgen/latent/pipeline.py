@@ -112,8 +112,8 @@ class LatentDiffusionPipeline(LatentDecoding, pixel.DiffusionPipeline):
         image_size: pixel size of the decoded images (a multiple of the autoencoder's downsampling factor).
         in_channels: pixel channels (default: the autoencoder's).
         latent_channels, downsampling_factor: checked against the autoencoder when given.
-        device, precision, batch_size, null_class, channels_last, guide_network: as
-            :class:`~medgen.diffusion.DiffusionPipeline` (a guide over the same latents).
+        device, precision, batch_size, null_class, channels_last, guide_network, guidance_interval: as
+            :class:`~medgen.diffusion.DiffusionPipeline` (a guide over the same latents; σ of the scaled latents).
     """
 
     def __init__(self, network: torch.nn.Module, scheduler: Scheduler, autoencoder: torch.nn.Module,
@@ -121,10 +121,11 @@ class LatentDiffusionPipeline(LatentDecoding, pixel.DiffusionPipeline):
                  in_channels: int | None = None, device: str | torch.device = "cpu", precision: str = "auto",
                  batch_size: int | str | None = 16, null_class: int | None = None, channels_last: bool | None = None,
                  latent_channels: int | None = None, downsampling_factor: int | None = None,
-                 guide_network: torch.nn.Module | None = None) -> None:
+                 guide_network: torch.nn.Module | None = None,
+                 guidance_interval: Sequence[float] | None = None) -> None:
         channels = AutoencoderFacts.of(autoencoder).channels if in_channels is None else in_channels
         super().__init__(network, scheduler, classes, image_size, channels, device, precision, batch_size,
-                         null_class, channels_last, guide_network)
+                         null_class, channels_last, guide_network, guidance_interval)
         self._set_latent(autoencoder, scale_factor, latent_channels, downsampling_factor)
 
     def make_scheduler(self, name: str) -> Scheduler:
@@ -141,8 +142,8 @@ class LatentLangevinPipeline(LatentDecoding, LangevinPipeline):
             units).
         autoencoder, scale_factor, latent_channels, downsampling_factor: as :class:`LatentDiffusionPipeline`.
         classes, image_size, in_channels, device, precision, batch_size, null_class, channels_last, sampler,
-            n_steps_each, snr, step_lr, denoise, guide_network: as :class:`~medgen.diffusion.langevin.LangevinPipeline`
-            (a guide over the same latents).
+            n_steps_each, snr, step_lr, denoise, guide_network, guidance_interval: as
+            :class:`~medgen.diffusion.langevin.LangevinPipeline` (a guide over the same latents).
     """
 
     def __init__(self, network: torch.nn.Module, scheduler: NCSNScheduler, autoencoder: torch.nn.Module,
@@ -151,8 +152,10 @@ class LatentLangevinPipeline(LatentDecoding, LangevinPipeline):
                  batch_size: int | str | None = 16, null_class: int | None = None, channels_last: bool | None = None,
                  sampler: str = "pc", n_steps_each: int = 1, snr: float | None = 0.16, step_lr: float = 6.2e-6,
                  denoise: bool = True, latent_channels: int | None = None,
-                 downsampling_factor: int | None = None, guide_network: torch.nn.Module | None = None) -> None:
+                 downsampling_factor: int | None = None, guide_network: torch.nn.Module | None = None,
+                 guidance_interval: Sequence[float] | None = None) -> None:
         channels = AutoencoderFacts.of(autoencoder).channels if in_channels is None else in_channels
         super().__init__(network, scheduler, classes, image_size, channels, device, precision, batch_size,
-                         null_class, channels_last, sampler, n_steps_each, snr, step_lr, denoise, guide_network)
+                         null_class, channels_last, sampler, n_steps_each, snr, step_lr, denoise, guide_network,
+                         guidance_interval)
         self._set_latent(autoencoder, scale_factor, latent_channels, downsampling_factor)

@@ -38,6 +38,8 @@ def write_samples(pipeline, output_dir: str, per_class: int, seed: int = 0, samp
             lines.append({"image": os.path.relpath(path, output_dir), "label": label, "class": name,
                           "seed": image_seed, "sampler": sampler, "steps": num_inference_steps,
                           "guidance_scale": guidance_scale, "synthetic": True})
+            if getattr(pipeline, "guidance_interval", None) is not None:
+                lines[-1]["guidance_interval"] = [float(v) for v in pipeline.guidance_interval]
     jsonl = os.path.join(output_dir, "samples.jsonl")
     with open(jsonl + ".part", "w") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)

@@ -182,3 +182,51 @@ def test_a_latent_guide_on_a_fine_tuned_decoder_s_latents_guides_weights_of_the_
     autoencoder(bundle / "model_autoencoder.pt", start=runs / "original.pt", encoder=True)  # other latents
     with pytest.raises(WeightsFileError, match="autoencoder_sha256"):
         load_guide(guide_file, weights, DDPMScheduler(num_train_timesteps=1000))
+
+
+def test_a_guidance_interval_guides_only_the_steps_whose_noise_level_lies_in_it(tmp_path: Path) -> None:
+    main, guide = unet(8, seed=0), unet(8, seed=1)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    pipe = DiffusionPipeline(main, scheduler, CLASSES, image_size=16, precision="fp32", batch_size=4,
+                             guide_network=guide, guidance_interval=[0.0, 2.0])
+    alpha_bar = scheduler.alphas_cumprod
+    assert pipe.noise_level(300) == pytest.approx(float(((1 - alpha_bar[300]) / alpha_bar[300]) ** 0.5))
+    inside, outside = 300, 900  # sigma 0.74 and 9.3 on MONAI's default linear schedule
+    assert pipe.noise_level(inside) < 2.0 < pipe.noise_level(outside)
+    x, labels = torch.randn(2, 1, 16, 16), torch.tensor([0, 1])
+    everywhere = pipeline(guide, main)
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.predict(x, torch.tensor(inside), labels, 2.5),
+                                   everywhere.predict(x, torch.tensor(inside), labels, 2.5))
+        torch.testing.assert_close(pipe.predict(x, torch.tensor(outside), labels, 2.5),
+                                   main(x, torch.full((2,), outside), class_labels=labels))  # unguided there
+    images = pipe.generate([0, 1], [3, 4], num_inference_steps=4, guidance_scale=2.5, sampler="dpmpp2m")
+    assert not torch.allclose(images, everywhere.generate([0, 1], [3, 4], num_inference_steps=4, guidance_scale=2.5,
+                                                          sampler="dpmpp2m"))
+    for bad in ([2.0, 1.0], [-1.0, 1.0], [1.0], "x"):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            DiffusionPipeline(main, scheduler, CLASSES, image_size=16, guidance_interval=bad)
+
+    # each image records the interval, and a folder never mixes images made with and without it
+    weights = save(main, tmp_path / "model.pt")
+    settings = {"per_class": 1, "seed": 0, "sampler": "dpmpp2m", "num_inference_steps": 3, "checkpoint": weights,
+                "guidance_scale": 2.5}
+    out = tmp_path / "samples"
+    SampleRunner(pipe, out, **settings).run()
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["guidance_interval"] for r in records] == [[0.0, 2.0], [0.0, 2.0]]
+    with pytest.raises(ValueError, match=r"guidance_interval \[0.0, 2.0\] there vs None now"):
+        SampleRunner(everywhere, out, **settings).run()
+
+
+def test_a_score_model_s_guidance_interval_reads_its_own_sigma_levels() -> None:
+    from medgen.diffusion.langevin import LangevinPipeline
+    from medgen.diffusion.ncsn import NCSNScheduler
+    from medgen.networks.score import ScoreNetwork
+
+    scheduler = NCSNScheduler(num_train_timesteps=10, sigma_max=50.0, sigma_min=0.01)
+    network = ScoreNetwork(unet(8), sigma_data=0.5)
+    pipe = LangevinPipeline(network, scheduler, CLASSES, image_size=16, precision="fp32",
+                            guidance_interval=[0.0, 1.0])
+    assert [pipe.noise_level(t) for t in (0, 9)] == [pytest.approx(50.0), pytest.approx(0.01)]
+    assert (pipe.guidance_at(0, 2.0), pipe.guidance_at(9, 2.0)) == (1.0, 2.0)
