@@ -3,6 +3,8 @@
     python -m benchmarks.quality --bundle cxr_ddpm                    # the shipped weights, the bundle's sampler
     python -m benchmarks.quality --bundle cxr_ddpm --weights runs/cxr_ddpm/X/model.pt --sampler dpmpp2m --steps 15
     python -m benchmarks.quality --bundle cxr_ddpm --sweep --per-class 100   # FID ratio vs steps and guidance
+    python -m benchmarks.quality --bundle cxr_ldm --sweep --samplers dpmpp2m --sweep-steps 20 --sweep-guidance 1.5 2
+        --sweep-intervals none 0,5 0,11 --sweep-grid full --per-class 100   # and vs the guidance interval
     python -m benchmarks.quality --bundle cxr_ddpm --check            # do the weights match the JSON cards quote?
     python -m benchmarks.quality --bundle cxr_ldm --autoencoder-ceiling   # + its reconstructions scored as samples
 
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samplers", nargs="+", default=["dpmpp2m", "ddim"])
     ap.add_argument("--sweep-steps", type=int, nargs="+", default=[10, 15, 20, 50])
     ap.add_argument("--sweep-guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    ap.add_argument("--sweep-intervals", nargs="+", metavar="LOW,HIGH",
+                    help="with --sweep: also every guidance interval given (LOW,HIGH or none, e.g. none 0,5 0,11)")
     ap.add_argument("--sweep-grid", choices=["full", "slices"], default="slices",
                     help="slices: guidance at --slice-steps, then steps at the best guidance (cheaper); full: all")
     ap.add_argument("--slice-steps", type=int, default=15)
@@ -323,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     if guide is not None:
         print(f"autoguidance: guide {guide} (sha256 {guide_sha[:16]}...)")
     base = sampler_overrides(bundle, args.sampler, args.steps, args.guidance, args.guidance_interval)
-    settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g, args.guidance_interval)
-                                              for s in args.samplers for n in args.sweep_steps
-                                              for g in args.sweep_guidance]
+    settings = [base] if not args.sweep else [sampler_overrides(bundle, s, n, g, iv) for s in args.samplers
+                                              for n in args.sweep_steps for g in args.sweep_guidance
+                                              for iv in sweep_intervals(args)]
     for sampling in settings:  # every value checked before any work
         check_sampling(bundle, weights, sampling)
     real = RealSets(datalist, size, preparation_of(meta))
@@ -365,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         payload["runs"] = sweep(args, bundle, one)
         rows = [{"sampler": r["sampling"].get("sampler"), "steps": r["sampling"].get("num_inference_steps"),
                  "guidance": r["sampling"].get("guidance_scale"),
+                 **({"interval": r["sampling"].get("guidance_interval") or "every step"}
+                    if args.sweep_intervals else {}),
                  **{f"{c} FID/floor": r["classes"][c]["fid_ratio"] for c in classes},
                  "overall FID/floor": r["overall"]["fid_ratio"], "KID": r["overall"]["generated"].get("kid"),
                  "s": r["generation_seconds"]} for r in payload["runs"]]
@@ -375,20 +381,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def sweep_intervals(args: argparse.Namespace) -> list[list[str] | None]:
+    """The guidance intervals a sweep runs, as ``--guidance-interval`` takes them: each ``LOW,HIGH`` or ``none`` of
+    ``--sweep-intervals``, else ``--guidance-interval`` alone (None: the bundle's)."""
+    if not args.sweep_intervals:
+        return [args.guidance_interval]
+    return [v.split(",") for v in args.sweep_intervals]
+
+
 def sweep(args: argparse.Namespace, bundle: Path, one) -> list[dict]:
-    """Every (sampler, steps, guidance), or the cheaper slices: guidance at ``--slice-steps``, then steps at the
-    best guidance of that sampler."""
+    """Every (sampler, steps, guidance, interval), or the cheaper slices: guidance (and interval) at
+    ``--slice-steps``, then steps at the best of those for that sampler."""
     runs = []
     for sampler in args.samplers:
         if args.sweep_grid == "full":
             for steps in args.sweep_steps:
                 for g in args.sweep_guidance:
-                    runs.append(one(sampler_overrides(bundle, sampler, steps, g)))
+                    for iv in sweep_intervals(args):
+                        runs.append(one(sampler_overrides(bundle, sampler, steps, g, iv)))
             continue
-        by_guidance = [one(sampler_overrides(bundle, sampler, args.slice_steps, g)) for g in args.sweep_guidance]
+        by_guidance = [one(sampler_overrides(bundle, sampler, args.slice_steps, g, iv)) for g in args.sweep_guidance
+                       for iv in sweep_intervals(args)]
         runs += by_guidance
-        best_g = min(by_guidance, key=lambda r: r["overall"]["fid_ratio"] or np.inf)["sampling"]["guidance_scale"]
-        runs += [one(sampler_overrides(bundle, sampler, s, best_g)) for s in args.sweep_steps if s != args.slice_steps]
+        best = min(by_guidance, key=lambda r: r["overall"]["fid_ratio"] or np.inf)["sampling"]
+        best_g, best_iv = best["guidance_scale"], best.get("guidance_interval")
+        iv_arg = ["none"] if best_iv is None else [str(v) for v in best_iv]
+        runs += [one(sampler_overrides(bundle, sampler, s, best_g, iv_arg)) for s in args.sweep_steps
+                 if s != args.slice_steps]
     return runs
 
 
