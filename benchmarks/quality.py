@@ -120,7 +120,10 @@ def effective_sampling(bundle: Path, sampling: dict) -> dict:
 
     cfg = read_config(bundle, "inference")
     keys = ("sampler", "num_inference_steps", "guidance_scale", "guidance_interval", "n_steps_each")
-    return {k: sampling.get(k, cfg.get(k)) for k in keys if k in cfg or k in sampling}
+    out = {k: sampling.get(k, cfg.get(k)) for k in keys if k in cfg or k in sampling}
+    if out.get("guidance_interval", "") is None:  # guided at every step: recorded as before the key existed
+        del out["guidance_interval"]
+    return out
 
 
 class RealSets:
