@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+#: the ``medgen.*`` metadata keys :class:`OnnxDDIMSampler` reads (written by ``networks.export.sampling_metadata``)
+SAMPLING_METADATA = ("betas", "num_train_timesteps", "prediction_type", "classes", "null_class", "image_shape")
+
 
 class OnnxDDIMSampler:
     """Class-conditional DDIM sampling with an ONNX network ``(image, timesteps, class_labels) -> pred``.
@@ -38,8 +41,10 @@ class OnnxDDIMSampler:
 
         self.session = ort.InferenceSession(str(onnx_path), providers=list(providers or ["CPUExecutionProvider"]))
         stored = self.session.get_modelmeta().custom_metadata_map
-        meta = {k.removeprefix("medgen."): json.loads(v) if k != "medgen.prediction_type" else v
-                for k, v in stored.items() if k.startswith("medgen.") and k not in ("medgen.bundle", "medgen.version")}
+        # only what sampling reads: the file also names its bundle, version and weights (plain strings)
+        meta = {key: v if key == "prediction_type" else json.loads(v)
+                for key, v in ((k.removeprefix("medgen."), v) for k, v in stored.items() if k.startswith("medgen."))
+                if key in SAMPLING_METADATA}
         meta.update(overrides)
         missing = [k for k in ("betas", "prediction_type", "image_shape") if k not in meta]
         if missing:

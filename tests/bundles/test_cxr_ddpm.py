@@ -292,6 +292,10 @@ def test_edm_recipe_trains_a_fixed_compute_and_samples_like_any_model(kermany, t
     props = {p.key: p.value for p in onnx.load(exported["model.onnx"]).metadata_props}
     assert (props["medgen.weights_file"], props["medgen.weights_sha256"]) == ("model.pt", sha)
     assert load_net_with_metadata(exported["model.ts"])[1]["medgen.weights_sha256"] == sha
+    from medgen.onnx_sampling import OnnxDDIMSampler  # and the file samples on its own, its extra metadata aside
+
+    images = OnnxDDIMSampler(exported["model.onnx"]).sample([0, 1], [3, 4], num_inference_steps=3)
+    assert images.shape[:2] == (2, 1) and np.isfinite(images).all()  # at the bundle's stated size
     shipped = {p.name: p.stat().st_mtime_ns for p in (REPO / "bundles" / "cxr_ddpm" / "models").iterdir()}
     beside = export_bundle(REPO / "bundles" / "cxr_ddpm", out / "model.pt", formats=["onnx"])
     assert Path(beside["model.onnx"]) == out / "model.onnx"
