@@ -76,9 +76,11 @@ def bundle_weights(bundle: str, weights: str | None) -> tuple[Path, Path]:
     return folder, path.resolve()
 
 
-def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guidance: float | None) -> dict:
+def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guidance: float | None,
+                      interval: list[str] | None = None) -> dict:
     """DPM-Solver++ 2M at the bundle's steps (its DEFAULT_STEPS when the bundle samples otherwise) for DDPM bundles;
-    a score bundle's own sampler and steps; the bundle's guidance scale."""
+    a score bundle's own sampler and steps; the bundle's guidance scale and guidance interval (``interval`` as
+    ``--guidance-interval`` takes it: LOW HIGH, or none)."""
     from medgen.bundles import read_config
     from medgen.diffusion.solvers import DEFAULT_STEPS
 
@@ -87,8 +89,12 @@ def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guid
     chosen = sampler or ("dpmpp2m" if own in DEFAULT_STEPS else own)
     if steps is None:
         steps = own_steps if chosen == own else DEFAULT_STEPS.get(chosen, own_steps)
+    from medgen.cli import guidance_interval_arg
+
+    given = guidance_interval_arg(interval)
     return {"sampler": chosen, "steps": int(steps),
-            "guidance_scale": float(guidance if guidance is not None else cfg.get("guidance_scale", 1.0))}
+            "guidance_scale": float(guidance if guidance is not None else cfg.get("guidance_scale", 1.0)),
+            "guidance_interval": cfg.get("guidance_interval") if given == "bundle" else given}
 
 
 def guide_option(folder: Path, guide: str | None) -> str | None:
@@ -135,28 +141,34 @@ def _chosen(records: list[dict], classes: list[str], per_class: int, sha: str) -
     return by_class
 
 
-#: what made a synthetic image, as its samples.jsonl record names it (guide_sha256: None without a guide network)
-SETTING_KEYS = ("sampler", "steps", "guidance_scale", "guide_sha256")
+#: what made a synthetic image, as its samples.jsonl record names it (guide_sha256: None without a guide network;
+#: guidance_interval: None, absent from the record, when guided at every step)
+SETTING_KEYS = ("sampler", "steps", "guidance_scale", "guide_sha256", "guidance_interval")
 
 
 def used_settings(used: list[dict], out: Path, asked: dict) -> dict:
     """The one sampling setting the ``used`` images were made with, from their records; a one-line error when they
     were made with several, or with other settings than ``asked`` (the options given on the command line)."""
-    made = {tuple(r.get(k) for k in SETTING_KEYS) for r in used}
+    made = {tuple(_hashable(r.get(k)) for k in SETTING_KEYS) for r in used}
     if len(made) > 1:
         shown = "; ".join(", ".join(f"{k} {v}" for k, v in zip(SETTING_KEYS, m)) for m in sorted(made, key=str))
         raise UtilityError(f"{out}: its images were made with {len(made)} sampling settings ({shown}); a result "
                            "must describe one: give a folder of one setting (--synthetic-dir)")
-    settings = dict(zip(SETTING_KEYS, made.pop()))
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in zip(SETTING_KEYS, made.pop())}
     settings["guide"] = next((r.get("guide") for r in used if r.get("guide")), None)
     options = {"sampler": "--sampler", "steps": "--sampling-steps", "guidance_scale": "--guidance",
-               "guide_sha256": "--guide"}
+               "guide_sha256": "--guide", "guidance_interval": "--guidance-interval"}
     wrong = [f"{options[key]} {_brief(value)} asked, {_brief(settings[key])} there" for key, value in asked.items()
              if value != settings[key]]
     if wrong:
         raise UtilityError(f"{out} holds images made otherwise ({'; '.join(wrong)}): give another --synthetic-dir "
                            "or leave those options out to use its images as they are")
     return settings
+
+
+def _hashable(value: Any) -> Any:
+    """A record's value as a set holds it: a guidance interval's list as a tuple of floats."""
+    return tuple(float(v) for v in value) if isinstance(value, list) else value
 
 
 def _brief(value: Any) -> str:
@@ -185,6 +197,7 @@ def synthetic_set(folder: Path, weights: Path, out: Path, classes: list[str], pe
                 "ckpt_path": str(weights), "output_dir": str(out.resolve()), "per_class": per_class, "seed": seed,
                 "sampler": settings["sampler"], "num_inference_steps": settings["steps"],
                 "guidance_scale": settings["guidance_scale"], "batch_size": batch_size,
+                **({"guidance_interval": asked["guidance_interval"]} if "guidance_interval" in (asked or {}) else {}),
                 **({"guide_path": settings["guide_path"]} if settings.get("guide_path") else {}),
             })
         except RuntimeError as err:  # MONAI's "Failed to evaluate" around the sampler's own one-line refusal
@@ -317,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", help="default: dpmpp2m for DDPM bundles, the bundle's own for score bundles")
     parser.add_argument("--sampling-steps", type=int, help="default: the bundle's")
     parser.add_argument("--guidance", type=float, help="default: the bundle's")
+    parser.add_argument("--guidance-interval", nargs="+", metavar="SIGMA",
+                        help="LOW HIGH: guide only the steps whose noise level lies in it; none: every step "
+                             "(default: the bundle's)")
     parser.add_argument("--guide", help="autoguidance: a guide network's weights, or none for classifier-free "
                         "guidance (default: the bundle's own choice for these weights)")
     parser.add_argument("--sample-batch", type=int, default=16)
@@ -369,11 +385,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.fine_tune_lr <= 1:
         raise UtilityError(f"--fine-tune-lr {args.fine_tune_lr}: give a learning rate in (0, 1], or 0 to leave the "
                            "fine-tuned arms out")
-    settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance)
+    settings = sampling_settings(folder, args.sampler, args.sampling_steps, args.guidance, args.guidance_interval)
     settings["guide_path"] = guide_option(folder, args.guide)
     out_dir = Path(args.synthetic_dir) if args.synthetic_dir else REPO / "runs" / "utility" / name
     asked = {key: value for key, value in (("sampler", args.sampler), ("steps", args.sampling_steps),
                                            ("guidance_scale", args.guidance)) if value is not None}
+    if args.guidance_interval is not None:
+        asked["guidance_interval"] = settings["guidance_interval"]
     if args.guide is not None:
         asked["guide_sha256"] = None if args.guide == "none" else weights_digest(Path(args.guide))
     synthetic, syn_info = synthetic_set(folder, weights, out_dir, classes, args.synthetic_per_class,
@@ -400,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
         "sampler": settings["sampler"],
         "steps": settings["steps"],
         "guidance_scale": settings["guidance_scale"],
+        "guidance_interval": settings["guidance_interval"],
         "guide": settings["guide"],
         "guide_sha256": settings["guide_sha256"],
         "synthetic": syn_info,
@@ -425,6 +444,8 @@ def run(args: argparse.Namespace) -> int:
     latest = write_json("utility", result, out_dir)
     guided = (f"autoguidance {settings['guidance_scale']}" if settings["guide_sha256"]
               else f"guidance {settings['guidance_scale']}")
+    if settings["guidance_interval"]:
+        guided += f" at sigma in {settings['guidance_interval']}"
     fig = utility_plot(ut, f"{name}: {settings['sampler']}-{settings['steps']}, {guided}, {args.synthetic_per_class} "
                            f"synthetic per class, seeds {seeds}, {args.steps} steps per classifier"
                            + (f", classifier at {size}x{size}" if size != model_size else ""))

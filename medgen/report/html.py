@@ -116,7 +116,7 @@ def write_utility_report(path: str | os.PathLike, result: dict) -> Path:
     """A stand-alone page with the utility section of a utility JSON (``benchmarks.utility`` writes one)."""
     ut = result.get("utility", result)
     bits = [f"{k}: {result[k]}" for k in ("bundle", "weights_sha256", "sampler", "steps", "guidance_scale",
-                                          "guide_sha256", "image_size", "model_image_size")
+                                          "guidance_interval", "guide_sha256", "image_size", "model_image_size")
             if result.get(k) is not None]
     return _write_page(path, "medgen downstream utility",
                        f"<h1>medgen downstream utility</h1>{utility_section(ut, '; '.join(bits))}")

@@ -46,16 +46,24 @@ def test_the_result_describes_the_images_used_and_refuses_a_folder_of_mixed_or_o
             "guide_sha256": guide}
     records = [{"file": f"NORMAL/{i}.png", **made} for i in range(3)]
     folder = Path("/runs/samples")
-    assert used_settings(records, folder, {}) == made
-    assert used_settings(records, folder, {"guidance_scale": 1.5, "guide_sha256": guide}) == made
+    assert used_settings(records, folder, {}) == {**made, "guidance_interval": None}  # guided at every step
+    assert used_settings(records, folder, {"guidance_scale": 1.5, "guide_sha256": guide, "guidance_interval": None})
     unguided = {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.0}
-    assert used_settings([unguided], folder, {"guide_sha256": None}) == {**unguided, "guide": None,
-                                                                         "guide_sha256": None}
+    assert used_settings([unguided], folder, {"guide_sha256": None}) == {
+        **unguided, "guide": None, "guide_sha256": None, "guidance_interval": None}
     with pytest.raises(UtilityError, match=r"^/runs/samples: its images were made with 2 sampling settings"):
         used_settings([*records, unguided], folder, {})
     with pytest.raises(UtilityError, match=r"^/runs/samples holds images made otherwise \(--guidance 3.0 asked, "
                                            r"1.5 there; --guide none asked, guide de02e9119f7e... there\)"):
         used_settings(records, folder, {"guidance_scale": 3.0, "guide_sha256": None})
+    # a guidance interval is a setting of its own: images guided on some steps only are not those guided on every step
+    interval = [{**r, "guidance_interval": [0.0, 5.0]} for r in records]
+    assert used_settings(interval, folder, {"guidance_interval": [0.0, 5.0]})["guidance_interval"] == [0.0, 5.0]
+    with pytest.raises(UtilityError, match=r"^/runs/samples: its images were made with 2 sampling settings"):
+        used_settings([*records, *interval], folder, {})
+    with pytest.raises(UtilityError, match=r"^/runs/samples holds images made otherwise \(--guidance-interval none "
+                                           r"asked, \[0.0, 5.0\] there\)"):
+        used_settings(interval, folder, {"guidance_interval": None})
 
 
 @pytest.mark.slow
