@@ -168,10 +168,15 @@ def read_bundle(spec: BundleSpec) -> BundleInfo:
 
 def sampling_defaults(parser: Any) -> dict[str, Any]:
     """The sampler, steps and guidance scale the bundle's ``inference.yaml`` samples with: what a job that leaves
-    them out gets, so the service makes the images ``medgen sample`` and the bundle make."""
+    them out gets, so the service makes the images ``medgen sample`` and the bundle make; and its guidance interval
+    (None: every step), which every job of the bundle samples with."""
     keys = {"sampler": ("sampler", str), "steps": ("num_inference_steps", int),
             "guidance_scale": ("guidance_scale", float)}
-    return {name: cast(parser.get_parsed_content(key)) for name, (key, cast) in keys.items() if key in parser}
+    out = {name: cast(parser.get_parsed_content(key)) for name, (key, cast) in keys.items() if key in parser}
+    if "guidance_interval" in parser:
+        interval = parser.get_parsed_content("guidance_interval")
+        out["guidance_interval"] = None if interval is None else [float(v) for v in interval]
+    return out
 
 
 class PipelineCache:

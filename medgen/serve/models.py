@@ -111,9 +111,10 @@ class ModelInfo(BaseModel):
     dicom_iods: list[str] = Field(default_factory=list, description="the `iod` values a DICOM job of this model "
                                   "takes (grey: sc, cr, mr; colour: sc, vlm)")
     samplers: list[str]
-    defaults: dict[str, str | int | float] = Field(
+    defaults: dict[str, str | int | float | list[float] | None] = Field(
         default_factory=dict, description="sampler, steps and guidance_scale a job that leaves them out gets: the "
-        "bundle's inference.yaml, as `medgen sample` uses them")
+        "bundle's inference.yaml, as `medgen sample` uses them; guidance_interval: the noise levels [low, high] "
+        "whose steps every job of this bundle guides (null: every step)")
     output_formats: list[str]
     quality_check: bool = Field(description="whether quality_check=true is available for this bundle")
     seconds_per_image_step: float | None = Field(

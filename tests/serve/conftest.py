@@ -31,11 +31,13 @@ def micro_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, micro_weights: Path) -> Iterator[Server]:
-    """One live server for the session: ``cxr`` (no quality gate) and ``cxr_gated`` (the same weights, a gate)."""
+    """One live server for the session: ``cxr`` (no quality gate) and ``cxr_gated`` (the same weights, a gate, and
+    guidance on the steps with noise level <= 11 only, as a bundle's ``guidance_interval`` sets it)."""
     gated = tmp_path_factory.mktemp("gated")
     shutil.copy(micro_weights, gated / "model.pt")
     fit_gate(gated)
-    srv = Server(tmp_path_factory.mktemp("serve"), {"cxr": micro_weights, "cxr_gated": gated / "model.pt"}).start()
+    srv = Server(tmp_path_factory.mktemp("serve"), {"cxr": micro_weights, "cxr_gated": gated / "model.pt"},
+                 extra=("--override=cxr_gated:guidance_interval=[0, 11]",)).start()
     yield srv
     srv.stop()
 

@@ -63,7 +63,9 @@ def test_models_lists_bundles_classes_and_limits(server: Server, keys: dict[str,
     assert {"ddim", "ddpm"} <= set(model["samplers"])
     assert data["limits"]["max_images"] == 8
     # what a job that leaves them out gets: cxr_ddpm's inference.yaml, as `medgen sample` uses it
-    assert model["defaults"] == {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.5}
+    assert model["defaults"] == {"sampler": "dpmpp2m", "steps": 20, "guidance_scale": 1.5, "guidance_interval": None}
+    gated = next(m for m in data["models"] if m["name"] == "cxr_gated")  # its inference.yaml's interval, overridden
+    assert gated["defaults"]["guidance_interval"] == [0.0, 11.0]
     assert model["samplers"][0] == "dpmpp2m"
 
 

@@ -35,6 +35,12 @@ def test_generate_two_images_in_the_browser(server: Server, keys: dict[str, str]
     # the form starts from the bundle's own sampling settings (cxr_ddpm's inference.yaml)
     assert page.js("['sampler', 'steps', 'guidance_scale'].map(i => document.getElementById(i).value)") == \
         ["dpmpp2m", "20", "1.5"]
+    kind = "document.getElementById('model-kind').textContent"
+    assert "guided" not in page.js(kind)  # cxr guides every step; cxr_gated only the steps at noise levels <= 11
+    page.set_value("bundle", "cxr_gated")
+    page.wait(f"{kind}.endsWith('; guided at noise levels 0–11')")
+    page.set_value("bundle", "cxr")
+    page.wait(f"!{kind}.includes('guided')")
     page.set_value("class_label", "NORMAL")
     page.set_value("num_images", 2, "input")
     page.set_value("seed", 11)

@@ -64,6 +64,9 @@ function showClasses() {
   if (defaults.sampler) $("sampler").value = defaults.sampler;
   if (defaults.steps) $("steps").value = defaults.steps;
   if (defaults.guidance_scale !== undefined) $("guidance_scale").value = defaults.guidance_scale;
+  if (defaults.guidance_interval) {  // the bundle guides only the steps whose noise level lies in it
+    $("model-kind").textContent += "; guided at noise levels " + defaults.guidance_interval.join("–");
+  }
   const names = {png: "PNG (zip)", dicom: "DICOM (zip)", nifti: "NIfTI (zip)"};
   fillSelect($("output_format"), model.output_formats, model.output_formats.map((f) => names[f] || f));
 }
