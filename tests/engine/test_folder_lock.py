@@ -167,8 +167,8 @@ def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_lin
     # sampling: a long job writes into a folder; a second job into it stops in one line, then runs once it is free
     samples = tmp_path / "samples"
     sample = ["-m", "medgen.cli", "sample", "cxr_ddpm", "--ckpt", str(run_dir / "model.pt"), "--out", str(samples),
-              "--sampler", "ddpm", "--steps", "1000"]
-    long_job = start(*sample, "--per-class", "500", "--batch-size", "1")  # its first image is written soon
+              "--sampler", "ddim", "--steps", "50"]
+    long_job = start(*sample, "--per-class", "5000", "--batch-size", "1")  # its first image is written soon
     try:
         wait_for(lambda: (samples / "samples.jsonl").is_file() and (samples / "samples.jsonl").stat().st_size > 0,
                  long_job, "first sample")
@@ -182,7 +182,7 @@ def test_a_second_training_or_sampling_job_into_a_folder_in_use_stops_in_one_lin
         assert long_job.poll() is None, "the first sampling job was disturbed"
     finally:
         kill(long_job)
-    done = run(*sample, "--per-class", "2", "--seed", "100000")  # its own seeds: the long job numbered per 500
+    done = run(*sample, "--per-class", "2", "--seed", "100000")  # its own seeds: the long job numbered per 5000
     assert done.returncode == 0, done.stderr[-3000:]
     seeds = [(r["label"], r["seed"]) for r in map(json.loads, (samples / "samples.jsonl").read_text().splitlines())]
     assert len(seeds) == len(set(seeds)) and len(seeds) >= 5  # every seed once
