@@ -123,9 +123,11 @@ def _records(folder: Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if (folder / rec.get("file", "")).is_file():
+        if isinstance(rec, dict) and (folder / str(rec.get("file", ""))).is_file():
             out.append(rec)
-    return out
+    from medgen.diffusion.sample_run import latest_records
+
+    return latest_records(out)
 
 
 def _chosen(records: list[dict], classes: list[str], per_class: int, sha: str) -> dict[str, list[dict]]:

@@ -3,7 +3,8 @@
 Images are written as they are made (memory stays flat), each with a metadata line (class, seed, sampler, steps,
 guidance and its interval, checkpoint sha256, timestamp; the guide and its sha256 under autoguidance). A rerun into
 the same folder skips seeds already written; one with other weights, another guide or other sampling settings is
-refused.
+refused, and so is a folder of files no sampling job wrote (a data set's class folders, a training run), so that
+synthetic images never land among real ones.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,59 @@ def with_earlier_counts(quality: dict, path: Path) -> dict:
     return {**quality, "generated": quality["generated"] + counts[0], "rejected": quality["rejected"] + counts[1]}
 
 
+#: the name of an image a sampling job writes into a class folder (and its float copy): ``<seed>.png``, ``.npy``
+_SAMPLE_NAME = re.compile(r"^\d{6,}\.(png|npy)$")
+
+
+def foreign_file(output_dir: str | Path, classes: Sequence[str]) -> str | None:
+    """A file in ``output_dir`` that no sampling job wrote (its path in the folder), or None. Without a
+    ``samples.jsonl`` the folder is no samples folder, and any file counts (lock and temporary files aside); with one,
+    a file in a class folder that the records do not name and that is not named as a job's images are (an image of
+    a job cut short before its record)."""
+    from medgen.fileio import is_temp_file
+    from medgen.folder_lock import is_lock_file
+
+    def written_by_a_job(name: str) -> bool:
+        return is_lock_file(name) or is_temp_file(name)
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    if not (folder / "samples.jsonl").is_file():
+        for root, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in sorted(names):
+                if not written_by_a_job(name):
+                    return Path(root, name).relative_to(folder).as_posix()
+        return None
+    recorded = set()  # each record's image, without its suffix: the .png and its .npy copy
+    for line in (folder / "samples.jsonl").read_text().splitlines():
+        try:
+            recorded.add(str(Path(json.loads(line)["file"]).with_suffix("")))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a crash
+    for name in classes:
+        if not (folder / name).is_dir():
+            continue
+        for path in sorted((folder / name).iterdir()):
+            named = written_by_a_job(path.name) or _SAMPLE_NAME.match(path.name)
+            if not named and str(Path(name, path.name).with_suffix("")) not in recorded:
+                return f"{name}/{path.name}"
+    return None
+
+
+def latest_records(records: Iterable[dict | None]) -> list[dict]:
+    """One record per image file, the last one written, in the order the files first appear: a seed whose image was
+    deleted is made again by the next run into the folder, which appends a second record for the same file (the
+    file is appended to by every shard of a job, so it is never rewritten). Lines that are not records are left
+    out."""
+    latest: dict[str, dict] = {}
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get("file"), str):
+            latest[record["file"]] = record  # a dict keeps the first position of a key it updates
+    return list(latest.values())
+
+
 def seeds_on_disk(output_dir: str | Path) -> set[tuple[int, int]]:
     """(label, seed) of every image a samples folder holds: a record in its ``samples.jsonl`` whose file exists (a
     rerun skips these)."""
@@ -421,6 +475,12 @@ class SampleRunner:
     def _run(self) -> Path:
         classes = self.pipeline.classes
         pairs = plan_seeds(classes, self.class_names, self.per_class, self.seed, self.shard)
+        other = foreign_file(self.output_dir, classes)
+        if other is not None:
+            what = (f"holds {other}, which its samples.jsonl does not name" if (self.output_dir / "samples.jsonl")
+                    .is_file() else f"is no samples folder (no samples.jsonl) and holds {other}")
+            raise ValueError(f"{self.output_dir} {what}: the synthetic images would be mixed with files no sampling "
+                             "job wrote; write to another folder (--out DIR, --output_dir DIR)")
         sha = sha256_of(self.checkpoint) if self.checkpoint and self.checkpoint.is_file() else None
         guide = self.guide_file
         guide_sha = sha256_of(guide) if guide else None
@@ -513,7 +573,7 @@ class SampleRunner:
 
     def write_grids(self) -> list[Path]:
         """``grid_<class>.png`` with up to ``grid_size`` images of each class in the folder."""
-        records = [json.loads(x) for x in (self.output_dir / "samples.jsonl").read_text().splitlines() if x.strip()]
+        records = latest_records(_parsed((self.output_dir / "samples.jsonl").read_text()))
         paths = []
         for name in sorted({r["class"] for r in records}):
             files = [self.output_dir / r["file"] for r in records if r["class"] == name][: self.grid_size]
@@ -522,6 +582,17 @@ class SampleRunner:
                 grid = Image.fromarray(make_grid(images))
                 paths.append(atomic_save(grid, self.output_dir / f"grid_{name}.png", format="PNG"))
         return paths
+
+
+def _parsed(text: str) -> list[dict | None]:
+    """Each line of a ``samples.jsonl`` as a record, None for a line that is none (cut by a crash)."""
+    out: list[dict | None] = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            out.append(None)
+    return out
 
 
 def _brief(value: Any) -> str:

@@ -162,11 +162,10 @@ def load_samples(samples_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not meta.is_file():
         raise FileNotFoundError(f"no samples.jsonl in {samples_dir}: run the bundle's inference first, or leave "
                                 "samples_dir null to generate samples here")
+    from medgen.diffusion.sample_run import latest_records
+
     images, labels = [], []
-    for line in meta.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in latest_records(json.loads(line) for line in meta.read_text().splitlines() if line.strip()):
         png = samples_dir / rec["file"]
         if png.with_suffix(".npy").is_file():
             images.append(torch.from_numpy(np.load(png.with_suffix(".npy"))).float())

@@ -622,9 +622,13 @@ def export_images(
                            iod=iod)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, errors, files = [], [], []
+    last_line = {r["file"]: n for n, r in enumerate(records, start=1) if r and isinstance(r.get("file"), str)}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        rec = records[number - 1]
+        if rec and last_line.get(rec.get("file")) != number:
+            continue  # the same image made again (its file deleted, then sampled anew): its later record is written
         try:
             rec = json.loads(line)
             if not isinstance(rec, dict) or "file" not in rec:

@@ -409,7 +409,9 @@ def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequenc
         from medgen.networks.weights_meta import samples_meta
 
         channels = channels_of(samples_meta(folder))
-    records = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    from medgen.diffusion.sample_run import latest_records
+
+    records = latest_records(json.loads(line) for line in meta.read_text().splitlines() if line.strip())
     if not records:
         raise ImageSetError(f"{meta} lists no samples.")
     if classes is None:

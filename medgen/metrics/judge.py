@@ -77,7 +77,9 @@ def read_sample_records(samples_dir: str | os.PathLike) -> list[dict]:
         records.append(rec)
     if not records:
         raise ImageSetError(f"{index} lists no samples")
-    return records
+    from medgen.diffusion.sample_run import latest_records
+
+    return latest_records(records)
 
 
 def load_samples(

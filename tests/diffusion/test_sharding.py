@@ -169,3 +169,73 @@ def test_a_folder_sampled_with_another_per_class_is_refused_not_overfilled(tmp_p
     SampleRunner(tiny_pipeline(4), tmp_path / "one", per_class=2, class_names=["PNEUMONIA"], **settings).run()
     SampleRunner(tiny_pipeline(4), tmp_path / "one", per_class=3, class_names=["NORMAL"], **settings).run()
     assert sorted(records(tmp_path / "one")) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+
+
+def test_a_folder_of_files_no_sampling_job_wrote_is_refused_before_any_work(tmp_path: Path, kermany: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """``--out`` pointed at a data set (class folders of real images) would put synthetic images among the real ones,
+    where the next training reads them as real: it stops in one line and writes nothing. A samples folder with a file
+    copied into a class folder stops too; one with an image of a job cut short before its record, or with the
+    bundle's export folder, goes on."""
+    real = sorted((kermany / "train" / "NORMAL").glob("*.jpeg"))[0]
+    data = tmp_path / "data"
+    (data / "NORMAL").mkdir(parents=True)
+    (data / "NORMAL" / real.name).write_bytes(real.read_bytes())
+    before = sorted(p.relative_to(data).as_posix() for p in data.rglob("*"))
+    with pytest.raises(ValueError) as err:
+        SampleRunner(tiny_pipeline(2), data, per_class=1, num_inference_steps=2).run()
+    assert str(err.value) == (
+        f"{data} is no samples folder (no samples.jsonl) and holds NORMAL/{real.name}: the synthetic images would be "
+        "mixed with files no sampling job wrote; write to another folder (--out DIR, --output_dir DIR)")
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before  # not even a lock file left
+
+    repo = Path(__file__).resolve().parents[2]  # as a user meets it: `medgen sample --out <the data set>`
+    monkeypatch.chdir(repo)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    torch.save(ConditionalDiffusionUNet(num_classes=2).state_dict(), ckpt)
+    assert medgen_main(["sample", "cxr_ddpm", "--ckpt", str(ckpt), "--per-class", "1", "--steps", "2", "--image_size",
+                        "32", "--out", str(data)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"medgen: error: {err.value}"
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before
+
+    samples = tmp_path / "samples"
+    settings = {"per_class": 2, "seed": 0, "num_inference_steps": 2}
+    SampleRunner(tiny_pipeline(2), samples, **settings).run()
+    lines = (samples / "samples.jsonl").read_text().splitlines()
+    (samples / "samples.jsonl").write_text("".join(f"{x}\n" for x in lines if '"seed": 3,' not in x))  # a job cut
+    # short after writing PNEUMONIA/000003.png, before its record
+    (samples / "export_dicom").mkdir()  # what the bundle's export step writes into its samples folder
+    (samples / "export_dicom" / "000000.dcm").write_bytes(b"DICM")
+    SampleRunner(tiny_pipeline(2), samples, **settings).run()  # makes seed 3 again
+    assert len(records(samples)) == 4 and (samples / "PNEUMONIA" / "000003.png").is_file()
+    (samples / "PNEUMONIA" / real.name).write_bytes(real.read_bytes())
+    with pytest.raises(ValueError, match=rf"^{samples} holds PNEUMONIA/{real.name}, which its samples.jsonl does not "
+                                         "name: the synthetic images would be mixed"):
+        SampleRunner(tiny_pipeline(2), samples, **{**settings, "seed": 100}).run()
+
+
+def test_an_image_deleted_and_made_again_is_read_once(tmp_path: Path) -> None:
+    """A reviewer deletes an implausible image; the next run into the folder makes that seed again, and its second
+    record is the one every reader takes: evaluation, the grids and export see each image once."""
+    from medgen.export.dicom_writer import export_images
+    from medgen.metrics.image_sets import load_samples_dir
+    from medgen.metrics.judge import read_sample_records
+
+    samples = tmp_path / "samples"
+    settings = {"per_class": 2, "seed": 0, "num_inference_steps": 2}
+    SampleRunner(tiny_pipeline(2), samples, **settings).run()
+    (samples / "NORMAL" / "000001.png").unlink()
+    (samples / "NORMAL" / "000001.npy").unlink()
+    SampleRunner(tiny_pipeline(2), samples, **settings).run()
+    lines = [json.loads(x) for x in (samples / "samples.jsonl").read_text().splitlines()]
+    assert [x["file"] for x in lines].count("NORMAL/000001.png") == 2 and len(lines) == 5  # appended, never rewritten
+    loaded = load_samples_dir(samples, size=16)
+    assert len(loaded) == 4 and [r["file"] for r in loaded.records] == [x["file"] for x in lines[:4]]
+    assert loaded.records[1] == lines[4]  # the later record, in the file's first place
+    assert len(read_sample_records(samples)) == 4
+    done = export_images(samples, tmp_path / "png", fmt="png")
+    assert done["written"] == 4 and not done["errors"]
+    rows = (tmp_path / "png" / "manifest.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and [row.split(",")[2] for row in rows if ",NORMAL/000001.png," in row] == ["5"]  # line 5

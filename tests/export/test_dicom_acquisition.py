@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import make_samples_dir
 
 from medgen.export.cli_commands import export_command
 from medgen.export.dicom_writer import export_images
 from medgen.networks.weights_meta import write_sidecar
+from tests.export.conftest import make_samples_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CXR_WEIGHTS = REPO / "bundles" / "cxr_ddpm" / "models" / "model.pt"
