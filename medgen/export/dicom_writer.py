@@ -627,7 +627,7 @@ def export_images(
         if not line.strip():
             continue
         rec = records[number - 1]
-        if rec and last_line.get(rec.get("file")) != number:
+        if rec and isinstance(rec.get("file"), str) and last_line[rec["file"]] != number:
             continue  # the same image made again (its file deleted, then sampled anew): its later record is written
         try:
             rec = json.loads(line)
