@@ -235,7 +235,9 @@ def test_an_image_deleted_and_made_again_is_read_once(tmp_path: Path) -> None:
     assert len(loaded) == 4 and [r["file"] for r in loaded.records] == [x["file"] for x in lines[:4]]
     assert loaded.records[1] == lines[4]  # the later record, in the file's first place
     assert len(read_sample_records(samples)) == 4
+    with open(samples / "samples.jsonl", "a") as f:
+        f.write('{"file": ["NORMAL/000001.png"], "class": "NORMAL"}\n')  # a bad line is reported, the rest go on
     done = export_images(samples, tmp_path / "png", fmt="png")
-    assert done["written"] == 4 and not done["errors"]
+    assert done["written"] == 4 and [number for number, _ in done["errors"]] == [6]
     rows = (tmp_path / "png" / "manifest.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and [row.split(",")[2] for row in rows if ",NORMAL/000001.png," in row] == ["5"]  # line 5
