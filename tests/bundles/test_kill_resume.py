@@ -60,6 +60,7 @@ class Ctx:
     ckpts_at_start: set[str]
     loss_lines_at_start: int
     seen: dict
+    log: Path | None = None
 
     @property
     def ckpt(self) -> Path:
@@ -90,10 +91,13 @@ def _temp(folder: Path, prefix: str, ctx: Ctx | None = None) -> list[Path]:
 
 
 def _mid_epoch(ctx: Ctx) -> bool:
-    """0.5 s after this run wrote an epoch's checkpoint (the end-of-epoch writes are over): training the next epoch."""
-    if "t" not in ctx.seen and _ckpts(ctx.ckpt) - ctx.ckpts_at_start and not temp_files(ctx.out):
-        ctx.seen["t"] = time.monotonic()
-    return "t" in ctx.seen and time.monotonic() - ctx.seen["t"] > 0.5
+    """Training the epoch after the first checkpoint this run wrote: its first iteration is logged (three remain).
+    Read from the log, not timed: an epoch of 4 tiny iterations can take less than 0.3 s on a fast machine."""
+    new = _ckpts(ctx.ckpt) - ctx.ckpts_at_start
+    epochs = [int(m.group(1)) for m in map(re.compile(r"checkpoint_epoch=(\d+)\.pt").fullmatch, new) if m]
+    if "next" not in ctx.seen and epochs and not temp_files(ctx.out):
+        ctx.seen["next"] = f"Epoch: {min(epochs) + 1}/{EPOCHS}, Iter: 1/"
+    return "next" in ctx.seen and ctx.log is not None and ctx.seen["next"] in ctx.log.read_text(errors="replace")
 
 
 def _new_grid(ctx: Ctx) -> bool:
@@ -134,7 +138,7 @@ def killed_and_resumed(four_per_class: Path, tmp_path_factory) -> tuple[Path, li
     rows = []
     for k, (label, when, temp_of) in enumerate(PLAN, 1):
         log_path = base / f"run{k}.log"
-        ctx = Ctx(out, time.monotonic(), _ckpts(out / "checkpoints"), _loss_lines(out), {})
+        ctx = Ctx(out, time.monotonic(), _ckpts(out / "checkpoints"), _loss_lines(out), {}, log_path)
         with open(log_path, "w") as log:
             proc = subprocess.Popen(train_cmd(four_per_class, out), cwd=REPO, env=ENV, stdout=log,
                                     stderr=subprocess.STDOUT)
