@@ -409,11 +409,9 @@ def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequenc
         from medgen.networks.weights_meta import samples_meta
 
         channels = channels_of(samples_meta(folder))
-    from medgen.diffusion.sample_run import latest_records
+    from medgen.metrics.judge import read_sample_records
 
-    records = latest_records(json.loads(line) for line in meta.read_text().splitlines() if line.strip())
-    if not records:
-        raise ImageSetError(f"{meta} lists no samples.")
+    records = read_sample_records(folder)  # one record per file; a bad line is a one-line error naming it
     if classes is None:
         by_label = {int(r["label"]): r.get("class", str(r["label"])) for r in records}
         classes = [by_label.get(i, str(i)) for i in range(max(by_label) + 1)]

@@ -220,7 +220,7 @@ def test_an_image_deleted_and_made_again_is_read_once(tmp_path: Path) -> None:
     """A reviewer deletes an implausible image; the next run into the folder makes that seed again, and its second
     record is the one every reader takes: evaluation, the grids and export see each image once."""
     from medgen.export.dicom_writer import export_images
-    from medgen.metrics.image_sets import load_samples_dir
+    from medgen.metrics.image_sets import ImageSetError, load_samples_dir
     from medgen.metrics.judge import read_sample_records
 
     samples = tmp_path / "samples"
@@ -241,3 +241,7 @@ def test_an_image_deleted_and_made_again_is_read_once(tmp_path: Path) -> None:
     assert done["written"] == 4 and [number for number, _ in done["errors"]] == [6]
     rows = (tmp_path / "png" / "manifest.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and [row.split(",")[2] for row in rows if ",NORMAL/000001.png," in row] == ["5"]  # line 5
+    with open(samples / "samples.jsonl", "a") as f:
+        f.write('{"file": "NORMAL/0000')  # a line cut short (a full disk): evaluation names it, not a bare parse error
+    with pytest.raises(ImageSetError, match=rf"^{samples / 'samples.jsonl'} line 7: not JSON \(Unterminated string"):
+        load_samples_dir(samples, size=16)
