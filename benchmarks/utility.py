@@ -82,6 +82,7 @@ def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guid
     a score bundle's own sampler and steps; the bundle's guidance scale and guidance interval (``interval`` as
     ``--guidance-interval`` takes it: LOW HIGH, or none)."""
     from medgen.bundles import read_config
+    from medgen.cli import guidance_interval_arg
     from medgen.diffusion.solvers import DEFAULT_STEPS
 
     cfg = read_config(folder, "inference")
@@ -89,8 +90,6 @@ def sampling_settings(folder: Path, sampler: str | None, steps: int | None, guid
     chosen = sampler or ("dpmpp2m" if own in DEFAULT_STEPS else own)
     if steps is None:
         steps = own_steps if chosen == own else DEFAULT_STEPS.get(chosen, own_steps)
-    from medgen.cli import guidance_interval_arg
-
     given = guidance_interval_arg(interval)
     return {"sampler": chosen, "steps": int(steps),
             "guidance_scale": float(guidance if guidance is not None else cfg.get("guidance_scale", 1.0)),
@@ -114,20 +113,10 @@ def guide_option(folder: Path, guide: str | None) -> str | None:
 
 
 def _records(folder: Path) -> list[dict]:
-    path = folder / "samples.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and (folder / str(rec.get("file", ""))).is_file():
-            out.append(rec)
-    from medgen.diffusion.sample_run import latest_records
+    """The folder's sample records whose image exists, one per image."""
+    from medgen.diffusion.sample_run import sample_records
 
-    return latest_records(out)
+    return [r for r in sample_records(folder) if (folder / r["file"]).is_file()]
 
 
 def _chosen(records: list[dict], classes: list[str], per_class: int, sha: str) -> dict[str, list[dict]]:

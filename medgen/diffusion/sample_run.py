@@ -315,12 +315,8 @@ def foreign_file(output_dir: str | Path, classes: Sequence[str]) -> str | None:
                 if not written_by_a_job(name):
                     return Path(root, name).relative_to(folder).as_posix()
         return None
-    recorded = set()  # each record's image, without its suffix: the .png and its .npy copy
-    for line in (folder / "samples.jsonl").read_text().splitlines():
-        try:
-            recorded.add(str(Path(json.loads(line)["file"]).with_suffix("")))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by a crash
+    # each record's image, without its suffix: the .png and its .npy copy
+    recorded = {str(Path(r["file"]).with_suffix("")) for r in sample_records(folder)}
     for name in classes:
         if not (folder / name).is_dir():
             continue
@@ -343,21 +339,25 @@ def latest_records(records: Iterable[dict | None]) -> list[dict]:
     return list(latest.values())
 
 
+def sample_records(output_dir: str | Path) -> list[dict]:
+    """The records of a samples folder's ``samples.jsonl``, one per image file (:func:`latest_records`); a line cut
+    by a crash is left out (its image is made again); none without the file."""
+    path = Path(output_dir) / "samples.jsonl"
+    if not path.is_file():
+        return []
+    parsed = []
+    for line in path.read_text().splitlines():
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return latest_records(parsed)
+
+
 def seeds_on_disk(output_dir: str | Path) -> set[tuple[int, int]]:
     """(label, seed) of every image a samples folder holds: a record in its ``samples.jsonl`` whose file exists (a
     rerun skips these)."""
-    path = Path(output_dir) / "samples.jsonl"
-    if not path.is_file():
-        return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash: that image is made again
-        if (Path(output_dir) / rec["file"]).is_file():
-            done.add((rec["label"], rec["seed"]))
-    return done
+    return {(r["label"], r["seed"]) for r in sample_records(output_dir) if (Path(output_dir) / r["file"]).is_file()}
 
 
 class SampleRunner:
@@ -573,7 +573,7 @@ class SampleRunner:
 
     def write_grids(self) -> list[Path]:
         """``grid_<class>.png`` with up to ``grid_size`` images of each class in the folder."""
-        records = latest_records(_parsed((self.output_dir / "samples.jsonl").read_text()))
+        records = sample_records(self.output_dir)
         paths = []
         for name in sorted({r["class"] for r in records}):
             files = [self.output_dir / r["file"] for r in records if r["class"] == name][: self.grid_size]
@@ -582,17 +582,6 @@ class SampleRunner:
                 grid = Image.fromarray(make_grid(images))
                 paths.append(atomic_save(grid, self.output_dir / f"grid_{name}.png", format="PNG"))
         return paths
-
-
-def _parsed(text: str) -> list[dict | None]:
-    """Each line of a ``samples.jsonl`` as a record, None for a line that is none (cut by a crash)."""
-    out: list[dict | None] = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            out.append(None)
-    return out
 
 
 def _brief(value: Any) -> str:
