@@ -85,13 +85,14 @@ def evaluate_command(
     ``size`` defaults to the image size recorded with the weights that made the samples (else 64); samples of
     weights trained on other classes than the datalist's are refused.
     """
-    from medgen.metrics.evaluate import evaluate
+    from medgen.metrics.evaluate import check_evaluation_folder, evaluate
     from medgen.metrics.image_sets import channels_of
     from medgen.networks.weights_meta import image_size_of, samples_meta
 
     meta = samples_meta(samples_dir)
     size = size or image_size_of(meta, 64)
     try:
+        check_evaluation_folder(out_dir, samples_dir, datalist, report=report, judge=judge)  # before any model loads
         if meta and meta.get("classes") and Path(datalist).suffix == ".json" and Path(datalist).is_file():
             real = json.loads(Path(datalist).read_text()).get("classes")
             if real and list(real) != list(meta["classes"]):

@@ -84,6 +84,45 @@ def score_sets(
     return out
 
 
+class EvaluationFolderError(ValueError):
+    """The output folder holds another evaluation, or parts of an earlier one this run would leave beside its own."""
+
+
+def _same_path(recorded: object, given: str | os.PathLike) -> bool:
+    return isinstance(recorded, str) and os.path.realpath(recorded) == os.path.realpath(given)
+
+
+def check_evaluation_folder(out_dir: str | os.PathLike, samples_dir: str | os.PathLike, datalist: str | os.PathLike,
+                            report: bool = True, judge: bool = True) -> None:
+    """Refuse, before any work, an evaluation that would replace another one's results or mix with an earlier one's.
+
+    An evaluation folder holds one evaluation: ``metrics.json``, ``report.html`` and ``judge/``. Evaluating the same
+    samples against the same datalist again replaces it; evaluating other samples or against another datalist would
+    lose its figures, and a part this run does not write (``--no-report``, ``--no-judge``) would stay beside figures it
+    does not show (an unredacted report beside redacted metrics, say)."""
+    out = Path(out_dir)
+    hint = "write to another folder (--out DIR, --output_dir DIR)"
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        try:
+            earlier = json.loads(metrics.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise EvaluationFolderError(f"{metrics} is no evaluation's metrics ({err}) and would be replaced; "
+                                        f"{hint}") from None
+        if not isinstance(earlier, dict) or "samples_dir" not in earlier or "datalist" not in earlier:
+            raise EvaluationFolderError(f"{metrics} is no evaluation's metrics (no samples_dir and datalist) and would "
+                                        f"be replaced; {hint}")
+        if not (_same_path(earlier["samples_dir"], samples_dir) and _same_path(earlier["datalist"], datalist)):
+            raise EvaluationFolderError(
+                f"{out} holds the evaluation of {earlier['samples_dir']} against {earlier['datalist']}: evaluating "
+                f"{samples_dir} against {datalist} would replace its figures; {hint}")
+    for part, written, flag in (("report.html", report, "--no-report"), ("judge", judge, "--no-judge")):
+        if not written and (out / part).exists():
+            raise EvaluationFolderError(
+                f"{out / part} is an earlier evaluation's and this one ({flag}) does not write it again: it would stay "
+                f"beside figures it does not show; remove it, or {hint}")
+
+
 def heldout_split(datalist: dict) -> str:
     """The held-out split (test, else validation), as the quality protocol defines it."""
     from medgen.metrics.protocol import heldout_split as protocol_split
@@ -120,10 +159,12 @@ def evaluate(
     and run at ``classifier_size`` pixels (default ``size``; a smaller one keeps 256² evaluations short on a CPU).
 
     ``out_dir`` is this process's while it runs: a second evaluation into it would mix two runs' metrics, report and
-    judge, so it raises :class:`~medgen.folder_lock.FolderInUseError` before any work."""
+    judge, so it raises :class:`~medgen.folder_lock.FolderInUseError` before any work; one that holds another
+    evaluation raises :class:`EvaluationFolderError` (:func:`check_evaluation_folder`)."""
     t0 = time.time()
     out_dir = Path(out_dir)
     with claim_folder(out_dir, "evaluation", "write to another folder (OUT_DIR, --output_dir DIR)"):
+        check_evaluation_folder(out_dir, samples_dir, datalist, report=report, judge=judge)
         out_dir.mkdir(parents=True, exist_ok=True)
         data = read_datalist(datalist)
         generated = load_samples_dir(samples_dir, size=size, classes=data["classes"])
@@ -241,6 +282,6 @@ class Evaluation:
 
         try:
             return evaluate(*self.args, **self.kwargs)
-        except FolderInUseError as err:
+        except (FolderInUseError, EvaluationFolderError) as err:
             fail(f"cannot evaluate: {err}")
             raise AssertionError from err  # unreachable: fail() raises

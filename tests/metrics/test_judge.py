@@ -144,6 +144,41 @@ def test_evaluate_has_the_judge_section(grey):
     assert "judge" not in json.loads((grey["tmp"] / "ev2" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
+def test_an_evaluation_folder_holds_one_evaluation(grey, capsys):
+    """Evaluating other samples into a folder would replace its figures, and a part left out of a rerun
+    (--no-report, --no-judge) would stay beside figures it does not show: both refused before any work."""
+    from medgen.cli import main
+
+    out, given = grey["tmp"] / "one_evaluation", grey["out"] / "judge_classifier.pt"
+    common = [str(grey["datalist"]), "--out", str(out), "--size", "32", "--features", "", "--max-real-per-class", "20",
+              "--judge-classifier", str(given)]
+    assert main(["evaluate", str(grey["same"]), *common]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def refused(*args: str) -> str:
+        assert main(["evaluate", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+        return err[0]
+
+    line = refused(str(grey["swapped"]), *common)
+    assert f"{out} holds the evaluation of {grey['same']} against {grey['datalist']}" in line
+    assert "--out DIR" in line
+    line = refused(str(grey["same"]), *common, "--no-report", "--redact-paths")
+    assert f"{out / 'report.html'} is an earlier evaluation's" in line and "--no-report" in line
+    line = refused(str(grey["same"]), *common, "--no-judge")
+    assert f"{out / 'judge'} is an earlier evaluation's" in line and "--no-judge" in line
+    (out / "metrics.json").write_text("{}")  # not an evaluation's: a user's own file of that name is not replaced
+    before[Path("metrics.json")] = b"{}"
+    assert "no evaluation's metrics" in refused(str(grey["same"]), *common)
+    (out / "metrics.json").unlink()
+    assert main(["evaluate", str(grey["same"]), *common]) == 0  # the same samples again: replaced
+    assert json.loads((out / "metrics.json").read_text())["samples_dir"] == str(grey["same"])
+
+
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory):
     """PBC blood cells, 4 classes: 40 training and 25 test images per class, 25 others per class as 'synthetic';
