@@ -523,7 +523,9 @@ torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
 ```
 python -m monai.bundle run --config_file configs/inference.json --per_class 8
 ```
-writes `samples/<class>/<seed>.png` and `samples/samples.jsonl` ({sampler}). Every image is synthetic.
+writes `samples/<class>/<seed>.png` and `samples/samples.jsonl` ({sampler}). Every image is synthetic. A second run
+adds its images to the folder (`--seed` for new ones); a folder holding other files, or images made with other
+settings, stops with one line (`--output_dir DIR` writes elsewhere).
 
 #### Load the network in Python
 ```

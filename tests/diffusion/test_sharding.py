@@ -245,3 +245,37 @@ def test_an_image_deleted_and_made_again_is_read_once(tmp_path: Path) -> None:
         f.write('{"file": "NORMAL/0000')  # a line cut short (a full disk): evaluation names it, not a bare parse error
     with pytest.raises(ImageSetError, match=rf"^{samples / 'samples.jsonl'} line 7: not JSON \(Unterminated string"):
         load_samples_dir(samples, size=16)
+
+
+def test_an_exported_bundles_sampling_never_mixes_its_folder(tmp_path: Path, kermany: Path) -> None:
+    """The Model Zoo form's own sampling (``scripts/sampling.py``, no medgen there): a folder with files it did not
+    write, or made with other settings, stops in one line before any work; a second run with the same settings adds
+    its images, and ``samples.jsonl`` names both runs' (it used to name the last run's only)."""
+    from medgen.zoo_scripts.sampling import write_samples
+
+    real = sorted((kermany / "train" / "NORMAL").glob("*.jpeg"))[0]
+    data = tmp_path / "data"
+    (data / "NORMAL").mkdir(parents=True)
+    (data / "NORMAL" / real.name).write_bytes(real.read_bytes())
+    with pytest.raises(SystemExit) as stop:
+        write_samples(tiny_pipeline(2), str(data), per_class=1, num_inference_steps=2)
+    assert stop.value.code == (f"error: {data} holds NORMAL/{real.name}, which no run of this bundle's sampling "
+                               "wrote: the synthetic images would be mixed with it; give another --output_dir")
+    assert [p.name for p in data.rglob("*")] == ["NORMAL", real.name]
+
+    samples = tmp_path / "samples"
+    write_samples(tiny_pipeline(2), str(samples), per_class=1, num_inference_steps=2)
+    write_samples(tiny_pipeline(2), str(samples), per_class=2, seed=0, num_inference_steps=2)  # seed 0 again, 1 new
+    lines = [json.loads(x) for x in (samples / "samples.jsonl").read_text().splitlines()]
+    assert sorted((x["class"], x["seed"]) for x in lines) == [(c, s) for c in CLASSES for s in (0, 1)]
+    assert all((samples / x["image"]).is_file() for x in lines)
+    before = (samples / "samples.jsonl").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        write_samples(tiny_pipeline(2), str(samples), per_class=1, seed=5, num_inference_steps=3)
+    assert stop.value.code.startswith(f"error: {samples / 'samples.jsonl'}: NORMAL/000000.png was made with "
+                                      "{'steps': 2}, these would be made with {'steps': 3}")
+    (samples / "PNEUMONIA" / "000009.png").write_bytes((samples / "PNEUMONIA" / "000001.png").read_bytes())  # a
+    (samples / "PNEUMONIA" / real.name).write_bytes(real.read_bytes())  # killed run's image is kept; a real one not
+    with pytest.raises(SystemExit, match=f"holds PNEUMONIA/{real.name}, which no run"):
+        write_samples(tiny_pipeline(2), str(samples), per_class=1, seed=5, num_inference_steps=2)
+    assert (samples / "samples.jsonl").read_bytes() == before and not (samples / "NORMAL" / "000005.png").exists()
