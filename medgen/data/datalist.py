@@ -49,6 +49,10 @@ class IndexSummary:
     colour_kinds: dict[str, Counter] = field(default_factory=dict)  # class -> {"grey": n, "colour": n} (content)
     stored_grey: int = 0  # kept files stored with one channel (replicated for a colour model)
 
+    def skipped_text(self) -> str:
+        """``1 not an image (.txt), 2 synthetic image (...)``: the skips by reason, for a message."""
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         logger.warning("%s", message)
@@ -109,7 +113,18 @@ def _looks_like_image(path: Path, summary: IndexSummary) -> bool:
         summary.skip(path, "empty file")
         summary.errors.append((str(path), f"{path}: empty file (0 bytes)"))
         return False
-    return True
+    return not _synthetic(path, summary)
+
+
+def _synthetic(path: Path, summary: IndexSummary) -> bool:
+    """Whether ``path`` is a synthetic image (:func:`medgen.data.provenance.synthetic_reason`), skipped if so: a real
+    data set never takes medgen's output (or another generator's marked images) as real images."""
+    from medgen.data.provenance import synthetic_reason
+
+    reason = synthetic_reason(path)
+    if reason:
+        summary.skip(path, reason)
+    return reason is not None
 
 
 def _readable(path: Path, summary: IndexSummary, verify: bool) -> bool:
@@ -271,7 +286,9 @@ def index_folder(
             items[split].append(item)
     for label, name in enumerate(classes):
         if not any(it["label"] == label for split_items in items.values() for it in split_items):
-            raise DatalistError(f"class {name!r} has no readable images under {root}")
+            skipped = summary.skipped_text()
+            raise DatalistError(f"class {name!r} has no readable images under {root}"
+                                + (f" (skipped: {skipped})" if skipped else ""))
     return items, list(classes), summary
 
 
@@ -481,8 +498,11 @@ def _index_dicom(root: Path, classes: list[str] | None, summary: IndexSummary, v
     for reason, count in dicom_summary.get("skipped", {}).items():
         summary.skipped[reason if reason in ("hidden", "dicomdir") else f"DICOM {reason.replace('_', ' ')}"] += count
     summary.errors.extend(dicom_summary.get("errors", []))
-    found = [it for it in found if _readable(Path(it["image"]), summary, verify)]
+    found = [it for it in found if not _synthetic(Path(it["image"]), summary)
+             and _readable(Path(it["image"]), summary, verify)]
     names = sorted({it["label_name"] for it in found})
+    if not names:
+        raise DatalistError(f"no usable image in the DICOM tree {root} (skipped: {summary.skipped_text() or 'none'})")
     classes = classes or names
     unknown = [c for c in classes if c not in names]
     if unknown:
@@ -504,7 +524,7 @@ def summary_table(datalist: dict[str, Any], summary: IndexSummary | None = None)
     lines.append("total".ljust(width) + "".join(str(len(datalist[s])).rjust(12) for s in splits))
     if summary is not None:
         skipped = sum(summary.skipped.values())
-        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.skipped.items()))
+        detail = summary.skipped_text()
         lines.append(f"skipped {skipped} file(s)" + (f": {detail}" if detail else ""))
         lines.extend(f"converted on reading: {n} {what}" for what, n in sorted(summary.converted.items()))
         lines.extend(f"warning: {message}" for message in summary.warnings)

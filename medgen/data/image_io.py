@@ -31,8 +31,10 @@ def atomic_save(image: Image.Image, path: str | Path, **kwargs) -> Path:
 
 
 def save_png(image: torch.Tensor | np.ndarray, path: str | Path) -> Path:
-    """One image in [-1, 1] as an 8-bit PNG."""
-    return atomic_save(Image.fromarray(to_uint8(image)), path, format="PNG")
+    """One synthetic image in [-1, 1] as an 8-bit PNG, marked as synthetic (:mod:`medgen.data.provenance`)."""
+    from medgen.data.provenance import synthetic_png_info
+
+    return atomic_save(Image.fromarray(to_uint8(image)), path, format="PNG", pnginfo=synthetic_png_info())
 
 
 def make_grid(images: Sequence[torch.Tensor] | torch.Tensor, ncols: int | None = None, pad: int = 2) -> np.ndarray:

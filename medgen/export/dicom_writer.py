@@ -451,13 +451,16 @@ def load_sample_image(samples_dir: Path, rel: str) -> np.ndarray:
 
 
 def _write_png(image: np.ndarray, path: Path, bits: int) -> None:
-    """Grey as 8- or 16-bit (``L``/``I;16``), colour as 8-bit RGB (Pillow writes no 16-bit RGB PNG)."""
+    """Grey as 8- or 16-bit (``L``/``I;16``), colour as 8-bit RGB (Pillow writes no 16-bit RGB PNG); marked as
+    synthetic as the DICOM and NIfTI files are (:mod:`medgen.data.provenance`)."""
     from PIL import Image
+
+    from medgen.data.provenance import synthetic_png_info
 
     top = 255 if bits == 8 else 65535
     arr = np.round(np.clip(image, 0, 1) * top).astype(np.uint8 if bits == 8 else np.uint16)
     with atomic_write(path) as f:
-        Image.fromarray(arr).save(f, format="PNG")
+        Image.fromarray(arr).save(f, format="PNG", pnginfo=synthetic_png_info())
 
 
 #: NIfTI RGB24 (datatype 128): the colour voxel type ITK/SimpleITK, 3D Slicer, ITK-SNAP and FSLeyes show as colour

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def to_uint8(image) -> np.ndarray:
@@ -17,9 +18,24 @@ def to_uint8(image) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 
+XMP_PACKET = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+    'Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/>'
+    '</rdf:RDF></x:xmpmeta>'
+)  # medgen.data.provenance.XMP_PACKET: this bundle runs without medgen
 SETTINGS = ("sampler", "steps", "guidance_scale", "guidance_interval")
 #: an image this script writes into a class folder: ``<seed>.png``; one left without its line by a killed run is kept
 IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
+
+
+def synthetic_png_info() -> PngInfo:
+    """The marks medgen's own PNGs carry: a ``Description`` and the IPTC digital source type of generated images (in
+    XMP), so an image copied out of this folder still says it is synthetic."""
+    info = PngInfo()
+    info.add_text("Description", "synthetic image (medgen)")
+    info.add_itxt("XML:com.adobe.xmp", XMP_PACKET)
+    return info
 
 
 def earlier_records(output_dir: str, classes: Sequence[str], settings: dict) -> list[dict]:
@@ -85,7 +101,7 @@ def write_samples(pipeline, output_dir: str, per_class: int, seed: int = 0, samp
             folder = os.path.join(output_dir, name)
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"{image_seed:06d}.png")
-            Image.fromarray(to_uint8(image)).save(path + ".part", format="PNG")
+            Image.fromarray(to_uint8(image)).save(path + ".part", format="PNG", pnginfo=synthetic_png_info())
             os.replace(path + ".part", path)
             lines.append({"image": os.path.relpath(path, output_dir), "label": label, "class": name,
                           "seed": image_seed, "sampler": sampler, "steps": num_inference_steps,
