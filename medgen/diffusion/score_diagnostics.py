@@ -167,13 +167,13 @@ def load_samples(samples_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for rec in latest_records(json.loads(line) for line in meta.read_text().splitlines() if line.strip()):
         png = samples_dir / rec["file"]
+        if not png.is_file():
+            continue  # deleted from the folder (its float copy, if left, is not the image)
         if png.with_suffix(".npy").is_file():
             images.append(torch.from_numpy(np.load(png.with_suffix(".npy"))).float())
-        elif png.is_file():
+        else:
             with Image.open(png) as im:
                 images.append(torch.from_numpy(np.asarray(im.convert("L"), np.float32) / 127.5 - 1.0)[None])
-        else:
-            continue
         labels.append(int(rec["label"]))
     if not images:
         raise ValueError(f"{meta} lists no image files that exist")

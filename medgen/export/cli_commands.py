@@ -120,9 +120,11 @@ def export_command(
         return EXIT_USAGE
     for _, message in summary["errors"]:
         print(f"ERROR: {message}", file=sys.stderr)
+    deleted = len(summary["left_out"])
     print(
-        f"exported {summary['written']} {fmt} file(s) to {out_dir}, {len(summary['errors'])} error(s); "
-        f"manifest: {summary['manifest']}"
+        f"exported {summary['written']} {fmt} file(s) to {out_dir}, {len(summary['errors'])} error(s)"
+        + (f", {deleted} image(s) deleted from the samples folder left out" if deleted else "")
+        + f"; manifest: {summary['manifest']}"
     )
     code = EXIT_FAILED if summary["errors"] or not summary["written"] else EXIT_OK
     if send_to and summary["files"]:

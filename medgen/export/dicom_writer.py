@@ -615,16 +615,20 @@ def export_images(
             and not (acquisition and acquisition.field_of_view_mm) and not _spacing_recorded(records, weights_meta):
         raise ValueError(f"{index}: the samples record no pixel spacing and MR requires one; give "
                          "--field-of-view-mm (e.g. 240 for a head) or --pixel-spacing")
-    leftovers = files_not_written(out_dir, records, fmt, also_writes)
+    def deleted(rec: dict | None) -> bool:  # the PNG is the image; a float copy left without it is not
+        return bool(rec) and isinstance(rec.get("file"), str) and not (samples_dir / rec["file"]).is_file()
+
+    leftovers = files_not_written(out_dir, [r for r in records if not deleted(r)], fmt, also_writes)
     if leftovers:
         raise ValueError(f"{out_dir} holds {len(leftovers)} file(s) this export does not write ({leftovers[0]}"
-                         f"{', ...' if len(leftovers) > 1 else ''}), left by another export: they would be mixed "
+                         f"{', ...' if len(leftovers) > 1 else ''}), left by another export or of images since "
+                         "deleted from the samples folder: they would be mixed "
                          "with these and sent with them; write to another folder (--out DIR) or move them away")
     study_key = f"weights:{weights_sha}" if weights_sha else f"samples:{hashlib.sha256(text.encode()).hexdigest()}"
     study = SyntheticStudy(uid_root=uid_root, patient_name=patient_name, patient_id=patient_id, key=study_key,
                            iod=iod)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, errors, files = [], [], []
+    rows, errors, files, left_out = [], [], [], []
     last_line = {r["file"]: n for n, r in enumerate(records, start=1) if r and isinstance(r.get("file"), str)}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -637,6 +641,9 @@ def export_images(
             if not isinstance(rec, dict) or "file" not in rec:
                 raise ValueError('not a sample record (a JSON object with "file")')
             rel = rec["file"]
+            if deleted(rec):  # a reviewer's reject: not exported, whether or not its float copy is still there
+                left_out.append((number, f"{index}:{number}: {rel} is not in the samples folder (deleted): left out"))
+                continue
             image = load_sample_image(samples_dir, rel)
             spacing = resolve_spacing(image.shape, pixel_spacing=pixel_spacing, field_of_view_mm=field_of_view_mm,
                                       record=rec, weights_meta=weights_meta, acquisition=acquisition)
@@ -687,4 +694,5 @@ def export_images(
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return {"written": len(rows), "errors": errors, "manifest": manifest, "files": files, "study": study}
+    return {"written": len(rows), "errors": errors, "left_out": left_out, "manifest": manifest, "files": files,
+            "study": study}

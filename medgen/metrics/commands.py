@@ -121,6 +121,10 @@ def evaluate_command(
         )
     except BAD_INPUT as e:
         return _error(e)
+    if m.get("generated_skipped"):
+        from medgen.metrics.image_sets import left_out_text
+
+        print(f"samples left out: {left_out_text(m['generated_skipped'])} (metrics.json: generated_skipped)")
     overall = m["generated"]["overall"]
     for name in extractors:
         f, k = overall[name]["fid"], overall[name]["kid"]
@@ -180,6 +184,11 @@ def audit_command(
     root = os.path.dirname(os.path.abspath(datalist))
     summary = result.summary(gen.ids, redacted_ids(train.ids, data, root) if redact_paths else train.ids)
     summary["redacted_paths"] = bool(redact_paths)
+    summary["generated_skipped"] = dict(gen.skipped)  # samples deleted from the folder or damaged, by reason
+    if gen.skipped:
+        from medgen.metrics.image_sets import left_out_text
+
+        print(f"samples left out: {left_out_text(gen.skipped)} (audit.json: generated_skipped)")
     pairs_png = out / "closest_pairs.png"
     if redact_paths:
         pairs_png.unlink(missing_ok=True)  # an earlier unredacted audit's real pixels do not stay behind

@@ -187,6 +187,7 @@ def evaluate(
             "n_generated": len(generated),
             "real_preparation": prep,
             "real_skipped": dict(reference.skipped + heldout.skipped),  # items that failed to load, by reason
+            "generated_skipped": dict(generated.skipped),  # samples deleted from the folder or damaged, by reason
         }
         if extractors:
             p_name = "inception" if "inception" in extractors else next(iter(extractors))

@@ -308,17 +308,52 @@ def load_items(
                     skipped=skipped, failures=failures)
 
 
+#: why a sample its ``samples.jsonl`` names is not read: its file was deleted (a reviewer's reject), or is damaged
+SAMPLE_DELETED, SAMPLE_UNREADABLE = "deleted from the samples folder", "unreadable sample"
+
+
+def read_samples(paths: Sequence[str | os.PathLike], read: Callable[[str], np.ndarray]
+                 ) -> tuple[list[int], list[np.ndarray], Counter, list[tuple[str, str]]]:
+    """``read`` each sample file: the indices and images of those read, and those left out by reason with their
+    messages (each logged). A file deleted from the folder is left out (the folder is the set, ``samples.jsonl`` the
+    log of what was made); a damaged one too, so a batch goes on with the rest."""
+    kept, images, skipped, failures = [], [], Counter(), []
+    for i, path in enumerate(map(str, paths)):
+        if not os.path.exists(path):
+            skipped[SAMPLE_DELETED] += 1
+            failures.append((path, f"{path}: named by samples.jsonl, not in the folder (deleted): left out"))
+            continue
+        try:
+            images.append(read(path))
+        except ImageSetError as err:
+            skipped[SAMPLE_UNREADABLE] += 1
+            failures.append((path, f"{err}: left out"))
+            logger.warning("%s: left out", err)
+            continue
+        kept.append(i)
+    return kept, images, skipped, failures
+
+
+def left_out_text(skipped: Counter | dict) -> str:
+    """``1 deleted from the samples folder, 1 unreadable sample`` (empty when none)."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(dict(skipped).items()))
+
+
 def _load_sample_files(paths: Sequence[str], labels: Sequence[int], classes: Sequence[str], size: int,
                        channels: int | None = None) -> ImageSet:
-    """Generated samples (8-bit PNGs of ``medgen sample``) read with PIL; a missing or broken one is an error.
-    ``channels``: 1 or 3, else decided from the images (:func:`settle_channels`)."""
-    images = [load_image(p, size, channels=None if channels is None else channels) for p in paths]
+    """Generated samples (8-bit PNGs of ``medgen sample``) read with PIL; a deleted or damaged one is left out and
+    counted (:func:`read_samples`; ``skipped`` and ``failures`` of the set). ``channels``: 1 or 3, else decided from
+    the images (:func:`settle_channels`)."""
+    kept, images, skipped, failures = read_samples(paths, lambda p: load_image(p, size, channels=channels))
     if not images:
-        raise ImageSetError("no images in the given samples.")
+        detail = left_out_text(skipped)
+        raise ImageSetError("no images in the given samples" + (f" ({detail})" if detail else "") + ".")
+    paths = [str(paths[i]) for i in kept]
     keys = [_stat_key(p) for p in paths]
     stacked = settle_channels(images, channels, "samples set")
     prep = "rgb" if stacked.shape[1] == 3 else ""
-    return ImageSet(stacked, np.asarray(labels), list(classes), list(paths), _fingerprint(keys, size, prep))
+    return ImageSet(stacked, np.asarray([labels[i] for i in kept]), list(classes), paths,
+                    _fingerprint(keys, size, prep), skipped=skipped, failures=failures)
 
 
 def read_datalist(path: str | os.PathLike) -> dict:
@@ -417,7 +452,8 @@ def load_samples_dir(folder: str | os.PathLike, size: int = 64, classes: Sequenc
         classes = [by_label.get(i, str(i)) for i in range(max(by_label) + 1)]
     out = _load_sample_files([str(folder / r["file"]) for r in records], [int(r["label"]) for r in records],
                              classes, size, channels)
-    out.records = records
+    kept = set(out.ids)
+    out.records = [r for r in records if str(folder / r["file"]) in kept]
     return out
 
 

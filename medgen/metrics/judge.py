@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from scipy.stats import chi2, chi2_contingency, entropy, ks_2samp
 from medgen.fileio import write_text_atomic
 from medgen.metrics.classifier import load_classifier, predict_proba, save_classifier, train_classifier
 from medgen.metrics.errors import ImageSetError, require
-from medgen.metrics.image_sets import ImageSet, load_datalist_split, load_image, preparation_of, read_datalist
+from medgen.metrics.image_sets import (
+    ImageSet,
+    left_out_text,
+    load_datalist_split,
+    load_image,
+    preparation_of,
+    read_datalist,
+    read_samples,
+)
 from medgen.metrics.utility import confusion_matrix
 from medgen.networks.weights_meta import sha256_of
 
@@ -43,17 +52,20 @@ BINS = 10
 
 # ----------------------------------------------------------------------------------------------------- the image sets
 def sample_geometry(samples_dir: str | os.PathLike) -> tuple[int, int]:
-    """``(size, channels)`` of a samples folder, read from its first image (RGB / RGBA / colour palette: 3)."""
-    records = read_sample_records(samples_dir)
-    path = Path(samples_dir) / records[0]["file"]
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
-                return int(im.size[0]), 3
-            rgb = np.asarray(im.convert("RGB"))  # a palette or other mode: colour when the channels differ
-            return int(im.size[0]), 1 if (rgb == rgb[..., :1]).all() else 3
-    except OSError as e:
-        raise ImageSetError(f"cannot read sample {path}: {e}") from None
+    """``(size, channels)`` of a samples folder, read from its first readable image (RGB / RGBA / colour palette:
+    3); images deleted from the folder or damaged are passed over, as the judge leaves them out."""
+    error = None
+    for record in read_sample_records(samples_dir):
+        path = Path(samples_dir) / record["file"]
+        try:
+            with Image.open(path) as im:
+                if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
+                    return int(im.size[0]), 3
+                rgb = np.asarray(im.convert("RGB"))  # a palette or other mode: colour when the channels differ
+                return int(im.size[0]), 1 if (rgb == rgb[..., :1]).all() else 3
+        except OSError as e:
+            error = error or f"cannot read sample {path}: {e}"
+    raise ImageSetError(f"{error} (nor any other sample of {samples_dir})")
 
 
 def read_sample_records(samples_dir: str | os.PathLike) -> list[dict]:
@@ -84,23 +96,24 @@ def read_sample_records(samples_dir: str | os.PathLike) -> list[dict]:
 
 def load_samples(
     samples_dir: str | os.PathLike, classes: Sequence[str], size: int, channels: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[str], Counter]:
     """Synthetic images (N x C x size x size in [0, 1]), their intended labels (indices into the datalist's
-    ``classes``, matched by class name) and files. A class the datalist lacks is an error naming it."""
+    ``classes``, matched by class name), files, and the samples left out by reason (deleted from the folder, or
+    damaged: :func:`~medgen.metrics.image_sets.read_samples`). A class the datalist lacks is an error naming it."""
     index = Path(samples_dir) / "samples.jsonl"
-    images, labels, files = [], [], []
+    labels, files = [], []
     for rec in read_sample_records(samples_dir):
         name = str(rec.get("class", rec.get("label")))
         if name not in classes:
             raise ImageSetError(f"{index}: class {name!r} (file {rec['file']}) is not one of the datalist's classes "
                                 f"{list(classes)}: give the datalist the samples' model was trained on")
-        path = Path(samples_dir) / rec["file"]
-        if not path.is_file():
-            raise ImageSetError(f"{index}: file {rec['file']} is not in {samples_dir}")
-        images.append(load_image(path, size, channels))
         labels.append(list(classes).index(name))
-        files.append(str(path))
-    return np.stack(images), np.asarray(labels, dtype=np.int64), files
+        files.append(str(Path(samples_dir) / rec["file"]))
+    kept, images, skipped, _ = read_samples(files, lambda p: load_image(p, size, channels))
+    if not images:
+        raise ImageSetError(f"{index}: none of its {len(files)} samples can be read ({left_out_text(skipped)})")
+    return (np.stack(images), np.asarray([labels[i] for i in kept], dtype=np.int64), [files[i] for i in kept],
+            skipped)
 
 
 def load_real(
@@ -308,7 +321,7 @@ def judge(
             raise ValueError(f"classifier {classifier} was trained on classes {trained_classes} at {trained_size} px, "
                              f"{ckpt_channels} channel(s); these samples and {datalist} need {classes} at {size} px, "
                              f"{channels} channel(s): leave out --classifier to train one")
-    syn_x, syn_y, syn_files = load_samples(samples_dir, classes, size, channels)
+    syn_x, syn_y, syn_files, syn_skipped = load_samples(samples_dir, classes, size, channels)
     split = "test" if data.get("test") else "validation"
     prep = preparation_of(samples_meta(samples_dir))
     held = load_real(datalist, split, size, channels, heldout_per_class, seed, **prep)
@@ -360,7 +373,8 @@ def judge(
         "classifier": {"file": CLASSIFIER_FILE, "sha256": sha256_of(weights), "network": "MONAI ResNet (basic "
                        "blocks 2-2-2-2, 16-32-64-128 planes)", **training},
         "seed": int(training.get("seed", seed)),
-        "counts": {"real": real["n"], "synthetic": synthetic["n"], "samples_listed": len(records)},
+        "counts": {"real": real["n"], "synthetic": synthetic["n"], "samples_listed": len(records),
+                   "samples_left_out": dict(syn_skipped)},
         "real": real,
         "synthetic": synthetic,
         "accuracy_gap_points": 100.0 * (real["accuracy"] - synthetic["accuracy"]),
@@ -421,6 +435,9 @@ def judge_command(
     except BAD_INPUT as e:  # a bad weights file is a ValueError too
         print(f"error: {e}", file=sys.stderr)
         return 2
+    left_out = result["counts"].get("samples_left_out")
+    if left_out:
+        print(f"samples left out: {left_out_text(left_out)} (judge.json: counts)")
     print(judge_table(result))
     print(f"wrote {Path(out_dir) / JUDGE_JSON}, {CONFUSION_REAL}, {CONFUSION_SYNTHETIC}, {CALIBRATION_PNG}, "
           f"{CONFIDENCE_PNG} and {CLASSIFIER_FILE}")

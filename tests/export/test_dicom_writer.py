@@ -192,8 +192,9 @@ def test_export_goes_on_after_a_bad_line(samples_dir, tmp_path):
     with open(samples_dir / "samples.jsonl", "a") as f:
         f.write('{"file": "NORMAL/missing.png", "class": "NORMAL", "seed": 99}\n{not json\n')
     summary = export_images(samples_dir, tmp_path / "out", fmt="png")
-    assert summary["written"] == 4 and len(summary["errors"]) == 2
-    assert "missing.png" in summary["errors"][0][1]
+    assert summary["written"] == 4 and len(summary["errors"]) == 1 and summary["errors"][0][0] == 6
+    assert summary["left_out"] == [(5, f"{samples_dir / 'samples.jsonl'}:5: NORMAL/missing.png is not in the samples "
+                                       "folder (deleted): left out")]  # a deleted image is not an error
     assert export_command(samples_dir, tmp_path / "out2", fmt="png") == 1  # errors -> non-zero exit
     assert export_command(tmp_path / "nowhere", tmp_path / "out3") == 2
 
@@ -216,8 +217,8 @@ def test_an_export_into_a_folder_another_export_left_files_in_is_refused(samples
     assert export_command(fewer, out, fmt="dicom") == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {out} holds 3 file(s) this export does not write (NORMAL/000001_s1.dcm, ...), left by another "
-        "export: they would be mixed with these and sent with them; write to another folder (--out DIR) or move "
-        "them away"]
+        "export or of images since deleted from the samples folder: they would be mixed with these and sent with "
+        "them; write to another folder (--out DIR) or move them away"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before  # untouched
     assert export_command(samples_dir, out, fmt="png") == 2  # the DICOM files are not the PNG export's
     assert export_command(samples_dir, out, fmt="dicom") == 0  # the same export again
@@ -227,3 +228,26 @@ def test_an_export_into_a_folder_another_export_left_files_in_is_refused(samples
     with (more / "samples.jsonl").open("a") as f:
         f.write(json.dumps({"file": "NORMAL/000009_s9.png", "class": "NORMAL", "label": 0, "seed": 9}) + "\n")
     assert export_command(more, out, fmt="dicom") == 0 and len(read_manifest(out)) == 5
+
+
+def test_an_image_deleted_from_the_samples_folder_is_not_exported(samples_dir, tmp_path, capsys):
+    """A reviewer deletes an implausible image (its PNG): it is left out of the export, float copy or not, without
+    an error, and its DICOM from an earlier export of the folder is not left beside the others (refused)."""
+    culled = Path(shutil.copytree(samples_dir, tmp_path / "culled"))
+    earlier = tmp_path / "earlier"
+    assert export_command(culled, earlier, fmt="dicom") == 0
+    (culled / "NORMAL" / "000001_s1.png").unlink()  # its float copy NORMAL/000001_s1.npy stays
+    assert (culled / "NORMAL" / "000001_s1.npy").is_file()
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert export_command(culled, out, fmt="dicom") == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert (f"exported 3 dicom file(s) to {out}, 0 error(s), 1 image(s) deleted from the samples folder left out"
+            in printed.out)
+    assert sorted(row["source"] for row in read_manifest(out)) == [
+        "NORMAL/000000_s0.png", "PNEUMONIA/000002_s2.png", "PNEUMONIA/000003_s3.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.dcm")) == [
+        "NORMAL/000000_s0.dcm", "PNEUMONIA/000002_s2.dcm", "PNEUMONIA/000003_s3.dcm"]
+    assert export_command(culled, earlier, fmt="dicom") == 2
+    assert "holds 1 file(s) this export does not write (NORMAL/000001_s1.dcm)" in capsys.readouterr().err

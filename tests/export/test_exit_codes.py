@@ -75,10 +75,11 @@ def test_export_exit_codes(samples_dir, tmp_path, unused_port):
     finally:
         holder.kill()
         holder.wait(timeout=60)
+    (samples_dir / "NORMAL" / "broken.png").write_bytes(b"not a PNG")  # a damaged image fails; the rest go on
     with open(samples_dir / "samples.jsonl", "a") as f:
-        f.write('{"file": "NORMAL/missing.png", "class": "NORMAL", "seed": 99}\n')
+        f.write('{"file": "NORMAL/broken.png", "class": "NORMAL", "seed": 99}\n')
     bad_line = medgen("export", samples_dir, "--out", tmp_path / "o9")
-    assert bad_line.returncode == 1 and "missing.png" in bad_line.stderr and "exported 4" in bad_line.stdout
+    assert bad_line.returncode == 1 and "broken.png" in bad_line.stderr and "exported 4" in bad_line.stdout
 
 
 def test_send_exit_codes(samples_dir, tmp_path, unused_port):

@@ -91,7 +91,7 @@ def test_grey_real_images_as_synthetic_pass(grey):
         assert (out / png).stat().st_size > 1000, png
     assert result["channels"] == 1 and result["image_size"] == 32
     assert result["seed"] == 0 and result["classifier"]["sha256"] == sha256(out / "judge_classifier.pt")
-    assert result["counts"] == {"real": 80, "synthetic": 60, "samples_listed": 60}
+    assert result["counts"] == {"real": 80, "synthetic": 60, "samples_listed": 60, "samples_left_out": {}}
     assert result["real"]["accuracy"] > 0.65  # the classifier learnt something
     assert abs(result["accuracy_gap_points"]) < 15
     assert result["chi_square"]["p_value"] > 0.01
