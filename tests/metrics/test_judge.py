@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,33 @@ def test_an_evaluation_folder_holds_one_evaluation(grey, capsys):
     (out / "metrics.json").unlink()
     assert main(["evaluate", str(grey["same"]), *common]) == 0  # the same samples again: replaced
     assert json.loads((out / "metrics.json").read_text())["samples_dir"] == str(grey["same"])
+
+
+@pytest.mark.slow
+def test_a_deleted_or_damaged_sample_is_left_out_and_counted(grey, capsys, caplog):
+    """A reviewer deletes an image (its record stays in samples.jsonl), another is damaged: evaluation, the audit and
+    the judge read the others, count the two by reason in their JSON and print them; none stops."""
+    from medgen.cli import main
+
+    culled = Path(shutil.copytree(grey["same"], grey["tmp"] / "culled"))
+    first, second = sorted((culled / "NORMAL").glob("*.png"))[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:100])
+    left_out = {"deleted from the samples folder": 1, "unreadable sample": 1}
+    common = [str(culled), str(grey["datalist"]), "--size", "32"]
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--out", str(grey["tmp"] / "ev_culled"), "--features", "",
+                 "--max-real-per-class", "20", "--judge-classifier", str(grey["out"] / "judge_classifier.pt")]) == 0
+    printed = capsys.readouterr()
+    assert "samples left out: 1 deleted from the samples folder, 1 unreadable sample" in printed.out
+    assert any(f"cannot read image {second}" in r.getMessage() for r in caplog.records)  # named in the log
+    metrics = json.loads((grey["tmp"] / "ev_culled" / "metrics.json").read_text())
+    assert metrics["generated_skipped"] == left_out and metrics["n_generated"] == 58
+    assert metrics["judge"]["counts"]["samples_left_out"] == left_out
+    assert metrics["judge"]["counts"]["synthetic"] == 58 and metrics["judge"]["counts"]["samples_listed"] == 60
+    assert main(["audit", *common, "--out", str(grey["tmp"] / "audit_culled"), "--features", ""]) in (0, 1)
+    assert json.loads((grey["tmp"] / "audit_culled" / "audit.json").read_text())["generated_skipped"] == left_out
+    assert "samples left out: 1 deleted" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
