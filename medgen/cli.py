@@ -84,6 +84,7 @@ def cmd_data_index(args: argparse.Namespace) -> int:
         args.source, classes=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, image_column=args.image_column, label_column=args.label_column, uncertain=args.uncertain,
         root=args.root, views=args.views, verify=not args.no_verify, channels=args.channels,
+        include_synthetic=args.include_synthetic,
     )
     write_datalist(datalist, args.out)
     if Path(args.source).suffix.lower() == ".csv":
@@ -329,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--channels", type=int, choices=[1, 3], default=None,
                        help="the model's channels (1 grey, 3 RGB): the summary then counts the grey files a colour "
                        "model replicates, or the colour files a grey model reads as ITU-R 601 luma")
+    index.add_argument("--include-synthetic", action="store_true",
+                       help="keep synthetic images (DICOM SyntheticData YES, medgen's marked PNG/NIfTI, files in a "
+                       "medgen samples or export folder), each item marked \"synthetic\": true, for a classifier's "
+                       "real + synthetic training set; by default they are left out, and a medgen bundle refuses to "
+                       "train on a datalist that holds any")
     index.set_defaults(func=cmd_data_index, takes_extra=False)
 
     def keys_help(example: str, key: str) -> str:

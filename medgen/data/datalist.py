@@ -48,6 +48,8 @@ class IndexSummary:
     converted: Counter = field(default_factory=Counter)  # what reading does to kept files -> how many
     colour_kinds: dict[str, Counter] = field(default_factory=dict)  # class -> {"grey": n, "colour": n} (content)
     stored_grey: int = 0  # kept files stored with one channel (replicated for a colour model)
+    include_synthetic: bool = False  # keep synthetic images (each item marked "synthetic": true) instead of skipping
+    synthetic: dict[str, str] = field(default_factory=dict)  # kept synthetic file -> how it was recognised
 
     def skipped_text(self) -> str:
         """``1 not an image (.txt), 2 synthetic image (...)``: the skips by reason, for a message."""
@@ -117,14 +119,33 @@ def _looks_like_image(path: Path, summary: IndexSummary) -> bool:
 
 
 def _synthetic(path: Path, summary: IndexSummary) -> bool:
-    """Whether ``path`` is a synthetic image (:func:`medgen.data.provenance.synthetic_reason`), skipped if so: a real
-    data set never takes medgen's output (or another generator's marked images) as real images."""
+    """Whether ``path`` is a synthetic image to skip (:func:`medgen.data.provenance.synthetic_reason`): a real data
+    set never takes medgen's output (or another generator's marked images) as real images. With
+    ``summary.include_synthetic`` (a classifier's training set, real + synthetic) it is kept and noted instead, and
+    its item is marked ``"synthetic": true`` (:func:`_mark_synthetic`)."""
     from medgen.data.provenance import synthetic_reason
 
     reason = synthetic_reason(path)
+    if reason and summary.include_synthetic:
+        summary.synthetic[str(path.resolve())] = reason
+        return False
     if reason:
         summary.skip(path, reason)
     return reason is not None
+
+
+def _mark_synthetic(items: dict[str, list[dict]], summary: IndexSummary) -> None:
+    """``"synthetic": true`` on the items of the synthetic images kept (``include_synthetic``)."""
+    for split_items in items.values():
+        for item in split_items:
+            if item["image"] in summary.synthetic:
+                item["synthetic"] = True
+
+
+def synthetic_items(datalist: dict[str, Any]) -> list[dict]:
+    """The items of a datalist marked ``"synthetic": true`` (``medgen data index --include-synthetic``)."""
+    return [it for split in ("training", "validation", "test") for it in datalist.get(split) or []
+            if isinstance(it, dict) and it.get("synthetic")]
 
 
 def _readable(path: Path, summary: IndexSummary, verify: bool) -> bool:
@@ -447,6 +468,7 @@ def build_datalist(
     root: str | Path | None = None,
     views: str | None = "frontal",
     channels: int | None = None,
+    include_synthetic: bool = False,
 ) -> tuple[dict[str, Any], IndexSummary]:
     """Build a MONAI datalist dict from a folder tree, an npz, a CSV or a DICOM tree.
 
@@ -457,7 +479,7 @@ def build_datalist(
     (:meth:`IndexSummary.decide_channels`).
     """
     source = Path(source)
-    summary = IndexSummary()
+    summary = IndexSummary(include_synthetic=include_synthetic)
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatalistError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must each be in [0, 1) "
                             "and leave a training share (their sum below 1)")
@@ -472,6 +494,7 @@ def build_datalist(
         items, classes = _index_dicom(source, classes, summary, verify)
     else:
         items, classes, summary = index_folder(source, classes, verify=verify, summary=summary, nifti=nifti)
+    _mark_synthetic(items, summary)
     summary.decide_channels(channels)
     if len(classes) == 1:
         summary.warn(f"{source}: only one class ({classes[0]!r}); a class-conditional model then has nothing to "
@@ -526,6 +549,9 @@ def summary_table(datalist: dict[str, Any], summary: IndexSummary | None = None)
         skipped = sum(summary.skipped.values())
         detail = summary.skipped_text()
         lines.append(f"skipped {skipped} file(s)" + (f": {detail}" if detail else ""))
+        if summary.synthetic:
+            lines.append(f"kept {len(summary.synthetic)} synthetic image(s), marked \"synthetic\": true "
+                         "(--include-synthetic): a datalist for a classifier, not for training a generative model")
         lines.extend(f"converted on reading: {n} {what}" for what, n in sorted(summary.converted.items()))
         lines.extend(f"warning: {message}" for message in summary.warnings)
         for path, message in summary.errors[:10]:
@@ -599,6 +625,11 @@ def resolve_datalist(
     source = Path(source)
     if source.suffix.lower() == ".json":
         datalist = load_datalist(source)
+        synthetic = synthetic_items(datalist)
+        if synthetic:
+            raise DatalistError(f"datalist {source} holds {len(synthetic)} synthetic image(s) (\"synthetic\": true, "
+                                f"e.g. {synthetic[0].get('image')}): a generative model trains on real images only; "
+                                "index the real images alone (medgen data index without --include-synthetic)")
         if classes is not None and list(classes) != list(datalist.get("classes", classes)):
             raise DatalistError(f"datalist {source} has classes {datalist.get('classes')}, config asks for {classes}")
         summary = None

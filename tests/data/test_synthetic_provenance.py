@@ -17,7 +17,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from medgen.cli import main as medgen_main
-from medgen.data.datalist import DatalistError, build_datalist
+from medgen.data.datalist import DatalistError, build_datalist, resolve_datalist, write_datalist
 from medgen.data.provenance import TRAINED_ALGORITHMIC_MEDIA, synthetic_reason
 from medgen.diffusion.pipeline import DiffusionPipeline
 from medgen.diffusion.sample_run import SampleRunner
@@ -83,6 +83,17 @@ def test_synthetic_files_copied_into_a_real_data_set_are_left_out(tmp_path: Path
                                "synthetic image (NIfTI marked by medgen)": 1,
                                "synthetic image (PNG marked trainedAlgorithmicMedia)": 1}
     assert synthetic_reason(data / "NORMAL" / "real.png") is None
+
+    # a classifier's real + synthetic training set asks for them: kept, each marked; a bundle refuses to train on it
+    mixed, summary = build_datalist(data, val_fraction=0.0, test_fraction=0.0, include_synthetic=True)
+    marked = sorted(Path(it["image"]).name for it in mixed["training"] if it.get("synthetic"))
+    assert marked == ["export.dcm", "export.nii.gz", "export.png", "export16.png", "other_generator.png",
+                      "sample.png"]
+    assert len(mixed["training"]) == len(datalist["training"]) + 6 and not summary.skipped
+    path = write_datalist(mixed, tmp_path / "mixed.json")
+    with pytest.raises(DatalistError, match=r"holds 6 synthetic image\(s\) .*: a generative model trains on real "
+                                            r"images only"):
+        resolve_datalist(path)
 
 
 def test_a_samples_or_export_folder_is_no_data_set(tmp_path: Path, synthetic: dict[str, Path],
