@@ -118,3 +118,20 @@ def test_a_samples_or_export_folder_is_no_data_set(tmp_path: Path, synthetic: di
         shutil.copy(dcm, moved / dcm.parent.name / dcm.name)
     with pytest.raises(DatalistError, match=r"skipped: 2 synthetic image \(DICOM SyntheticData YES\)"):
         build_datalist(moved)
+
+
+def test_the_model_zoo_forms_training_list_leaves_synthetic_images_out(tmp_path: Path, kermany: Path,
+                                                                         synthetic: dict[str, Path],
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """The exported bundle's own lister (``scripts/data.py``, no medgen there) keeps the guarantee."""
+    from medgen.zoo_scripts.data import folder_datalist
+
+    data = tmp_path / "data"
+    real = real_folder(kermany, data)
+    shutil.copy(synthetic["samples"] / "NORMAL" / "000000.png", data / "NORMAL" / "sample.png")
+    shutil.copy(synthetic["png"] / "PNEUMONIA" / "000001.png", data / "PNEUMONIA" / "export.png")
+    items = folder_datalist(str(data), CLASSES)
+    assert sorted(str(Path(it["image"]).resolve()) for it in items) == real
+    assert capsys.readouterr().out.startswith("left out 2 synthetic image(s)")
+    with pytest.raises(ValueError, match="is a samples folder"):
+        folder_datalist(str(synthetic["samples"]), CLASSES)
