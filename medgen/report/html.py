@@ -179,6 +179,15 @@ def metric_rows(scores: dict, extractors: list[str], label: str) -> list[list]:
     return rows
 
 
+def left_out_note(skipped: dict | None) -> str:
+    """`` (2 samples left out: 1 deleted from the samples folder, 1 unreadable sample)``, or nothing."""
+    if not skipped:
+        return ""
+    from medgen.metrics.image_sets import left_out_text
+
+    return f" ({sum(skipped.values())} samples left out: {html.escape(left_out_text(skipped))})"
+
+
 def write_report(
     path: str | os.PathLike,
     metrics: dict,
@@ -197,7 +206,8 @@ def write_report(
         f"<h1>medgen evaluation</h1><p class='note'>samples: {html.escape(metrics['samples_dir'])}<br>"
         f"real: {html.escape(metrics['datalist'])}; image size {metrics['image_size']}"
         f"{' (RGB)' if metrics.get('channels') == 3 else ''}; "
-        f"{metrics['n_generated']} generated, {metrics['n_reference']} real reference (training), "
+        f"{metrics['n_generated']} generated{left_out_note(metrics.get('generated_skipped'))}, "
+        f"{metrics['n_reference']} real reference (training), "
         f"{metrics['n_heldout']} real held-out. Feature extractors: "
         f"{html.escape(', '.join(f'{k} = {v}' for k, v in metrics['extractors'].items()))}</p>"
     ]

@@ -202,6 +202,8 @@ def test_a_deleted_or_damaged_sample_is_left_out_and_counted(grey, capsys, caplo
     assert metrics["generated_skipped"] == left_out and metrics["n_generated"] == 58
     assert metrics["judge"]["counts"]["samples_left_out"] == left_out
     assert metrics["judge"]["counts"]["synthetic"] == 58 and metrics["judge"]["counts"]["samples_listed"] == 60
+    page = (grey["tmp"] / "ev_culled" / "report.html").read_text()
+    assert "58 generated (2 samples left out: 1 deleted from the samples folder, 1 unreadable sample)" in page
     assert main(["audit", *common, "--out", str(grey["tmp"] / "audit_culled"), "--features", ""]) in (0, 1)
     assert json.loads((grey["tmp"] / "audit_culled" / "audit.json").read_text())["generated_skipped"] == left_out
     assert "samples left out: 1 deleted" in capsys.readouterr().out
