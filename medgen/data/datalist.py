@@ -142,6 +142,20 @@ def _mark_synthetic(items: dict[str, list[dict]], summary: IndexSummary) -> None
                 item["synthetic"] = True
 
 
+def _first_synthetic(datalist: dict[str, Any]) -> tuple[str, str] | None:
+    """``(file, reason)`` of the first item of a datalist (written by hand, say) that is a synthetic image
+    (:func:`medgen.data.provenance.synthetic_reason`: headers and folders only, nothing decoded), else None."""
+    from medgen.data.provenance import synthetic_reason
+
+    for split in ("training", "validation", "test"):
+        for item in datalist.get(split) or []:
+            image = item.get("image") if isinstance(item, dict) else None
+            reason = synthetic_reason(image) if isinstance(image, str) and os.path.isfile(image) else None
+            if reason:
+                return image, reason
+    return None
+
+
 def synthetic_items(datalist: dict[str, Any]) -> list[dict]:
     """The items of a datalist marked ``"synthetic": true`` (``medgen data index --include-synthetic``)."""
     return [it for split in ("training", "validation", "test") for it in datalist.get(split) or []
@@ -630,6 +644,11 @@ def resolve_datalist(
             raise DatalistError(f"datalist {source} holds {len(synthetic)} synthetic image(s) (\"synthetic\": true, "
                                 f"e.g. {synthetic[0].get('image')}): a generative model trains on real images only; "
                                 "index the real images alone (medgen data index without --include-synthetic)")
+        unmarked = _first_synthetic(datalist)
+        if unmarked:
+            raise DatalistError(f"datalist {source} names {unmarked[0]}, a {unmarked[1]}: a generative model trains on "
+                                "real images only; take the synthetic images out of it (medgen data index leaves "
+                                "them out)")
         if classes is not None and list(classes) != list(datalist.get("classes", classes)):
             raise DatalistError(f"datalist {source} has classes {datalist.get('classes')}, config asks for {classes}")
         summary = None

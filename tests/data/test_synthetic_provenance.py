@@ -94,6 +94,12 @@ def test_synthetic_files_copied_into_a_real_data_set_are_left_out(tmp_path: Path
     with pytest.raises(DatalistError, match=r"holds 6 synthetic image\(s\) .*: a generative model trains on real "
                                             r"images only"):
         resolve_datalist(path)
+    for item in mixed["training"]:  # the same datalist written by hand, without the marks
+        item.pop("synthetic", None)
+    path = write_datalist(mixed, tmp_path / "by_hand.json")
+    with pytest.raises(DatalistError, match=r"by_hand.json names .*, a synthetic image \(.*\): a generative model"):
+        resolve_datalist(path)
+    assert resolve_datalist(write_datalist(datalist, tmp_path / "real.json"))["training"] == datalist["training"]
 
 
 def test_a_samples_or_export_folder_is_no_data_set(tmp_path: Path, synthetic: dict[str, Path],
