@@ -83,6 +83,9 @@ def test_synthetic_files_copied_into_a_real_data_set_are_left_out(tmp_path: Path
                                "synthetic image (NIfTI marked by medgen)": 1,
                                "synthetic image (PNG marked trainedAlgorithmicMedia)": 1}
     assert synthetic_reason(data / "NORMAL" / "real.png") is None
+    pbc = kermany.parent / "blood_cells_pbc"  # a data set's own manifest.csv (path,label,...) is no export's
+    assert (pbc / "manifest.csv").is_file()
+    assert synthetic_reason(sorted((pbc / "neutrophil").glob("*.jpg"))[0]) is None
 
     # a classifier's real + synthetic training set asks for them: kept, each marked; a bundle refuses to train on it
     mixed, summary = build_datalist(data, val_fraction=0.0, test_fraction=0.0, include_synthetic=True)
